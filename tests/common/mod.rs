@@ -1,0 +1,193 @@
+//! The real `bulwark` binary on an ephemeral loopback port with a temporary data and secrets
+//! folder, as integration tests, the conformance runner and the load bench use it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// What a test wants from its server beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Extra TOML appended to the generated config (whole tables, e.g. `[testing]\n...`).
+    pub extra_toml: String,
+    /// Conformance mode: preserve unknown envelope attributes, honour test directives and
+    /// expose the reset route.
+    pub conformance: bool,
+}
+
+impl ServerOptions {
+    pub fn conformance() -> Self {
+        Self {
+            conformance: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A running server process. Dropping it kills the process.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    /// The bootstrap admin key the server wrote on first start.
+    pub admin_key: String,
+    pub dir: PathBuf,
+    config_path: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+pub fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bulwark"))
+}
+
+impl TestServer {
+    /// Starts a server in a fresh temporary directory.
+    pub fn start(opts: ServerOptions) -> TestServer {
+        install_crypto_provider();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let config_path = dir.join("bulwark.toml");
+        std::fs::write(&config_path, config_text(&dir, &opts)).expect("write config");
+        let mut server = TestServer {
+            base_url: String::new(),
+            admin_key: String::new(),
+            dir,
+            config_path,
+            child: None,
+            _tmp: Some(tmp),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The config file the server was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    fn spawn(&mut self) {
+        let addr_file = self.dir.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
+        let child = Command::new(bin_path())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn bulwark");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                if addr.ends_with('\n') {
+                    self.base_url = format!("http://{}", addr.trim());
+                    break;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "bulwark exited early with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bulwark did not start; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let key_file = self.dir.join("secrets").join("bootstrap-admin.key");
+        self.admin_key = std::fs::read_to_string(key_file)
+            .expect("bootstrap key file")
+            .trim()
+            .to_string();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Starts the server again on the same data and secrets (after `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// An HTTP client with keep-alive, for this server.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client")
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Bearer {}", self.admin_key)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config_text(dir: &Path, opts: &ServerOptions) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nshutdown_timeout_secs = 1\n\n\
+         [storage]\ndata_dir = {data:?}\n\n[secrets]\ndir = {secrets:?}\n\n",
+        data = dir.join("data").display().to_string(),
+        secrets = dir.join("secrets").display().to_string(),
+    );
+    if opts.conformance {
+        text.push_str(
+            "[api]\nunknown_fields = \"preserve\"\n\n\
+             [testing]\nallow_reset = true\nhonour_test_directives = true\n\n",
+        );
+    }
+    text.push_str(&opts.extra_toml);
+    text
+}
