@@ -506,3 +506,151 @@ fn lanes_are_balanced() {
     );
     assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), 7);
 }
+
+/// A tiny HTTP/1.1 server that answers every request with a JSON echo of it (and sleeps 300 ms
+/// first on `/slow`), to check what the step executor sends.
+async fn echo_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.lines();
+                let request_line: Vec<String> = lines
+                    .next()
+                    .unwrap_or_default()
+                    .split(' ')
+                    .map(str::to_string)
+                    .collect();
+                let mut headers = serde_json::Map::new();
+                let mut length = 0usize;
+                for line in lines {
+                    if let Some((k, v)) = line.split_once(':') {
+                        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        if k == "content-length" {
+                            length = v.parse().unwrap_or(0);
+                        }
+                        headers.insert(k, Value::String(v));
+                    }
+                }
+                let mut body = buf[head_end + 4..].to_vec();
+                while body.len() < length {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                if request_line.get(1).is_some_and(|p| p == "/slow") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let echo = json!({
+                    "method": request_line.first(),
+                    "path": request_line.get(1),
+                    "headers": headers,
+                    "has_body": headers.contains_key("content-length") || headers.contains_key("transfer-encoding"),
+                    "body": String::from_utf8_lossy(&body),
+                    "job": {"id": "019a0b6e-1c2d-7e3f-8a4b-5c6d7e8f9a0b"}
+                })
+                .to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{echo}",
+                    echo.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_sends_what_the_step_says() {
+    common::install_crypto_provider();
+    let target = conformance::Target {
+        client: reqwest::Client::new(),
+        base_url: echo_server().await,
+        auth: "Bearer secret".to_string(),
+    };
+    let test = conformance::parse_test(
+        &json!({"test_id": "X-EXEC", "steps": [
+            {"id": "plain", "action": "GET", "path": "/ojs/v1/health",
+             "headers": {"Content-Type": "application/openjobspec+json"},
+             "assertions": {"status": 200, "body": {
+                 "$.method": "GET", "$.has_body": false, "$.body": "",
+                 "$.headers.authorization": "Bearer secret",
+                 "$.headers.content-type": "application/openjobspec+json"}}},
+            {"id": "json", "action": "POST", "path": "/ojs/v1/jobs",
+             "body": {"type": "test.echo", "args": [1]},
+             "assertions": {"status": 200, "body": {
+                 "$.headers.content-type": "application/json",
+                 "$.body": "{\"args\":[1],\"type\":\"test.echo\"}"}}},
+            {"id": "own-type", "action": "post", "path": "/ojs/v1/jobs",
+             "headers": {"Content-Type": "application/openjobspec+json", "Accept": "application/openjobspec+json"},
+             "raw_body": "{ invalid json }",
+             "assertions": {"body": {
+                 "$.headers.content-type": "application/openjobspec+json",
+                 "$.headers.accept": "application/openjobspec+json",
+                 "$.body": "{ invalid json }"}}},
+            {"id": "templated", "action": "DELETE",
+             "path": "/ojs/v1/jobs/{{steps.json.response.body.job.id}}",
+             "body": {"job_id": "{{steps.json.response.body.job.id}}"},
+             "assertions": {"body": {
+                 "$.method": "DELETE",
+                 "$.path": "/ojs/v1/jobs/019a0b6e-1c2d-7e3f-8a4b-5c6d7e8f9a0b",
+                 "$.body": "{\"job_id\":\"019a0b6e-1c2d-7e3f-8a4b-5c6d7e8f9a0b\"}"}}},
+            {"id": "a", "action": "POST", "path": "/slow", "parallel_with": "b", "body": {}},
+            {"id": "b", "action": "POST", "path": "/slow", "parallel_with": "a", "body": {}},
+            {"id": "same", "action": "ASSERT", "assertions": {"equality": {
+                "$.steps.a.response.body.path": "/slow",
+                "$.steps.json.response.body.job": "{{steps.templated.response.body.job}}"}}}
+        ]}),
+        "exec.json".into(),
+    );
+    assert!(test.load_error.is_none(), "{:?}", test.load_error);
+    let started = std::time::Instant::now();
+    let result = conformance::run_test(&target, &test).await;
+    if let Err(f) = &result {
+        panic!("{}", f.describe());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "parallel_with steps ran one after another: {:?}",
+        started.elapsed()
+    );
+
+    // A failing step names the step, the assertion and the response.
+    let test = conformance::parse_test(
+        &json!({"test_id": "X-FAIL", "steps": [
+            {"id": "s1", "action": "GET", "path": "/x", "assertions": {"status": 200}},
+            {"id": "s2", "action": "GET", "path": "/y", "assertions": {"status": 200, "body": {"$.method": "POST"}}},
+            {"id": "s3", "action": "GET", "path": "/z", "assertions": {"status": 500}}
+        ]}),
+        "fail.json".into(),
+    );
+    let failure = conformance::run_test(&target, &test).await.unwrap_err();
+    assert_eq!(failure.step, "s2");
+    assert_eq!(failure.mismatch.at, "$.method");
+    let text = failure.describe();
+    assert!(
+        text.contains("\"POST\"") && text.contains("status 200; body {"),
+        "{text}"
+    );
+}
