@@ -1,1 +1,17 @@
+//! Bulwark: a secure, single-binary job server speaking the Open Job Spec.
+//!
+//! The map: [`http`] is the edge; it authenticates through the [`auth`] store and drives the
+//! [`queue`] actor, which owns the job state machine over the [`store`]. [`job`] holds the pure
+//! job rules (envelope validation, retry timing, wire form). [`app`] wires it all together.
 
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod job;
+pub mod queue;
+pub mod store;
+pub mod telemetry;

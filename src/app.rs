@@ -1,0 +1,151 @@
+//! Start-up and shutdown: open the store, create the bootstrap key on first start, spawn the
+//! actors, serve HTTP, and stop in order (HTTP first, then the queue, whose last commit is
+//! awaited).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use secrecy::ExposeSecret;
+use tracing::{info, warn};
+
+use crate::auth::{records, AuthHandle, Role};
+use crate::config::Config;
+use crate::http;
+use crate::queue::QueueHandle;
+use crate::store::Store;
+
+/// The file the bootstrap admin key is written to, inside the secrets folder.
+pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
+
+/// Creates the secrets folder with mode 0700, or checks an existing one is not open to others.
+pub fn prepare_secrets_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "the secrets folder {} is accessible to group or others (mode {:o}); run: chmod 700 {}",
+                dir.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the secrets folder {}", dir.display()))
+}
+
+/// Writes a secret file with mode 0600, replacing any previous one atomically.
+fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// On first start (no key in the database), creates an admin key, writes it to the secrets
+/// folder and prints it once.
+fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
+    if records::any(store)? {
+        return Ok(());
+    }
+    let (record, token) = records::create(
+        store,
+        "bootstrap-admin",
+        vec![Role::Admin],
+        &config.secrets.key_env,
+    )?;
+    let path = config.secrets.dir.join(BOOTSTRAP_KEY_FILE);
+    write_secret_file(&path, &format!("{}\n", token.expose_secret()))?;
+    println!(
+        "Bootstrap admin key (shown once; also in {}):\n{}",
+        path.display(),
+        token.expose_secret()
+    );
+    info!(key = %crate::auth::key::display_id(&record.id), path = %path.display(), "bootstrap admin key created");
+    Ok(())
+}
+
+fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    }
+}
+
+/// `bulwark serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+    if config.testing.allow_reset || config.testing.honour_test_directives {
+        warn!("[testing] switches are on: this server is for conformance runs, not production");
+    }
+    prepare_secrets_dir(&config.secrets.dir)?;
+    let store = Store::open(&config.storage.data_dir)?;
+    info!(path = %store.path().display(), "database open");
+    bootstrap(&store, &config)?;
+
+    let (queue, queue_thread) = QueueHandle::spawn(store.clone(), config.queue_config())?;
+    let auth = AuthHandle::spawn(store)?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let shared = http::Shared {
+        config: Arc::new(config),
+        queue: queue.clone(),
+        auth,
+        started: Instant::now(),
+    };
+    let server = http::server(shared, listener)?;
+    let handle = server.handle();
+    let mut running = tokio::spawn(server);
+    info!(%addr, "listening (plain HTTP on loopback)");
+    if let Some(path) = addr_file {
+        write_addr_file(&path, addr)?;
+    }
+
+    tokio::select! {
+        () = shutdown_signal() => {}
+        result = &mut running => {
+            result??;
+            bail!("the HTTP server stopped unexpectedly");
+        }
+    }
+    queue.drain().await;
+    handle.stop(true).await;
+    let _ = running.await;
+    drop(queue);
+    // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.
+    tokio::task::spawn_blocking(move || queue_thread.join())
+        .await
+        .ok();
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Authentication and authorization errors.
+
+use crate::error::ErrorKind;
+use crate::store::StoreError;
+
+/// What the auth store can answer besides a principal. The client sees one 401 body for every
+/// authentication failure; the variant is for logs and audit.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials")]
+    MissingCredentials,
+    #[error("malformed credentials")]
+    Malformed,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("wrong secret")]
+    WrongSecret,
+    #[error("key revoked")]
+    Revoked,
+    #[error("key expired")]
+    Expired,
+    /// Authenticated, but the principal may not do this.
+    #[error("permission denied")]
+    Forbidden { permission: &'static str },
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+    #[error("the auth store is unavailable")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// The coarse class the HTTP layer maps to a status.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::MissingCredentials
+            | Self::Malformed
+            | Self::UnknownKey
+            | Self::WrongSecret
+            | Self::Revoked
+            | Self::Expired => ErrorKind::Unauthenticated,
+            Self::Forbidden { .. } => ErrorKind::Forbidden,
+            Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
+        }
+    }
+}

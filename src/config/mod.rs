@@ -1,0 +1,291 @@
+//! Configuration: one TOML file (`config/bulwark.toml` documents every key with its default),
+//! read once at start. Unknown keys are refused so a typo never silently falls back to a default.
+//! Secrets never come from this file: they live in the secrets folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::job::envelope::EnvelopeRules;
+use crate::queue::QueueConfig;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub secrets: SecretsConfig,
+    pub queue: QueueSection,
+    pub api: ApiConfig,
+    pub testing: TestingConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Loopback by default.
+    pub listen: SocketAddr,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Seconds to let in-flight requests finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send the request head.
+    pub request_head_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub keep_alive_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            shutdown_timeout_secs: 10,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_head_timeout_secs: 10,
+            keep_alive_secs: 75,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Folder of the database file. Relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// `[secrets]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Folder of secret files (mode 0700, files 0600), kept apart from the data folder.
+    pub dir: PathBuf,
+    /// The `<env>` part of new API keys (`bwk_<env>_…`).
+    pub key_env: String,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("secrets"),
+            key_env: "live".into(),
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// Most operations committed in one transaction.
+    pub max_group: usize,
+    /// Operations waiting for the queue before senders wait.
+    pub mailbox: usize,
+    /// Recent events kept for `GET /ojs/v1/events`.
+    pub events_capacity: usize,
+    /// Execution timeout of jobs that set none, in ms.
+    pub default_timeout_ms: u64,
+    /// Visibility timeout of jobs that set none, in ms.
+    pub default_visibility_timeout_ms: u64,
+    /// Most jobs one fetch may claim.
+    pub max_fetch_count: usize,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        Self {
+            max_group: 1024,
+            mailbox: 8192,
+            events_capacity: 10_000,
+            default_timeout_ms: 30_000,
+            default_visibility_timeout_ms: 30_000,
+            max_fetch_count: 100,
+        }
+    }
+}
+
+/// What to do with envelope attributes the server does not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    /// Refuse the job with 422 listing them (OJS security SEC-012).
+    #[default]
+    Reject,
+    /// Keep and echo them (OJS core forward compatibility; the conformance suites expect it).
+    Preserve,
+}
+
+/// `[api]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub unknown_fields: UnknownFields,
+}
+
+/// `[testing]`: switches for conformance runs. Never enable them in production.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Expose `POST /ojs/v1/admin/reset`, which deletes every job.
+    pub allow_reset: bool,
+    /// Honour `options.metadata.test_directive` in heartbeats.
+    pub honour_test_directives: bool,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `bulwark=debug`, ...). `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let config = match path {
+            None => Self::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                Self::parse(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Refuses unsafe or meaningless combinations.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.server.listen.ip().is_loopback() {
+            bail!(
+                "server.listen is {}, which is not a loopback address: Bulwark serves plain HTTP \
+                 on loopback only until TLS is configured; listen on 127.0.0.1 or ::1",
+                self.server.listen
+            );
+        }
+        if self.storage.data_dir == self.secrets.dir {
+            bail!("secrets.dir must differ from storage.data_dir");
+        }
+        if self.server.max_body_bytes < 1024 {
+            bail!("server.max_body_bytes must be at least 1024");
+        }
+        if self.queue.max_fetch_count == 0 || self.queue.max_group == 0 {
+            bail!("queue.max_fetch_count and queue.max_group must be positive");
+        }
+        let key_env_ok = (1..=16).contains(&self.secrets.key_env.len())
+            && self
+                .secrets
+                .key_env
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !key_env_ok {
+            bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
+        }
+        Ok(())
+    }
+
+    /// The envelope rules the HTTP layer applies.
+    #[must_use]
+    pub fn envelope_rules(&self) -> EnvelopeRules {
+        EnvelopeRules {
+            preserve_unknown: self.api.unknown_fields == UnknownFields::Preserve,
+            honour_test_directives: self.testing.honour_test_directives,
+            default_timeout_ms: self.queue.default_timeout_ms,
+            default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
+        }
+    }
+
+    /// The queue actor's settings.
+    #[must_use]
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            max_group: self.queue.max_group,
+            mailbox: self.queue.mailbox,
+            events_capacity: self.queue.events_capacity,
+            honour_test_directives: self.testing.honour_test_directives,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::default();
+        assert!(c.server.listen.ip().is_loopback());
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.api.unknown_fields, UnknownFields::Reject);
+        assert!(!c.testing.allow_reset);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_public_listeners_are_refused() {
+        assert!(Config::parse("[server]\nlisten_on = \"127.0.0.1:1\"\n").is_err());
+        let c = Config::parse("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_documented_file_matches_the_defaults() {
+        let text = include_str!("../../config/bulwark.toml");
+        let c = Config::parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.server.max_body_bytes, d.server.max_body_bytes);
+        assert_eq!(c.queue.max_group, d.queue.max_group);
+        assert_eq!(
+            c.queue.default_visibility_timeout_ms,
+            d.queue.default_visibility_timeout_ms
+        );
+        assert_eq!(c.storage.data_dir, d.storage.data_dir);
+        assert_eq!(c.secrets.dir, d.secrets.dir);
+        assert_eq!(c.api.unknown_fields, d.api.unknown_fields);
+        assert_eq!(c.testing.allow_reset, d.testing.allow_reset);
+    }
+}

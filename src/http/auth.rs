@@ -1,0 +1,57 @@
+//! The auth extractor: a handler that takes [`Authenticated`] only runs for a caller whose
+//! bearer token the auth store accepted.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use secrecy::SecretString;
+use tracing::info;
+
+use super::error::ApiError;
+use crate::auth::{AuthHandle, Principal};
+
+/// The longest bearer token looked at; anything longer is refused unread.
+const MAX_TOKEN_LEN: usize = 512;
+
+/// An authenticated caller.
+pub struct Authenticated(pub Arc<Principal>);
+
+fn bearer(req: &HttpRequest) -> Option<SecretString> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= MAX_TOKEN_LEN)
+        .then(|| SecretString::from(token.to_string()))
+}
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let auth = req.app_data::<web::Data<AuthHandle>>().cloned();
+        let token = bearer(req);
+        let peer = req
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        Box::pin(async move {
+            let auth = auth.ok_or_else(ApiError::unavailable)?;
+            let Some(token) = token else {
+                info!(source_ip = %peer, "request without credentials refused");
+                return Err(ApiError::unauthenticated());
+            };
+            match auth.authenticate(token).await {
+                Ok(principal) => Ok(Authenticated(principal)),
+                Err(e) => {
+                    info!(source_ip = %peer, reason = %e, "authentication failed");
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! The one place where errors become HTTP responses: the OJS error envelope
+//! `{"error": {"code", "message", "type", "retryable", "details", "hint", "docs_url"}}` with the
+//! right status. Internal causes go to the log, never to the client.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Map, Value};
+use tracing::{error, warn};
+
+use crate::auth::AuthError;
+use crate::error::ErrorKind;
+use crate::job::envelope::{Invalid, InvalidKind};
+use crate::queue::QueueError;
+
+/// The OJS media type every response carries.
+pub const OJS_JSON: &str = "application/openjobspec+json";
+
+/// Where error codes are documented.
+const DOCS_BASE: &str = "https://openjobspec.org/spec/errors#";
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+    hint: Option<&'static str>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// A new error.
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            hint: None,
+            retry_after_secs: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    #[must_use]
+    pub fn with_hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    /// 400 `invalid_request` about one field.
+    #[must_use]
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            .with_details(json!({ "field": field }))
+    }
+
+    /// 400 `invalid_payload`: the body is not what a JSON request needs.
+    #[must_use]
+    pub fn invalid_payload(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_payload", message)
+    }
+
+    /// 401, the same whatever went wrong.
+    #[must_use]
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "missing or invalid credentials",
+        )
+        .with_hint("send Authorization: Bearer <api key>")
+    }
+
+    /// 404 for a job (or any resource) the caller cannot see.
+    #[must_use]
+    pub fn not_found(resource: &'static str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{resource} not found"),
+        )
+        .with_details(json!({ "resource_type": resource }))
+        .with_hint("check the identifier; it may have been deleted or never existed")
+    }
+
+    /// 503: try again shortly.
+    #[must_use]
+    pub fn unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            "the server cannot complete this request right now",
+        );
+        e.retry_after_secs = Some(1);
+        e
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 413 | 415 | 422 => "validation_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            405 => "invalid_request_error",
+            409 => "conflict_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self.status.as_u16(), 429 | 503 | 504)
+    }
+
+    /// The envelope body.
+    #[must_use]
+    pub fn body(&self) -> Value {
+        let mut e = Map::new();
+        e.insert("code".into(), self.code.into());
+        e.insert("type".into(), self.error_type().into());
+        e.insert("message".into(), self.message.clone().into());
+        e.insert("retryable".into(), self.retryable().into());
+        if let Some(d) = &self.details {
+            e.insert("details".into(), d.clone());
+        }
+        if let Some(h) = self.hint {
+            e.insert("hint".into(), h.into());
+        }
+        e.insert(
+            "docs_url".into(),
+            format!("{DOCS_BASE}{}", self.code).into(),
+        );
+        json!({ "error": e })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.code)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        res.content_type(OJS_JSON);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"bulwark\""),
+            ));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        res.body(self.body().to_string())
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        let field = e.field.clone();
+        match e.kind {
+            InvalidKind::Request => {
+                let mut err = Self::new(StatusCode::BAD_REQUEST, "invalid_request", e.message);
+                if let Some(f) = field {
+                    err = err.with_details(json!({ "field": f }));
+                }
+                err
+            }
+            InvalidKind::Policy => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_retry_policy",
+                e.message,
+            )
+            .with_details(json!({ "field": field })),
+            InvalidKind::UnknownFields => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                e.message,
+            )
+            .with_details(json!({ "unknown_fields": e.unknown }))
+            .with_hint(
+                "remove the attributes, or set [api] unknown_fields = \"preserve\" on the server",
+            ),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match (&e, e.kind()) {
+            (QueueError::Duplicate, _) => Self::new(StatusCode::CONFLICT, "duplicate", "a job with this id already exists"),
+            (QueueError::InvalidState { current, .. }, _) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                    .with_details(json!({ "current_state": current.as_str() }))
+            }
+            (QueueError::LeaseNotHeld, _) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                .with_hint("only the worker that fetched the job, with the same credential, may ack, nack or heartbeat it"),
+            (QueueError::NotInDeadLetter, _) => Self::not_found("dead letter job"),
+            (_, ErrorKind::NotFound) => Self::not_found("job"),
+            (QueueError::Storage(inner), _) => {
+                error!(error = %inner, "storage failure");
+                Self::unavailable()
+            }
+            _ => {
+                warn!(error = %e, "queue unavailable");
+                Self::unavailable()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match (&e, e.kind()) {
+            (AuthError::Forbidden { permission }, _) => Self::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!("this credential lacks the {permission} permission"),
+            )
+            .with_details(json!({ "permission": permission })),
+            (_, ErrorKind::Unauthenticated) => Self::unauthenticated(),
+            _ => {
+                warn!(error = %e, "auth store unavailable");
+                Self::unavailable()
+            }
+        }
+    }
+}

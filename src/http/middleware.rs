@@ -1,0 +1,69 @@
+//! Headers every response carries (`OJS-Version`, `X-Request-Id`, the OJS content type, and
+//! defensive headers), and one log line per request from an allow-list of fields.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::error::OJS_JSON;
+
+/// The request id of the current request (a request extension).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// A client-supplied request id is echoed only if it is short and plain; otherwise (or when
+/// absent) the server makes one.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| format!("req_{}", Uuid::now_v7()), str::to_string)
+}
+
+/// The standard-headers middleware.
+pub async fn standard_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let mut res = next.call(req).await?;
+    let status = res.status();
+    let headers = res.headers_mut();
+    headers.insert(
+        HeaderName::from_static("ojs-version"),
+        HeaderValue::from_static("1.0"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OJS_JSON));
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let latency_us = started.elapsed().as_micros();
+    if status.is_server_error() {
+        warn!(request_id = %id, %method, route = %route, status = status.as_u16(), latency_us, "request failed");
+    } else {
+        debug!(request_id = %id, %method, route = %route, status = status.as_u16(), latency_us, "request");
+    }
+    Ok(res)
+}

@@ -1,0 +1,112 @@
+//! The HTTP edge: actix-web serving the OJS HTTP binding. Handlers authenticate through
+//! [`auth::Authenticated`], read bodies through [`body::OjsJson`], call one actor handle, and
+//! return [`error::ApiError`] on failure; [`middleware`] adds the standard headers.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod middleware;
+pub mod routes;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::AuthHandle;
+use crate::config::Config;
+use crate::queue::QueueHandle;
+use body::BodyLimit;
+use error::ApiError;
+use routes::{admin, dead_letter, jobs, system, workers};
+
+/// What every worker of the HTTP server shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub queue: QueueHandle,
+    pub auth: AuthHandle,
+    pub started: Instant,
+}
+
+/// Registers every route on an actix `ServiceConfig`.
+pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    let shared = shared.clone();
+    move |cfg: &mut web::ServiceConfig| {
+        let config = shared.config.clone();
+        cfg.app_data(web::Data::new(shared.queue.clone()))
+            .app_data(web::Data::new(shared.auth.clone()))
+            .app_data(web::Data::from(config.clone()))
+            .app_data(web::Data::new(config.envelope_rules()))
+            .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
+            .app_data(web::Data::new(system::StartedAt(shared.started)))
+            .app_data(web::QueryConfig::default().error_handler(|_, _| {
+                ApiError::invalid("query", "the query string is malformed").into()
+            }))
+            .app_data(
+                web::PathConfig::default().error_handler(|_, _| {
+                    ApiError::invalid("path", "the path is malformed").into()
+                }),
+            );
+        let resource = |path: &str| {
+            web::resource(path.to_string()).default_service(web::to(routes::method_not_allowed))
+        };
+        cfg.service(resource("/ojs/manifest").route(web::get().to(system::manifest)))
+            .service(resource("/ojs/v1/health").route(web::get().to(system::health)))
+            .service(resource("/ojs/v1/queues").route(web::get().to(system::list_queues)))
+            .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))
+            .service(resource("/ojs/v1/jobs").route(web::post().to(jobs::enqueue)))
+            .service(
+                resource("/ojs/v1/jobs/{id}")
+                    .route(web::get().to(jobs::info))
+                    .route(web::delete().to(jobs::cancel)),
+            )
+            .service(resource("/ojs/v1/jobs/{id}/activate").route(web::post().to(jobs::activate)))
+            .service(resource("/ojs/v1/workers/fetch").route(web::post().to(workers::fetch)))
+            .service(resource("/ojs/v1/workers/ack").route(web::post().to(workers::ack)))
+            .service(resource("/ojs/v1/workers/nack").route(web::post().to(workers::nack)))
+            .service(
+                resource("/ojs/v1/workers/heartbeat").route(web::post().to(workers::heartbeat)),
+            )
+            .service(resource("/ojs/v1/dead-letter").route(web::get().to(dead_letter::list)))
+            .service(
+                resource("/ojs/v1/dead-letter/{id}").route(web::delete().to(dead_letter::delete)),
+            )
+            .service(
+                resource("/ojs/v1/dead-letter/{id}/retry")
+                    .route(web::post().to(dead_letter::retry)),
+            );
+        if config.testing.allow_reset {
+            cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));
+        }
+    }
+}
+
+/// Builds the server on an already bound listener. The caller runs it and stops it.
+pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> {
+    let config = shared.config.clone();
+    let routes = configure(&shared);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .configure(routes.clone())
+            .default_service(web::to(routes::not_found))
+            .wrap(actix_web::middleware::from_fn(middleware::standard_headers))
+    })
+    .client_request_timeout(Duration::from_secs(config.server.request_head_timeout_secs))
+    .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
+    .shutdown_timeout(config.server.shutdown_timeout_secs)
+    .disable_signals();
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+/// The status a handler-level error would get; for tests of the mapping.
+#[must_use]
+pub fn status_of(e: &ApiError) -> StatusCode {
+    actix_web::ResponseError::status_code(e)
+}

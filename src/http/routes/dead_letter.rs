@@ -1,0 +1,86 @@
+//! `/ojs/v1/dead-letter`: list, retry, delete.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{job_id, json};
+use crate::auth::Permission;
+use crate::http::auth::Authenticated;
+use crate::http::error::ApiError;
+use crate::job::envelope::is_valid_queue;
+use crate::job::view::job_json;
+use crate::queue::QueueHandle;
+
+/// Query of the listing.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    queue: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /ojs/v1/dead-letter`
+pub async fn list(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Inspect)?;
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > 100 {
+        return Err(ApiError::invalid("limit", "limit must be from 1 to 100"));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if let Some(q) = &query.queue {
+        if !is_valid_queue(q) {
+            return Err(ApiError::invalid(
+                "queue",
+                "queue names must match ^[a-z0-9][a-z0-9.-]*$",
+            ));
+        }
+    }
+    let page = queue
+        .dead_letter(query.queue.clone(), limit, offset)
+        .await?;
+    let jobs: Vec<Value> = page.items.iter().map(job_json).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "jobs": jobs,
+            "pagination": {
+                "total": page.total,
+                "limit": limit,
+                "offset": offset,
+                "has_more": offset.saturating_add(jobs.len()) < page.total,
+            },
+        }),
+    ))
+}
+
+/// `POST /ojs/v1/dead-letter/{id}/retry`
+pub async fn retry(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Admin)?;
+    let job = queue.retry_dead_letter(job_id(&id)?).await?;
+    Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
+}
+
+/// `DELETE /ojs/v1/dead-letter/{id}`
+pub async fn delete(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Admin)?;
+    let id = job_id(&id)?;
+    queue.delete_dead_letter(id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "deleted": true, "job_id": id.to_string() }),
+    ))
+}

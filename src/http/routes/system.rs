@@ -1,0 +1,146 @@
+//! Health, manifest (both public), queue listing and events.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::json;
+use crate::auth::Permission;
+use crate::clock::rfc3339;
+use crate::http::auth::Authenticated;
+use crate::http::error::ApiError;
+use crate::queue::{EventFilter, QueueHandle};
+
+/// When the server started (app data).
+#[derive(Clone, Copy)]
+pub struct StartedAt(pub Instant);
+
+/// `GET /ojs/v1/health`: public, so it tells only whether the server can serve.
+pub async fn health(queue: web::Data<QueueHandle>, started: web::Data<StartedAt>) -> HttpResponse {
+    let uptime = started.0.elapsed().as_secs();
+    match queue.stats().await {
+        Ok(_) => json(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "version": "1.0",
+                "uptime_seconds": uptime,
+                "backend": { "type": "redb", "status": "connected" },
+            }),
+        ),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "status": "degraded",
+                "version": "1.0",
+                "uptime_seconds": uptime,
+                "backend": { "type": "redb", "status": "unavailable" },
+            }),
+        ),
+    }
+}
+
+/// `GET /ojs/manifest`: public.
+pub async fn manifest() -> HttpResponse {
+    json(
+        StatusCode::OK,
+        &json!({
+            "specversion": "1.0",
+            "implementation": {
+                "name": "bulwark",
+                "version": env!("CARGO_PKG_VERSION"),
+                "language": "rust",
+                "homepage": null,
+            },
+            "conformance_level": 1,
+            "protocols": ["http"],
+            "backend": "redb",
+            "extensions": ["dead-letter"],
+            "capabilities": {
+                "authentication": ["api_key"],
+                "unknown_fields": "configurable",
+            },
+        }),
+    )
+}
+
+/// `GET /ojs/v1/queues`
+pub async fn list_queues(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Inspect)?;
+    let queues = queue.queues().await?;
+    let total = queues.len();
+    let items: Vec<_> = queues
+        .into_iter()
+        .map(|q| {
+            json!({
+                "name": q.name,
+                "status": "active",
+                "created_at": rfc3339(q.created_at),
+                "counts": q.counts,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "queues": items,
+            "pagination": { "total": total, "limit": total, "offset": 0, "has_more": false },
+        }),
+    ))
+}
+
+/// Query of `GET /ojs/v1/events`.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    types: Option<String>,
+    queues: Option<String>,
+    limit: Option<usize>,
+    after: Option<u64>,
+}
+
+const EVENTS_LIMIT_MAX: usize = 1000;
+
+fn list_param(value: Option<&String>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .take(64)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET /ojs/v1/events`
+pub async fn list_events(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Inspect)?;
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > EVENTS_LIMIT_MAX {
+        return Err(ApiError::invalid("limit", "limit must be from 1 to 1000"));
+    }
+    let filter = EventFilter {
+        types: list_param(query.types.as_ref()),
+        queues: list_param(query.queues.as_ref()),
+        after: query.after,
+        limit,
+    };
+    let events = queue.events(filter).await?;
+    let next = events.last().map(|e| e.seq);
+    let events: Vec<_> = events.iter().map(crate::queue::Event::to_json).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "events": events, "next_after": next }),
+    ))
+}

@@ -1,0 +1,316 @@
+//! `/ojs/v1/workers`: fetch, ack, nack, heartbeat. Every lease is bound to the caller's
+//! credential and `worker_id`; the queue refuses anyone else.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::json;
+use crate::auth::Permission;
+use crate::clock::{now_ms, rfc3339};
+use crate::config::Config;
+use crate::http::auth::Authenticated;
+use crate::http::body::OjsJson;
+use crate::http::error::ApiError;
+use crate::job::envelope::is_valid_queue;
+use crate::job::view::job_json;
+use crate::job::{JobId, JobState, Payload};
+use crate::queue::{
+    AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueHandle,
+};
+
+const MAX_QUEUES: usize = 32;
+const MAX_HEARTBEAT_JOBS: usize = 1000;
+const MAX_VISIBILITY_MS: u64 = 24 * 3_600_000;
+const MAX_TEXT: usize = 8 * 1024;
+
+fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object()
+        .ok_or_else(|| ApiError::invalid("body", "the request body must be a JSON object"))
+}
+
+fn holder(
+    caller: &Authenticated,
+    obj: &Map<String, Value>,
+    required: bool,
+) -> Result<Holder, ApiError> {
+    let worker_id = match obj.get("worker_id") {
+        None | Some(Value::Null) if !required => None,
+        Some(Value::String(w))
+            if (1..=255).contains(&w.len()) && !w.chars().any(char::is_control) =>
+        {
+            Some(w.clone())
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "worker_id",
+                "worker_id must be a string of 1 to 255 printable characters",
+            ))
+        }
+    };
+    Ok(Holder {
+        principal: caller.0.id().to_string(),
+        worker_id,
+    })
+}
+
+fn required_job_id(obj: &Map<String, Value>) -> Result<JobId, ApiError> {
+    obj.get("job_id")
+        .and_then(Value::as_str)
+        .and_then(JobId::parse)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "job_id",
+                "job_id is required and must be a lowercase UUIDv7",
+            )
+        })
+}
+
+fn optional_attempt(obj: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    match obj.get("attempt") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|a| u32::try_from(a).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("attempt", "attempt must be a non-negative integer")),
+    }
+}
+
+fn visibility(obj: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    match obj.get("visibility_timeout_ms") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|ms| *ms > 0 && *ms <= MAX_VISIBILITY_MS)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "visibility_timeout_ms",
+                    "visibility_timeout_ms must be a positive integer up to 24 hours",
+                )
+            }),
+    }
+}
+
+/// `POST /ojs/v1/workers/fetch`
+pub async fn fetch(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    config: web::Data<Config>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Dequeue)?;
+    let obj = object(&body.0)?;
+    let queues = obj
+        .get("queues")
+        .and_then(Value::as_array)
+        .filter(|q| !q.is_empty() && q.len() <= MAX_QUEUES)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "queues",
+                "queues must be a non-empty array of at most 32 queue names",
+            )
+        })?
+        .iter()
+        .map(|q| {
+            q.as_str()
+                .filter(|q| is_valid_queue(q))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ApiError::invalid("queues", "queue names must match ^[a-z0-9][a-z0-9.-]*$")
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max = config.queue.max_fetch_count;
+    let count = match obj.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|c| usize::try_from(c).ok())
+            .filter(|c| (1..=max).contains(c))
+            .ok_or_else(|| {
+                ApiError::invalid("count", format!("count must be an integer from 1 to {max}"))
+            })?,
+    };
+    let req = FetchRequest {
+        queues,
+        count,
+        holder: holder(&caller, obj, false)?,
+        visibility_timeout_ms: visibility(obj)?,
+    };
+    let jobs = queue.fetch(req).await?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
+}
+
+/// `POST /ojs/v1/workers/ack`
+pub async fn ack(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Dequeue)?;
+    let obj = object(&body.0)?;
+    let req = AckRequest {
+        id: required_job_id(obj)?,
+        holder: holder(&caller, obj, false)?,
+        attempt: optional_attempt(obj)?,
+        result: obj
+            .get("result")
+            .filter(|r| !r.is_null())
+            .map(|r| Payload(r.to_string())),
+    };
+    let job = queue.ack(req).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "acknowledged": true,
+            "id": job.id.to_string(),
+            "job_id": job.id.to_string(),
+            "state": job.state.as_str(),
+            "attempt": job.attempt,
+            "completed_at": job.completed_at.map(rfc3339),
+        }),
+    ))
+}
+
+fn text(obj: &Map<String, Value>, name: &str, field: &str) -> Result<String, ApiError> {
+    obj.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_TEXT)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("{field} is required: a string of at most 8 KiB"),
+            )
+        })
+}
+
+fn failure(obj: &Map<String, Value>) -> Result<Failure, ApiError> {
+    let error = obj.get("error").and_then(Value::as_object).ok_or_else(|| {
+        ApiError::invalid(
+            "error",
+            "error is required: an object with code and message",
+        )
+    })?;
+    let code = text(error, "code", "error.code")?;
+    let message = text(error, "message", "error.message")?;
+    let retryable = match error.get("retryable") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "error.retryable",
+                "error.retryable must be a boolean",
+            ))
+        }
+    };
+    let details = error.get("details").filter(|d| !d.is_null());
+    // The error's language-level type: `type`, else `details.error_class`.
+    let error_type = error
+        .get("type")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            details
+                .and_then(|d| d.get("error_class"))
+                .and_then(Value::as_str)
+        })
+        .filter(|t| !t.is_empty() && t.len() <= 255)
+        .map(str::to_string);
+    Ok(Failure {
+        code,
+        message,
+        error_type,
+        retryable,
+        details: details.map(|d| Payload(d.to_string())),
+    })
+}
+
+/// `POST /ojs/v1/workers/nack`
+pub async fn nack(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Dequeue)?;
+    let obj = object(&body.0)?;
+    let requeue = match obj.get("requeue") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("requeue", "requeue must be a boolean")),
+    };
+    let req = NackRequest {
+        id: required_job_id(obj)?,
+        holder: holder(&caller, obj, false)?,
+        attempt: optional_attempt(obj)?,
+        failure: failure(obj)?,
+        requeue,
+    };
+    let job = queue.nack(req).await?;
+    let mut out = json!({
+        "id": job.id.to_string(),
+        "job_id": job.id.to_string(),
+        "state": job.state.as_str(),
+        "attempt": job.attempt,
+        "max_attempts": job.retry.max_attempts,
+    });
+    if job.state == JobState::Retryable {
+        out["next_attempt_at"] = job.scheduled_at.map(rfc3339).into();
+        out["retry_delay_ms"] = job.retry_delay_ms.into();
+    }
+    if job.state == JobState::Discarded {
+        out["discarded_at"] = job.discarded_at.map(rfc3339).into();
+        out["completed_at"] = job.completed_at.map(rfc3339).into();
+        out["dead_letter"] = job.dead_letter.into();
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// `POST /ojs/v1/workers/heartbeat`
+pub async fn heartbeat(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Dequeue)?;
+    let obj = object(&body.0)?;
+    let holder = holder(&caller, obj, true)?;
+    let job_ids = match obj.get("active_jobs") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(ids)) if ids.len() <= MAX_HEARTBEAT_JOBS => ids
+            .iter()
+            .map(|id| {
+                id.as_str().and_then(JobId::parse).ok_or_else(|| {
+                    ApiError::invalid(
+                        "active_jobs",
+                        "active_jobs must hold lowercase UUIDv7 job ids",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "active_jobs",
+                "active_jobs must be an array of at most 1000 job ids",
+            ))
+        }
+    };
+    let outcome = queue
+        .heartbeat(HeartbeatRequest {
+            holder,
+            job_ids,
+            visibility_timeout_ms: visibility(obj)?,
+        })
+        .await?;
+    let extended: Vec<String> = outcome.extended.iter().map(ToString::to_string).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "state": outcome.directive,
+            "jobs_extended": extended,
+            "server_time": rfc3339(now_ms()),
+        }),
+    ))
+}

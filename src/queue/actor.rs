@@ -1,0 +1,771 @@
+//! The queue actor's loop and its operations.
+//!
+//! The actor runs on its own thread (redb I/O blocks, so it never runs on the HTTP workers). Each
+//! turn it drains every waiting message (`recv_many`), opens one write transaction, first moves
+//! due scheduled/retryable jobs to `available` and handles expired leases, then applies the
+//! messages in order, commits once (durably), and only then answers every sender. A reply is
+//! therefore a promise that the change is on disk. If the commit fails, every sender of the turn
+//! gets `Unavailable` and the in-memory indexes are rebuilt from the file.
+
+use redb::{ReadableDatabase, ReadableTable};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::events::{Event, EventLog};
+use super::msg::{
+    AckRequest, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest, Holder, Msg,
+    NackRequest, Page, QueueStats, Reply,
+};
+use super::sched::Indexes;
+use super::{QueueConfig, QueueError};
+use crate::clock::{now_ms, Millis};
+use crate::job::envelope::NewJob;
+use crate::job::retry::OnExhaustion;
+use crate::job::{Job, JobError, JobId, JobState, Lease};
+use crate::store::{codec, tables, Store, StoreError};
+
+type Table<'t> = redb::Table<'t, u128, &'static [u8]>;
+
+/// What to send once the turn's outcome is known: `true` if the commit succeeded.
+type Delivery = Box<dyn FnOnce(bool) + Send>;
+
+/// The longest the loop sleeps without looking at deadlines.
+const MAX_IDLE_MS: i64 = 1000;
+
+pub(super) struct QueueActor {
+    store: Store,
+    idx: Indexes,
+    events: EventLog,
+    config: QueueConfig,
+    draining: bool,
+    rng: SystemRandom,
+}
+
+/// One turn's write transaction and what it produced.
+struct Batch<'t> {
+    table: Table<'t>,
+    now: Millis,
+    dirty: bool,
+    events: Vec<Event>,
+}
+
+impl Batch<'_> {
+    fn load(&self, id: JobId) -> Result<Option<Job>, QueueError> {
+        let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
+        guard
+            .map(|g| codec::decode(g.value()))
+            .transpose()
+            .map_err(QueueError::from)
+    }
+
+    fn exists(&self, id: JobId) -> Result<bool, QueueError> {
+        Ok(self
+            .table
+            .get(id.as_u128())
+            .map_err(StoreError::from)?
+            .is_some())
+    }
+
+    fn save(&mut self, job: &Job) -> Result<(), QueueError> {
+        let bytes = codec::encode(job)?;
+        self.table
+            .insert(job.id.as_u128(), bytes.as_slice())
+            .map_err(StoreError::from)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn delete(&mut self, id: JobId) -> Result<(), QueueError> {
+        self.table.remove(id.as_u128()).map_err(StoreError::from)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn event(&mut self, kind: &'static str, job: &Job) {
+        self.events.push(Event::about(kind, job, self.now));
+    }
+}
+
+fn deliver<T: Send + 'static>(
+    reply: Reply<T>,
+    result: Result<T, QueueError>,
+    failed: &mut bool,
+) -> Delivery {
+    if matches!(result, Err(QueueError::Storage(_))) {
+        *failed = true;
+    }
+    Box::new(move |committed| {
+        // A caller that went away (client disconnected) is no error of ours.
+        let _ = reply.send(if committed {
+            result
+        } else {
+            Err(QueueError::Unavailable)
+        });
+    })
+}
+
+fn load_indexes(store: &Store) -> Result<Indexes, QueueError> {
+    let txn = store.db().begin_read().map_err(StoreError::from)?;
+    let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
+    let mut idx = Indexes::default();
+    for entry in table.iter().map_err(StoreError::from)? {
+        let (_, value) = entry.map_err(StoreError::from)?;
+        let job: Job = codec::decode(value.value())?;
+        idx.add(&job);
+    }
+    Ok(idx)
+}
+
+impl QueueActor {
+    pub(super) fn load(store: Store, config: QueueConfig) -> Result<Self, QueueError> {
+        let idx = load_indexes(&store)?;
+        let totals = idx.totals();
+        info!(
+            available = totals.available,
+            active = totals.active,
+            scheduled = totals.scheduled + totals.retryable,
+            dead_letter = totals.dead_letter,
+            "queue indexes rebuilt"
+        );
+        Ok(Self {
+            store,
+            idx,
+            events: EventLog::new(config.events_capacity),
+            config,
+            draining: false,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Runs the loop until every handle is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!(error = %e, "queue actor could not start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let max = self.config.max_group.max(1);
+            let mut inbox = Vec::with_capacity(max);
+            loop {
+                let idle = self
+                    .idx
+                    .next_wake()
+                    .map_or(MAX_IDLE_MS, |at| (at - now_ms()).clamp(0, MAX_IDLE_MS));
+                tokio::select! {
+                    n = rx.recv_many(&mut inbox, max) => {
+                        // Zero means the channel is closed and empty: every handle is gone.
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep(std::time::Duration::from_millis(idle.unsigned_abs())) => {}
+                }
+                self.turn(std::mem::take(&mut inbox));
+                inbox.reserve(max);
+            }
+            debug!("queue actor stopped");
+        });
+    }
+
+    /// One group commit.
+    fn turn(&mut self, msgs: Vec<Msg>) {
+        let now = now_ms();
+        if msgs.is_empty() && !self.idx.has_due(now) {
+            return;
+        }
+        let mut deliveries: Vec<Delivery> = Vec::with_capacity(msgs.len());
+        let txn = match self.store.db().begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                error!(error = %e, "queue could not begin a write transaction");
+                self.fail_all(msgs);
+                return;
+            }
+        };
+        let mut failed = false;
+        let (dirty, events) = {
+            let table = match txn.open_table(tables::JOBS) {
+                Ok(t) => t,
+                Err(e) => {
+                    error!(error = %e, "queue could not open the job table");
+                    self.fail_all(msgs);
+                    return;
+                }
+            };
+            let mut batch = Batch {
+                table,
+                now,
+                dirty: false,
+                events: Vec::new(),
+            };
+            if let Err(e) = self.process_due(&mut batch) {
+                error!(error = %e, "queue failed to process due jobs");
+                failed = true;
+            }
+            for msg in msgs {
+                if let Some(d) = self.apply(&mut batch, msg, &mut failed) {
+                    deliveries.push(d);
+                }
+            }
+            (batch.dirty, batch.events)
+        };
+        let committed = if failed {
+            let _ = txn.abort();
+            false
+        } else if dirty {
+            match txn.commit() {
+                Ok(()) => true,
+                Err(e) => {
+                    error!(error = %e, "queue commit failed");
+                    false
+                }
+            }
+        } else {
+            let _ = txn.abort();
+            true
+        };
+        if committed {
+            self.events.extend(events);
+        } else {
+            match load_indexes(&self.store) {
+                Ok(idx) => self.idx = idx,
+                Err(e) => error!(error = %e, "queue could not rebuild its indexes"),
+            }
+        }
+        for d in deliveries {
+            d(committed);
+        }
+    }
+
+    /// Answers a turn that could not even start: dropping a reply sender makes the caller see
+    /// `Unavailable`. A drain request still takes effect.
+    fn fail_all(&mut self, msgs: Vec<Msg>) {
+        for msg in msgs {
+            if matches!(msg, Msg::Drain) {
+                self.draining = true;
+            }
+        }
+    }
+
+    fn apply(&mut self, b: &mut Batch<'_>, msg: Msg, failed: &mut bool) -> Option<Delivery> {
+        Some(match msg {
+            Msg::Enqueue { job, tenant, reply } => {
+                deliver(reply, self.enqueue(b, *job, tenant), failed)
+            }
+            Msg::Fetch { req, reply } => deliver(reply, self.fetch(b, &req), failed),
+            Msg::Ack { req, reply } => deliver(reply, self.ack(b, req), failed),
+            Msg::Nack { req, reply } => deliver(reply, self.nack(b, *req), failed),
+            Msg::Heartbeat { req, reply } => deliver(reply, self.heartbeat(b, &req), failed),
+            Msg::Cancel { id, reply } => deliver(reply, self.cancel(b, id), failed),
+            Msg::Activate { id, reply } => deliver(reply, self.activate(b, id), failed),
+            Msg::Get { id, reply } => deliver(
+                reply,
+                b.load(id).and_then(|j| j.ok_or(QueueError::NotFound)),
+                failed,
+            ),
+            Msg::DeadLetterList {
+                queue,
+                limit,
+                offset,
+                reply,
+            } => deliver(
+                reply,
+                self.dead_letter_list(b, queue.as_deref(), limit, offset),
+                failed,
+            ),
+            Msg::DeadLetterRetry { id, reply } => {
+                deliver(reply, self.dead_letter_retry(b, id), failed)
+            }
+            Msg::DeadLetterDelete { id, reply } => {
+                deliver(reply, self.dead_letter_delete(b, id), failed)
+            }
+            Msg::Queues { reply } => deliver(reply, Ok(self.idx.queues()), failed),
+            Msg::Events { filter, reply } => deliver(reply, Ok(self.events.list(&filter)), failed),
+            Msg::Stats { reply } => deliver(
+                reply,
+                Ok(QueueStats {
+                    totals: self.idx.totals(),
+                    queues: self.idx.queues().len(),
+                }),
+                failed,
+            ),
+            Msg::Reset { reply } => deliver(reply, self.reset(b), failed),
+            Msg::Drain => {
+                self.draining = true;
+                return None;
+            }
+        })
+    }
+
+    /// A uniform number in `[0, 1)` for retry jitter.
+    fn random_unit(&self) -> f64 {
+        let mut bytes = [0u8; 8];
+        if self.rng.fill(&mut bytes).is_err() {
+            return 0.5;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let unit = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
+        unit
+    }
+
+    /// Moves due scheduled and retryable jobs to `available` and handles expired leases.
+    fn process_due(&mut self, b: &mut Batch<'_>) -> Result<(), QueueError> {
+        let now = b.now;
+        for id in self.idx.due_timed(now) {
+            let Some(mut job) = b.load(id)? else { continue };
+            self.idx.remove(&job);
+            job.state = JobState::Available;
+            job.scheduled_at = None;
+            // A job that falls due joins the back of its queue, like a fresh enqueue.
+            job.seq = self.idx.take_seq();
+            b.save(&job)?;
+            self.idx.add(&job);
+            b.event("job.available", &job);
+        }
+        for id in self.idx.due_leases(now) {
+            let Some(mut job) = b.load(id)? else { continue };
+            self.idx.remove(&job);
+            let Some(lease) = job.lease.take() else {
+                self.idx.add(&job);
+                continue;
+            };
+            if lease.execution_deadline <= now {
+                warn!(job_id = %job.id, attempt = job.attempt, "execution timeout");
+                let failure = Failure {
+                    code: "handler_timeout".into(),
+                    message: format!("execution exceeded timeout_ms ({} ms)", job.timeout_ms),
+                    error_type: Some("TimeoutError".into()),
+                    retryable: Some(true),
+                    details: None,
+                };
+                self.fail_attempt(b, &mut job, failure);
+            } else {
+                debug!(job_id = %job.id, attempt = job.attempt, "visibility timeout, reclaiming");
+                job.push_error(JobError {
+                    code: "lease_expired".into(),
+                    message:
+                        "the visibility timeout ran out before the worker acknowledged the job"
+                            .into(),
+                    error_type: None,
+                    retryable: Some(true),
+                    details: None,
+                    attempt: job.attempt,
+                    occurred_at: now,
+                });
+                if job.retry.has_attempts_left(job.attempt) {
+                    job.state = JobState::Available;
+                    job.seq = self.idx.take_seq();
+                    b.event("job.reclaimed", &job);
+                } else {
+                    self.exhaust(b, &mut job);
+                }
+            }
+            b.save(&job)?;
+            self.idx.add(&job);
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt and moves the job to `retryable` or its exhaustion state. The
+    /// job must already be out of the indexes with its lease taken.
+    fn fail_attempt(&mut self, b: &mut Batch<'_>, job: &mut Job, failure: Failure) {
+        let now = b.now;
+        let non_retryable = failure.retryable == Some(false)
+            || failure
+                .error_type
+                .as_deref()
+                .is_some_and(|t| job.retry.is_non_retryable(t));
+        job.push_error(JobError {
+            code: failure.code,
+            message: failure.message,
+            error_type: failure.error_type,
+            retryable: failure.retryable,
+            details: failure.details,
+            attempt: job.attempt,
+            occurred_at: now,
+        });
+        b.event("job.failed", job);
+        if !non_retryable && job.retry.has_attempts_left(job.attempt) {
+            let delay = job.retry.delay_ms(job.attempt, self.random_unit());
+            job.state = JobState::Retryable;
+            job.scheduled_at = Some(now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)));
+            job.retry_delay_ms = Some(delay);
+            b.event("job.retrying", job);
+        } else {
+            self.exhaust(b, job);
+        }
+    }
+
+    /// No attempts left (or a non-retryable error): discard, or dead-letter if the policy says.
+    fn exhaust(&mut self, b: &mut Batch<'_>, job: &mut Job) {
+        job.state = JobState::Discarded;
+        job.discarded_at = Some(b.now);
+        job.completed_at = Some(b.now);
+        job.dead_letter = job.retry.on_exhaustion == OnExhaustion::DeadLetter;
+        b.event(
+            if job.dead_letter {
+                "job.dead_lettered"
+            } else {
+                "job.discarded"
+            },
+            job,
+        );
+    }
+
+    fn enqueue(
+        &mut self,
+        b: &mut Batch<'_>,
+        new: NewJob,
+        tenant: Option<String>,
+    ) -> Result<Job, QueueError> {
+        let now = b.now;
+        let id = new.id.unwrap_or_else(JobId::generate);
+        if b.exists(id)? {
+            return Err(QueueError::Duplicate);
+        }
+        let (state, scheduled_at) = if new.pending {
+            (JobState::Pending, None)
+        } else {
+            match new.run_at {
+                Some(at) if at > now => (JobState::Scheduled, Some(at)),
+                _ => (JobState::Available, None),
+            }
+        };
+        let job = Job {
+            id,
+            tenant,
+            job_type: new.job_type,
+            queue: new.queue,
+            state,
+            priority: new.priority,
+            args: new.args,
+            meta: new.meta,
+            extra: new.extra,
+            tags: new.tags,
+            schema: new.schema,
+            unique: new.unique,
+            retry: new.retry,
+            timeout_ms: new.timeout_ms,
+            visibility_timeout_ms: new.visibility_timeout_ms,
+            expires_at: new.expires_at,
+            attempt: 0,
+            seq: self.idx.take_seq(),
+            created_at: now,
+            enqueued_at: now,
+            scheduled_at,
+            started_at: None,
+            completed_at: None,
+            cancelled_at: None,
+            discarded_at: None,
+            result: None,
+            error: None,
+            errors: Vec::new(),
+            retry_delay_ms: None,
+            lease: None,
+            dead_letter: false,
+            test_directive: new.test_directive,
+        };
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event(
+            if state == JobState::Scheduled {
+                "job.scheduled"
+            } else {
+                "job.enqueued"
+            },
+            &job,
+        );
+        Ok(job)
+    }
+
+    fn fetch(&mut self, b: &mut Batch<'_>, req: &FetchRequest) -> Result<Vec<Job>, QueueError> {
+        let now = b.now;
+        let mut claimed = Vec::new();
+        for queue in &req.queues {
+            while claimed.len() < req.count {
+                let Some(id) = self.idx.peek_ready(queue) else {
+                    break;
+                };
+                let Some(mut job) = b.load(id)? else {
+                    // An index entry without a record: the indexes drifted from the file.
+                    error!(job_id = %id, "ready index names a missing job; rebuilding indexes");
+                    self.idx = load_indexes(&self.store)?;
+                    continue;
+                };
+                self.idx.remove(&job);
+                if job.expires_at.is_some_and(|at| at <= now) {
+                    job.push_error(JobError {
+                        code: "expired".into(),
+                        message: "the job expired before a worker started it".into(),
+                        error_type: None,
+                        retryable: Some(false),
+                        details: None,
+                        attempt: job.attempt,
+                        occurred_at: now,
+                    });
+                    job.state = JobState::Discarded;
+                    job.discarded_at = Some(now);
+                    job.completed_at = Some(now);
+                    b.save(&job)?;
+                    self.idx.add(&job);
+                    b.event("job.expired", &job);
+                    continue;
+                }
+                job.attempt += 1;
+                job.state = JobState::Active;
+                job.started_at = Some(now);
+                let visibility = req
+                    .visibility_timeout_ms
+                    .unwrap_or(job.visibility_timeout_ms);
+                job.lease = Some(Lease {
+                    principal: req.holder.principal.clone(),
+                    worker_id: req.holder.worker_id.clone(),
+                    visibility_deadline: now
+                        .saturating_add(i64::try_from(visibility).unwrap_or(i64::MAX)),
+                    execution_deadline: now
+                        .saturating_add(i64::try_from(job.timeout_ms).unwrap_or(i64::MAX)),
+                });
+                b.save(&job)?;
+                self.idx.add(&job);
+                b.event("job.started", &job);
+                claimed.push(job);
+            }
+            if claimed.len() >= req.count {
+                break;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Loads an active job and checks that `holder` holds its lease.
+    fn load_held(
+        b: &Batch<'_>,
+        id: JobId,
+        holder: &Holder,
+        attempt: Option<u32>,
+        action: &'static str,
+    ) -> Result<Job, QueueError> {
+        let job = b.load(id)?.ok_or(QueueError::NotFound)?;
+        if job.state != JobState::Active {
+            return Err(QueueError::InvalidState {
+                action,
+                current: job.state,
+            });
+        }
+        let lease = job.lease.as_ref().ok_or(QueueError::InvalidState {
+            action,
+            current: job.state,
+        })?;
+        if !holds(lease, holder) || attempt.is_some_and(|a| a != job.attempt) {
+            return Err(QueueError::LeaseNotHeld);
+        }
+        Ok(job)
+    }
+
+    fn ack(&mut self, b: &mut Batch<'_>, req: AckRequest) -> Result<Job, QueueError> {
+        let mut job = Self::load_held(b, req.id, &req.holder, req.attempt, "acknowledge")?;
+        self.idx.remove(&job);
+        job.state = JobState::Completed;
+        job.completed_at = Some(b.now);
+        job.result = req.result;
+        job.lease = None;
+        job.error = None;
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event("job.completed", &job);
+        Ok(job)
+    }
+
+    fn nack(&mut self, b: &mut Batch<'_>, req: NackRequest) -> Result<Job, QueueError> {
+        let mut job = Self::load_held(b, req.id, &req.holder, req.attempt, "fail")?;
+        self.idx.remove(&job);
+        job.lease = None;
+        if req.requeue {
+            let f = req.failure;
+            job.push_error(JobError {
+                code: f.code,
+                message: f.message,
+                error_type: f.error_type,
+                retryable: f.retryable,
+                details: f.details,
+                attempt: job.attempt,
+                occurred_at: b.now,
+            });
+            job.state = JobState::Available;
+            job.seq = self.idx.take_seq();
+            b.event("job.requeued", &job);
+        } else {
+            self.fail_attempt(b, &mut job, req.failure);
+        }
+        b.save(&job)?;
+        self.idx.add(&job);
+        Ok(job)
+    }
+
+    fn heartbeat(
+        &mut self,
+        b: &mut Batch<'_>,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatOutcome, QueueError> {
+        let mut held = Vec::new();
+        let mut directive = if self.draining { "quiet" } else { "running" };
+        for id in &req.job_ids {
+            let Some(job) = b.load(*id)? else { continue };
+            if job.state != JobState::Active {
+                continue;
+            }
+            match &job.lease {
+                Some(lease) if holds(lease, &req.holder) => {}
+                // Somebody else's job: refuse the whole heartbeat and change nothing.
+                _ => return Err(QueueError::LeaseNotHeld),
+            }
+            if self.config.honour_test_directives {
+                match job.test_directive.as_deref() {
+                    Some("terminate") => directive = "terminate",
+                    Some("quiet") if directive == "running" => directive = "quiet",
+                    _ => {}
+                }
+            }
+            if !held.iter().any(|j: &Job| j.id == job.id) {
+                held.push(job);
+            }
+        }
+        let mut extended = Vec::with_capacity(held.len());
+        for mut job in held {
+            self.idx.remove(&job);
+            let visibility = req
+                .visibility_timeout_ms
+                .unwrap_or(job.visibility_timeout_ms);
+            if let Some(lease) = job.lease.as_mut() {
+                lease.visibility_deadline = b
+                    .now
+                    .saturating_add(i64::try_from(visibility).unwrap_or(i64::MAX));
+            }
+            b.save(&job)?;
+            self.idx.add(&job);
+            extended.push(job.id);
+        }
+        Ok(HeartbeatOutcome {
+            extended,
+            directive,
+        })
+    }
+
+    fn cancel(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<(Job, JobState), QueueError> {
+        let mut job = b.load(id)?.ok_or(QueueError::NotFound)?;
+        if job.state.is_terminal() {
+            return Err(QueueError::InvalidState {
+                action: "cancel",
+                current: job.state,
+            });
+        }
+        let previous = job.state;
+        self.idx.remove(&job);
+        job.state = JobState::Cancelled;
+        job.cancelled_at = Some(b.now);
+        job.lease = None;
+        job.scheduled_at = None;
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event("job.cancelled", &job);
+        Ok((job, previous))
+    }
+
+    fn activate(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<Job, QueueError> {
+        let mut job = b.load(id)?.ok_or(QueueError::NotFound)?;
+        if job.state != JobState::Pending {
+            return Err(QueueError::InvalidState {
+                action: "activate",
+                current: job.state,
+            });
+        }
+        self.idx.remove(&job);
+        job.state = JobState::Available;
+        job.enqueued_at = b.now;
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event("job.enqueued", &job);
+        Ok(job)
+    }
+
+    fn dead_letter_list(
+        &self,
+        b: &Batch<'_>,
+        queue: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Page<Job>, QueueError> {
+        let ids: Vec<JobId> = self.idx.dead_letter(queue).collect();
+        let total = ids.len();
+        let mut items = Vec::new();
+        for id in ids.into_iter().skip(offset).take(limit) {
+            if let Some(job) = b.load(id)? {
+                items.push(job);
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    fn load_dead(b: &Batch<'_>, id: JobId) -> Result<Job, QueueError> {
+        let job = b.load(id)?.ok_or(QueueError::NotFound)?;
+        if job.dead_letter {
+            Ok(job)
+        } else {
+            Err(QueueError::NotInDeadLetter)
+        }
+    }
+
+    fn dead_letter_retry(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<Job, QueueError> {
+        let mut job = Self::load_dead(b, id)?;
+        self.idx.remove(&job);
+        job.dead_letter = false;
+        job.state = JobState::Available;
+        job.attempt = 0;
+        job.discarded_at = None;
+        job.completed_at = None;
+        job.started_at = None;
+        job.error = None;
+        job.retry_delay_ms = None;
+        job.enqueued_at = b.now;
+        job.seq = self.idx.take_seq();
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event("job.enqueued", &job);
+        Ok(job)
+    }
+
+    fn dead_letter_delete(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<(), QueueError> {
+        let job = Self::load_dead(b, id)?;
+        self.idx.remove(&job);
+        b.delete(id)?;
+        b.event("job.deleted", &job);
+        Ok(())
+    }
+
+    fn reset(&mut self, b: &mut Batch<'_>) -> Result<(), QueueError> {
+        b.table.retain(|_, _| false).map_err(StoreError::from)?;
+        b.dirty = true;
+        b.events.clear();
+        self.idx = Indexes::default();
+        self.events.clear();
+        info!("all job state reset");
+        Ok(())
+    }
+}
+
+/// Whether `holder` holds `lease`: the same principal, and the same worker whenever both name
+/// one.
+fn holds(lease: &Lease, holder: &Holder) -> bool {
+    lease.principal == holder.principal
+        && match (&lease.worker_id, &holder.worker_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+}

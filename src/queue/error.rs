@@ -1,0 +1,43 @@
+//! Queue errors.
+
+use crate::error::ErrorKind;
+use crate::job::JobState;
+use crate::store::StoreError;
+
+/// What a queue operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job not found")]
+    NotFound,
+    #[error("a job with this id already exists")]
+    Duplicate,
+    /// The operation does not apply to the job's current state.
+    #[error("cannot {action} a job in state {}", current.as_str())]
+    InvalidState {
+        action: &'static str,
+        current: JobState,
+    },
+    /// The job is active under somebody else's lease (another principal, another worker, or an
+    /// earlier attempt that was reclaimed).
+    #[error("the job's lease is not held by this worker")]
+    LeaseNotHeld,
+    #[error("the job is not in the dead letter queue")]
+    NotInDeadLetter,
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+    /// The actor is gone or its commit failed; the operation did not happen.
+    #[error("the queue is unavailable")]
+    Unavailable,
+}
+
+impl QueueError {
+    /// The coarse class the HTTP layer maps to a status.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound | Self::NotInDeadLetter => ErrorKind::NotFound,
+            Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
+            Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
+        }
+    }
+}

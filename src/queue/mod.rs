@@ -1,0 +1,178 @@
+//! The queue actor: owns the job state machine and is the only writer of the job table. See
+//! [`actor`] for the group-commit loop; [`QueueHandle`] is how everything else talks to it.
+
+mod actor;
+pub mod error;
+pub mod events;
+pub mod msg;
+pub mod sched;
+
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::QueueError;
+pub use events::{Event, EventFilter};
+pub use msg::{
+    AckRequest, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest, Holder, NackRequest,
+    Page, QueueStats,
+};
+pub use sched::QueueSummary;
+
+use crate::job::envelope::NewJob;
+use crate::job::{Job, JobId, JobState};
+use crate::store::Store;
+use msg::{Msg, Reply};
+
+/// Queue behaviour from the config.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// Most messages applied in one write transaction.
+    pub max_group: usize,
+    /// Mailbox size; senders wait when it is full (backpressure, never loss).
+    pub mailbox: usize,
+    /// Events kept for `GET /ojs/v1/events`.
+    pub events_capacity: usize,
+    /// Honour `test_directive` on heartbeats (conformance runs only).
+    pub honour_test_directives: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_group: 1024,
+            mailbox: 8192,
+            events_capacity: 10_000,
+            honour_test_directives: false,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the queue actor.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl QueueHandle {
+    /// Loads the indexes from the store and starts the actor on its own thread. The thread ends
+    /// when every handle is dropped; join it to be sure the last commit is done.
+    pub fn spawn(store: Store, config: QueueConfig) -> Result<(Self, JoinHandle<()>), QueueError> {
+        let (tx, rx) = mpsc::channel(config.mailbox.max(1));
+        let actor = actor::QueueActor::load(store, config)?;
+        let thread = std::thread::Builder::new()
+            .name("bulwark-queue".into())
+            .spawn(move || actor.run(rx))
+            .map_err(|_| QueueError::Unavailable)?;
+        Ok((Self { tx }, thread))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| QueueError::Unavailable)?;
+        rx.await.map_err(|_| QueueError::Unavailable)?
+    }
+
+    /// Enqueues a job; returns once it is durably on disk.
+    pub async fn enqueue(&self, job: NewJob, tenant: Option<String>) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Enqueue {
+            job: Box::new(job),
+            tenant,
+            reply,
+        })
+        .await
+    }
+
+    /// Claims up to `count` ready jobs from the queues, in the order given.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<Vec<Job>, QueueError> {
+        self.call(|reply| Msg::Fetch { req, reply }).await
+    }
+
+    /// Completes an active job held by the caller.
+    pub async fn ack(&self, req: AckRequest) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Ack { req, reply }).await
+    }
+
+    /// Fails the current attempt of an active job held by the caller.
+    pub async fn nack(&self, req: NackRequest) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Nack {
+            req: Box::new(req),
+            reply,
+        })
+        .await
+    }
+
+    /// Extends the caller's leases.
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome, QueueError> {
+        self.call(|reply| Msg::Heartbeat { req, reply }).await
+    }
+
+    /// Cancels a job that is not yet terminal; returns it with its previous state.
+    pub async fn cancel(&self, id: JobId) -> Result<(Job, JobState), QueueError> {
+        self.call(|reply| Msg::Cancel { id, reply }).await
+    }
+
+    /// Makes a pending job available.
+    pub async fn activate(&self, id: JobId) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Activate { id, reply }).await
+    }
+
+    /// Reads a job.
+    pub async fn get(&self, id: JobId) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Get { id, reply }).await
+    }
+
+    /// Lists the dead letter queue, newest first.
+    pub async fn dead_letter(
+        &self,
+        queue: Option<String>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Page<Job>, QueueError> {
+        self.call(|reply| Msg::DeadLetterList {
+            queue,
+            limit,
+            offset,
+            reply,
+        })
+        .await
+    }
+
+    /// Puts a dead-letter job back to `available` with its attempts reset.
+    pub async fn retry_dead_letter(&self, id: JobId) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::DeadLetterRetry { id, reply }).await
+    }
+
+    /// Deletes a dead-letter job for good.
+    pub async fn delete_dead_letter(&self, id: JobId) -> Result<(), QueueError> {
+        self.call(|reply| Msg::DeadLetterDelete { id, reply }).await
+    }
+
+    /// Every known queue with its counts.
+    pub async fn queues(&self) -> Result<Vec<QueueSummary>, QueueError> {
+        self.call(|reply| Msg::Queues { reply }).await
+    }
+
+    /// Recent lifecycle events.
+    pub async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, QueueError> {
+        self.call(|reply| Msg::Events { filter, reply }).await
+    }
+
+    /// Totals for health and metrics.
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.call(|reply| Msg::Stats { reply }).await
+    }
+
+    /// Deletes every job (testing mode only; the HTTP layer guards it).
+    pub async fn reset(&self) -> Result<(), QueueError> {
+        self.call(|reply| Msg::Reset { reply }).await
+    }
+
+    /// From now on heartbeats answer `quiet`: the server is shutting down.
+    pub async fn drain(&self) {
+        let _ = self.tx.send(Msg::Drain).await;
+    }
+}

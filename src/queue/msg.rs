@@ -1,0 +1,155 @@
+//! Messages to the queue actor. Requests carry the caller's identity where a lease is involved.
+
+use tokio::sync::oneshot;
+
+use super::events::{Event, EventFilter};
+use super::sched::{QueueSummary, StateCounts};
+use super::QueueError;
+use crate::job::envelope::NewJob;
+use crate::job::{Job, JobId, JobState, Payload};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+/// Who is asking for or holding a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The authenticated principal's id.
+    pub principal: String,
+    /// The `worker_id` from the request, if any.
+    pub worker_id: Option<String>,
+}
+
+/// `POST /workers/fetch`.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub queues: Vec<String>,
+    pub count: usize,
+    pub holder: Holder,
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+/// `POST /workers/ack`.
+#[derive(Clone, Debug)]
+pub struct AckRequest {
+    pub id: JobId,
+    pub holder: Holder,
+    /// The attempt the worker is acknowledging, if it says; a mismatch is a stale ack.
+    pub attempt: Option<u32>,
+    pub result: Option<Payload>,
+}
+
+/// The failure a worker reports.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+    pub error_type: Option<String>,
+    pub retryable: Option<bool>,
+    pub details: Option<Payload>,
+}
+
+/// `POST /workers/nack`.
+#[derive(Clone, Debug)]
+pub struct NackRequest {
+    pub id: JobId,
+    pub holder: Holder,
+    pub attempt: Option<u32>,
+    pub failure: Failure,
+    /// Put the job straight back to `available` (a worker releasing it on shutdown).
+    pub requeue: bool,
+}
+
+/// `POST /workers/heartbeat`.
+#[derive(Clone, Debug)]
+pub struct HeartbeatRequest {
+    pub holder: Holder,
+    pub job_ids: Vec<JobId>,
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+/// What a heartbeat did and what the worker should do next.
+#[derive(Clone, Debug)]
+pub struct HeartbeatOutcome {
+    pub extended: Vec<JobId>,
+    /// `running`, `quiet` or `terminate`.
+    pub directive: &'static str,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: usize,
+}
+
+/// Figures for health and metrics.
+#[derive(Clone, Debug)]
+pub struct QueueStats {
+    pub totals: StateCounts,
+    pub queues: usize,
+}
+
+pub(crate) enum Msg {
+    Enqueue {
+        job: Box<NewJob>,
+        tenant: Option<String>,
+        reply: Reply<Job>,
+    },
+    Fetch {
+        req: FetchRequest,
+        reply: Reply<Vec<Job>>,
+    },
+    Ack {
+        req: AckRequest,
+        reply: Reply<Job>,
+    },
+    Nack {
+        req: Box<NackRequest>,
+        reply: Reply<Job>,
+    },
+    Heartbeat {
+        req: HeartbeatRequest,
+        reply: Reply<HeartbeatOutcome>,
+    },
+    Cancel {
+        id: JobId,
+        reply: Reply<(Job, JobState)>,
+    },
+    Activate {
+        id: JobId,
+        reply: Reply<Job>,
+    },
+    Get {
+        id: JobId,
+        reply: Reply<Job>,
+    },
+    DeadLetterList {
+        queue: Option<String>,
+        limit: usize,
+        offset: usize,
+        reply: Reply<Page<Job>>,
+    },
+    DeadLetterRetry {
+        id: JobId,
+        reply: Reply<Job>,
+    },
+    DeadLetterDelete {
+        id: JobId,
+        reply: Reply<()>,
+    },
+    Queues {
+        reply: Reply<Vec<QueueSummary>>,
+    },
+    Events {
+        filter: EventFilter,
+        reply: Reply<Vec<Event>>,
+    },
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    Reset {
+        reply: Reply<()>,
+    },
+    /// Start answering heartbeats with `quiet` (graceful shutdown).
+    Drain,
+}

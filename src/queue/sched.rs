@@ -1,0 +1,228 @@
+//! The queue's in-memory indexes: what is ready in each queue (priority, then FIFO), what falls
+//! due when (scheduled and retryable jobs), whose lease runs out when, what sits in the dead
+//! letter queue, and per-queue counts. They hold ids and ordering keys only; the records live in
+//! redb. Rebuilt from redb at start-up by replaying [`Indexes::add`] over every record.
+//!
+//! Every change of a job goes `remove(old) → mutate → add(new)`, so membership always follows
+//! the record's state and no index can drift from it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::clock::Millis;
+use crate::job::{Job, JobId, JobState};
+
+/// Ready-set order: higher priority first, then enqueue order.
+type ReadyKey = (i64, u64, JobId);
+
+/// Per-state counts of one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub scheduled: u64,
+    pub available: u64,
+    pub pending: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub retryable: u64,
+    pub cancelled: u64,
+    pub discarded: u64,
+    pub dead_letter: u64,
+}
+
+impl StateCounts {
+    fn slot(&mut self, state: JobState) -> &mut u64 {
+        match state {
+            JobState::Scheduled => &mut self.scheduled,
+            JobState::Available => &mut self.available,
+            JobState::Pending => &mut self.pending,
+            JobState::Active => &mut self.active,
+            JobState::Completed => &mut self.completed,
+            JobState::Retryable => &mut self.retryable,
+            JobState::Cancelled => &mut self.cancelled,
+            JobState::Discarded => &mut self.discarded,
+        }
+    }
+}
+
+/// What the queue listing shows for one queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QueueSummary {
+    pub name: String,
+    /// When the queue's oldest known job was created.
+    pub created_at: Millis,
+    pub counts: StateCounts,
+}
+
+/// All indexes.
+#[derive(Debug, Default)]
+pub struct Indexes {
+    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    timed: BTreeSet<(Millis, JobId)>,
+    leases: BTreeSet<(Millis, JobId)>,
+    dead: BTreeMap<(Millis, JobId), String>,
+    queues: BTreeMap<String, QueueSummary>,
+    next_seq: u64,
+}
+
+fn ready_key(job: &Job) -> ReadyKey {
+    (-i64::from(job.priority), job.seq, job.id)
+}
+
+impl Indexes {
+    /// Indexes a job by its current state.
+    pub fn add(&mut self, job: &Job) {
+        self.next_seq = self.next_seq.max(job.seq + 1);
+        match job.state {
+            JobState::Available => {
+                self.ready
+                    .entry(job.queue.clone())
+                    .or_default()
+                    .insert(ready_key(job));
+            }
+            JobState::Scheduled | JobState::Retryable => {
+                self.timed.insert((job.scheduled_at.unwrap_or(0), job.id));
+            }
+            JobState::Active => {
+                if let Some(lease) = &job.lease {
+                    self.leases.insert((lease.next_deadline(), job.id));
+                }
+            }
+            _ => {}
+        }
+        if job.dead_letter {
+            self.dead
+                .insert((job.discarded_at.unwrap_or(0), job.id), job.queue.clone());
+        }
+        let summary = self
+            .queues
+            .entry(job.queue.clone())
+            .or_insert_with(|| QueueSummary {
+                name: job.queue.clone(),
+                created_at: job.created_at,
+                counts: StateCounts::default(),
+            });
+        summary.created_at = summary.created_at.min(job.created_at);
+        *summary.counts.slot(job.state) += 1;
+        if job.dead_letter {
+            summary.counts.dead_letter += 1;
+        }
+    }
+
+    /// Removes a job from every index, as it was indexed (call before mutating it).
+    pub fn remove(&mut self, job: &Job) {
+        match job.state {
+            JobState::Available => {
+                if let Some(set) = self.ready.get_mut(&job.queue) {
+                    set.remove(&ready_key(job));
+                }
+            }
+            JobState::Scheduled | JobState::Retryable => {
+                self.timed.remove(&(job.scheduled_at.unwrap_or(0), job.id));
+            }
+            JobState::Active => {
+                if let Some(lease) = &job.lease {
+                    self.leases.remove(&(lease.next_deadline(), job.id));
+                }
+            }
+            _ => {}
+        }
+        if job.dead_letter {
+            self.dead.remove(&(job.discarded_at.unwrap_or(0), job.id));
+        }
+        if let Some(summary) = self.queues.get_mut(&job.queue) {
+            let slot = summary.counts.slot(job.state);
+            *slot = slot.saturating_sub(1);
+            if job.dead_letter {
+                summary.counts.dead_letter = summary.counts.dead_letter.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The next enqueue sequence number.
+    pub fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// The next ready job of a queue, without removing it.
+    #[must_use]
+    pub fn peek_ready(&self, queue: &str) -> Option<JobId> {
+        self.ready
+            .get(queue)
+            .and_then(|set| set.first())
+            .map(|(_, _, id)| *id)
+    }
+
+    /// Scheduled and retryable jobs due at `now`, in due order.
+    #[must_use]
+    pub fn due_timed(&self, now: Millis) -> Vec<JobId> {
+        self.timed
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Active jobs whose lease or execution deadline has passed.
+    #[must_use]
+    pub fn due_leases(&self, now: Millis) -> Vec<JobId> {
+        self.leases
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Whether anything falls due at `now`.
+    #[must_use]
+    pub fn has_due(&self, now: Millis) -> bool {
+        self.next_wake().is_some_and(|at| at <= now)
+    }
+
+    /// When the queue next has to look at a deadline.
+    #[must_use]
+    pub fn next_wake(&self) -> Option<Millis> {
+        let timed = self.timed.first().map(|(at, _)| *at);
+        let lease = self.leases.first().map(|(at, _)| *at);
+        match (timed, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Dead-letter entries, newest first, optionally of one queue.
+    pub fn dead_letter<'a>(&'a self, queue: Option<&'a str>) -> impl Iterator<Item = JobId> + 'a {
+        self.dead
+            .iter()
+            .rev()
+            .filter(move |(_, q)| queue.is_none_or(|want| want == q.as_str()))
+            .map(|((_, id), _)| *id)
+    }
+
+    /// Every known queue with its counts, by name.
+    #[must_use]
+    pub fn queues(&self) -> Vec<QueueSummary> {
+        self.queues.values().cloned().collect()
+    }
+
+    /// Jobs per state over all queues.
+    #[must_use]
+    pub fn totals(&self) -> StateCounts {
+        let mut t = StateCounts::default();
+        for q in self.queues.values() {
+            let c = &q.counts;
+            t.scheduled += c.scheduled;
+            t.available += c.available;
+            t.pending += c.pending;
+            t.active += c.active;
+            t.completed += c.completed;
+            t.retryable += c.retryable;
+            t.cancelled += c.cancelled;
+            t.discarded += c.discarded;
+            t.dead_letter += c.dead_letter;
+        }
+        t
+    }
+}
