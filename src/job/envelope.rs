@@ -189,6 +189,18 @@ pub fn is_valid_queue(q: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
 }
 
+/// How an unknown attribute is named back to the client: its name when plain (letters, digits,
+/// `_.-`, at most 64), otherwise a placeholder, so a refusal never reflects arbitrary input.
+pub(crate) fn attribute_name(prefix: &str, key: &str) -> String {
+    let plain = (1..=64).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if plain {
+        format!("{prefix}{key}")
+    } else {
+        format!("{prefix}<unprintable attribute name>")
+    }
+}
+
 fn json_text(v: &Value) -> Payload {
     Payload(v.to_string())
 }
@@ -217,7 +229,7 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
         if rules.preserve_unknown && !SYSTEM_MANAGED.contains(&key.as_str()) {
             extra.insert(key.clone(), value.clone());
         } else {
-            unknown.push(key.clone());
+            unknown.push(attribute_name("", key));
         }
     }
 
@@ -277,7 +289,7 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
     };
     for key in options.keys() {
         if !KNOWN_OPTIONS.contains(&key.as_str()) {
-            unknown.push(format!("options.{key}"));
+            unknown.push(attribute_name("options.", key));
         }
     }
     // An option may come from `options` or, per the JSON wire format, the top level.

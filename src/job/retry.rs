@@ -102,7 +102,7 @@ impl RetryPolicy {
                     | "non_retryable_errors"
                     | "on_exhaustion"
             ) {
-                unknown.push(format!("options.retry.{key}"));
+                unknown.push(super::envelope::attribute_name("options.retry.", key));
             }
         }
         if let Some(v) = obj.get("max_attempts") {
