@@ -710,7 +710,18 @@ pub fn check_cross_step(
 
 fn check_exclusive_claim(spec: &Value) -> Result<(), Mismatch> {
     let at = "exclusive_claim";
-    let fail = |message: String, actual: String| Err(simple(at, spec, actual, message));
+    let wanted: Vec<&str> = ["exactly_one_has_job", "exactly_one_empty"]
+        .into_iter()
+        .filter(|k| spec.get(*k).and_then(Value::as_bool) == Some(true))
+        .collect();
+    let fail = |message: String, actual: String| {
+        Err(Mismatch {
+            at: at.to_string(),
+            expected: wanted.join(", "),
+            actual,
+            message,
+        })
+    };
     let Some(obj) = spec.as_object() else {
         return fail("exclusive_claim must be an object".into(), String::new());
     };
