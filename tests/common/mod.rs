@@ -152,6 +152,28 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Runs a `bulwark` subcommand against this server's config (offline commands need the
+    /// server stopped).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin_path());
+        cmd.args(args).arg("--config").arg(&self.config_path);
+        cmd.output().expect("run bulwark")
+    }
+
+    /// Stops the server, creates another admin key offline, starts the server again, and
+    /// returns the new key.
+    pub fn add_admin_key(&mut self, name: &str) -> String {
+        self.terminate();
+        let out = self.cli(&["keys", "create", "--role", "admin", "--name", name]);
+        assert!(
+            out.status.success(),
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.spawn();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
