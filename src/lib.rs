@@ -4,6 +4,8 @@
 //! [`queue`] actor, which owns the job state machine over the [`store`]. [`job`] holds the pure
 //! job rules (envelope validation, retry timing, wire form). [`app`] wires it all together.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -193,7 +193,9 @@ pub fn is_valid_queue(q: &str) -> bool {
 /// `_.-`, at most 64), otherwise a placeholder, so a refusal never reflects arbitrary input.
 pub(crate) fn attribute_name(prefix: &str, key: &str) -> String {
     let plain = (1..=64).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if plain {
         format!("{prefix}{key}")
     } else {

@@ -121,7 +121,7 @@ impl EventLog {
     pub fn list(&self, filter: &EventFilter) -> Vec<Event> {
         let matches = |e: &&Event| {
             (filter.types.is_empty() || filter.types.iter().any(|t| t == e.kind))
-                && (filter.queues.is_empty() || filter.queues.iter().any(|q| *q == e.queue))
+                && (filter.queues.is_empty() || filter.queues.contains(&e.queue))
                 && filter.after.is_none_or(|a| e.seq > a)
         };
         let limit = filter.limit.max(1);
