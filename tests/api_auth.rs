@@ -12,8 +12,14 @@ use serde_json::{json, Value};
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/ojs/v1/jobs"),
     ("GET", "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f"),
-    ("DELETE", "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f"),
-    ("POST", "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/activate"),
+    (
+        "DELETE",
+        "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
+    ),
+    (
+        "POST",
+        "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/activate",
+    ),
     ("POST", "/ojs/v1/workers/fetch"),
     ("POST", "/ojs/v1/workers/ack"),
     ("POST", "/ojs/v1/workers/nack"),
@@ -21,8 +27,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ojs/v1/queues"),
     ("GET", "/ojs/v1/events"),
     ("GET", "/ojs/v1/dead-letter"),
-    ("POST", "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/retry"),
-    ("DELETE", "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f"),
+    (
+        "POST",
+        "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/retry",
+    ),
+    (
+        "DELETE",
+        "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
+    ),
     ("POST", "/ojs/v1/admin/reset"),
     ("GET", "/ojs/v1/unknown-route"),
 ];
@@ -39,7 +51,8 @@ async fn every_route_but_health_and_manifest_needs_a_valid_key() {
     let server = TestServer::start(ServerOptions::conformance());
     let client = server.client();
     let wrong_secret = mangle_last_char(&server.admin_key);
-    let unknown_id = "bwk_live_00000000000000ff_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    let unknown_id =
+        "bwk_live_00000000000000ff_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
     let credentials: Vec<Option<String>> = vec![
         None,
         Some(String::new()),
@@ -56,15 +69,25 @@ async fn every_route_but_health_and_manifest_needs_a_valid_key() {
     for (method, path) in ROUTES {
         for cred in &credentials {
             let mut req = client
-                .request(Method::from_bytes(method.as_bytes()).unwrap(), server.url(path))
+                .request(
+                    Method::from_bytes(method.as_bytes()).unwrap(),
+                    server.url(path),
+                )
                 .header("Content-Type", "application/json")
                 .body("{}");
             if let Some(c) = cred {
                 req = req.header("Authorization", c);
             }
             let res = req.send().await.unwrap();
-            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {cred:?}");
-            assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"bulwark\"");
+            assert_eq!(
+                res.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {cred:?}"
+            );
+            assert_eq!(
+                res.headers()["www-authenticate"],
+                "Bearer realm=\"bulwark\""
+            );
             let body: Value = res.json().await.unwrap();
             assert_eq!(body["error"]["code"], "unauthenticated");
             // Identical bodies whatever the cause: no oracle for valid ids or keys.
@@ -96,7 +119,14 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
     let meta = std::fs::metadata(&key_file).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(server.dir.join("secrets")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(server.dir.join("secrets"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
 
     // The CLI refuses to touch the database while the server runs.
     let busy = server.cli(&["keys", "create", "--role", "admin", "--name", "x"]);
@@ -111,7 +141,10 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
     let db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
     for key in [&first, &second] {
         let secret = key.rsplit('_').next().unwrap();
-        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "a key secret is in the database file");
+        assert!(
+            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a key secret is in the database file"
+        );
     }
 
     let client = server.client();
@@ -129,11 +162,21 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
     server.terminate();
     let id = second.split('_').nth(2).unwrap();
     let out = server.cli(&["keys", "revoke", id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = server.cli(&["keys", "list"]);
     let listing = String::from_utf8_lossy(&list.stdout);
-    assert!(listing.contains("revoked") && listing.contains("bootstrap-admin"), "{listing}");
-    assert!(!listing.contains(second.rsplit('_').next().unwrap()), "list must not show secrets");
+    assert!(
+        listing.contains("revoked") && listing.contains("bootstrap-admin"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(second.rsplit('_').next().unwrap()),
+        "list must not show secrets"
+    );
     server.restart();
     let client = server.client();
     let res = client
@@ -170,5 +213,8 @@ async fn keys_appear_in_the_log_only_truncated() {
     let secret = server.admin_key.rsplit('_').next().unwrap();
     assert!(!log.contains(secret), "a key secret reached the log");
     assert!(!log.contains(wrong.rsplit('_').next().unwrap()));
-    assert!(log.contains("bwk_…"), "wrong-secret attempts are logged with a truncated key id");
+    assert!(
+        log.contains("bwk_…"),
+        "wrong-secret attempts are logged with a truncated key id"
+    );
 }

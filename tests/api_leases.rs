@@ -47,28 +47,71 @@ async fn only_the_lease_holder_may_ack_nack_or_heartbeat() {
     let mut server = TestServer::start(ServerOptions::default());
     let other = server.add_admin_key("other-worker");
     let owner = server.admin_key.clone();
-    let api = Api { server: &server, client: server.client() };
+    let api = Api {
+        server: &server,
+        client: server.client(),
+    };
 
-    let (s, body) = api.post(&owner, "/ojs/v1/jobs", json!({"type": "a.b", "args": [1], "options": {"queue": "leases"}})).await;
+    let (s, body) = api
+        .post(
+            &owner,
+            "/ojs/v1/jobs",
+            json!({"type": "a.b", "args": [1], "options": {"queue": "leases"}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let id = body["job"]["id"].as_str().unwrap().to_string();
-    let (s, body) = api.post(&owner, "/ojs/v1/workers/fetch", json!({"queues": ["leases"], "worker_id": "w-1"})).await;
+    let (s, body) = api
+        .post(
+            &owner,
+            "/ojs/v1/workers/fetch",
+            json!({"queues": ["leases"], "worker_id": "w-1"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["jobs"][0]["id"], id.as_str());
     let before = api.get_job(&owner, &id).await;
 
     // Another credential, even with the same worker id.
     let attempts = [
-        (other.as_str(), "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "w-1"})),
+        (
+            other.as_str(),
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "w-1"}),
+        ),
         (other.as_str(), "/ojs/v1/workers/ack", json!({"job_id": id})),
-        (other.as_str(), "/ojs/v1/workers/nack", json!({"job_id": id, "worker_id": "w-1", "error": {"code": "x", "message": "y"}})),
-        (other.as_str(), "/ojs/v1/workers/heartbeat", json!({"worker_id": "w-1", "active_jobs": [id]})),
+        (
+            other.as_str(),
+            "/ojs/v1/workers/nack",
+            json!({"job_id": id, "worker_id": "w-1", "error": {"code": "x", "message": "y"}}),
+        ),
+        (
+            other.as_str(),
+            "/ojs/v1/workers/heartbeat",
+            json!({"worker_id": "w-1", "active_jobs": [id]}),
+        ),
         // The right credential, but another worker.
-        (owner.as_str(), "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "w-2"})),
-        (owner.as_str(), "/ojs/v1/workers/nack", json!({"job_id": id, "worker_id": "w-2", "error": {"code": "x", "message": "y"}})),
-        (owner.as_str(), "/ojs/v1/workers/heartbeat", json!({"worker_id": "w-2", "active_jobs": [id]})),
+        (
+            owner.as_str(),
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "w-2"}),
+        ),
+        (
+            owner.as_str(),
+            "/ojs/v1/workers/nack",
+            json!({"job_id": id, "worker_id": "w-2", "error": {"code": "x", "message": "y"}}),
+        ),
+        (
+            owner.as_str(),
+            "/ojs/v1/workers/heartbeat",
+            json!({"worker_id": "w-2", "active_jobs": [id]}),
+        ),
         // The right worker, a wrong attempt number.
-        (owner.as_str(), "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "w-1", "attempt": 7})),
+        (
+            owner.as_str(),
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "w-1", "attempt": 7}),
+        ),
     ];
     for (key, path, body) in attempts {
         let (s, res) = api.post(key, path, body.clone()).await;
@@ -78,10 +121,22 @@ async fn only_the_lease_holder_may_ack_nack_or_heartbeat() {
     // None of it changed the job.
     assert_eq!(api.get_job(&owner, &id).await, before);
 
-    let (s, res) = api.post(&owner, "/ojs/v1/workers/heartbeat", json!({"worker_id": "w-1", "active_jobs": [id]})).await;
+    let (s, res) = api
+        .post(
+            &owner,
+            "/ojs/v1/workers/heartbeat",
+            json!({"worker_id": "w-1", "active_jobs": [id]}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{res}");
     assert_eq!(res["jobs_extended"], json!([id]));
-    let (s, res) = api.post(&owner, "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "w-1", "attempt": 1, "result": {"ok": true}})).await;
+    let (s, res) = api
+        .post(
+            &owner,
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "w-1", "attempt": 1, "result": {"ok": true}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{res}");
     assert_eq!(api.get_job(&owner, &id).await["state"], "completed");
 }
@@ -90,28 +145,61 @@ async fn only_the_lease_holder_may_ack_nack_or_heartbeat() {
 async fn a_stale_ack_after_reclaim_and_redelivery_is_refused() {
     let server = TestServer::start(ServerOptions::default());
     let key = server.admin_key.clone();
-    let api = Api { server: &server, client: server.client() };
+    let api = Api {
+        server: &server,
+        client: server.client(),
+    };
     let (_, body) = api
         .post(&key, "/ojs/v1/jobs", json!({"type": "a.b", "args": [], "options": {"queue": "stale", "visibility_timeout_ms": 500}}))
         .await;
     let id = body["job"]["id"].as_str().unwrap().to_string();
-    let (_, first) = api.post(&key, "/ojs/v1/workers/fetch", json!({"queues": ["stale"], "worker_id": "slow"})).await;
+    let (_, first) = api
+        .post(
+            &key,
+            "/ojs/v1/workers/fetch",
+            json!({"queues": ["stale"], "worker_id": "slow"}),
+        )
+        .await;
     assert_eq!(first["jobs"][0]["attempt"], 1);
 
     // The lease runs out; the job comes back and another worker takes it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, second) = api.post(&key, "/ojs/v1/workers/fetch", json!({"queues": ["stale"], "worker_id": "fast"})).await;
+    let (_, second) = api
+        .post(
+            &key,
+            "/ojs/v1/workers/fetch",
+            json!({"queues": ["stale"], "worker_id": "fast"}),
+        )
+        .await;
     assert_eq!(second["jobs"][0]["id"], id.as_str());
     assert_eq!(second["jobs"][0]["attempt"], 2);
 
     // The slow worker's late ack, by worker id or by attempt, is refused.
-    let (s, _) = api.post(&key, "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "slow"})).await;
+    let (s, _) = api
+        .post(
+            &key,
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "slow"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = api.post(&key, "/ojs/v1/workers/ack", json!({"job_id": id, "attempt": 1})).await;
+    let (s, _) = api
+        .post(
+            &key,
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "attempt": 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(api.get_job(&key, &id).await["state"], "active");
 
-    let (s, _) = api.post(&key, "/ojs/v1/workers/ack", json!({"job_id": id, "worker_id": "fast", "attempt": 2})).await;
+    let (s, _) = api
+        .post(
+            &key,
+            "/ojs/v1/workers/ack",
+            json!({"job_id": id, "worker_id": "fast", "attempt": 2}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let job = api.get_job(&key, &id).await;
     assert_eq!(job["state"], "completed");

@@ -90,10 +90,22 @@ async fn every_enqueue_that_got_201_survives_sigkill_exactly_once() {
     for id in &found {
         *counts.entry(id.as_str()).or_default() += 1;
     }
-    let missing: Vec<&String> = confirmed.iter().filter(|id| !counts.contains_key(id.as_str())).collect();
-    assert!(missing.is_empty(), "{} of {} confirmed jobs lost, e.g. {:?}", missing.len(), confirmed.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&String> = confirmed
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} confirmed jobs lost, e.g. {:?}",
+        missing.len(),
+        confirmed.len(),
+        &missing[..missing.len().min(5)]
+    );
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "jobs present more than once: {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "jobs present more than once: {duplicated:?}"
+    );
     let strangers: Vec<_> = found.iter().filter(|id| !attempted.contains(*id)).collect();
     assert!(strangers.is_empty(), "jobs nobody sent: {strangers:?}");
     eprintln!(
@@ -153,8 +165,12 @@ async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
                     .send()
                     .await;
                 let Ok(res) = res else { return };
-                let Ok(body) = res.json::<Value>().await else { return };
-                let Some(jobs) = body["jobs"].as_array() else { return };
+                let Ok(body) = res.json::<Value>().await else {
+                    return;
+                };
+                let Some(jobs) = body["jobs"].as_array() else {
+                    return;
+                };
                 if jobs.is_empty() {
                     return;
                 }
@@ -191,7 +207,10 @@ async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() < JOBS, "the kill came too late to test anything");
+    assert!(
+        acked.len() < JOBS,
+        "the kill came too late to test anything"
+    );
 
     server.restart();
     let client = server.client();
@@ -211,15 +230,26 @@ async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
             lost.push((id.clone(), job["job"]["state"].clone()));
         }
     }
-    assert!(lost.is_empty(), "acknowledged completions lost: {:?}", &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "acknowledged completions lost: {:?}",
+        &lost[..lost.len().min(5)]
+    );
 
     // After the visibility timeout, everything not completed can be fetched again; nothing is
     // missing and no completed job is delivered twice.
     tokio::time::sleep(Duration::from_millis(VISIBILITY_MS + 1200)).await;
     let redelivered = drain_all(&server, &client, "work").await;
     let redelivered_set: HashSet<String> = redelivered.iter().cloned().collect();
-    assert_eq!(redelivered_set.len(), redelivered.len(), "a job was delivered twice");
-    assert!(redelivered_set.is_disjoint(&acked), "an acknowledged job was delivered again");
+    assert_eq!(
+        redelivered_set.len(),
+        redelivered.len(),
+        "a job was delivered twice"
+    );
+    assert!(
+        redelivered_set.is_disjoint(&acked),
+        "an acknowledged job was delivered again"
+    );
     let covered: HashSet<String> = acked.union(&redelivered_set).cloned().collect();
     // Jobs whose ack was in flight at the kill may be completed without our knowing it.
     let unaccounted: Vec<&String> = all.difference(&covered).collect();
@@ -233,9 +263,16 @@ async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
             .json()
             .await
             .unwrap();
-        assert_eq!(job["job"]["state"], "completed", "job {id} is neither completed nor back in the queue");
+        assert_eq!(
+            job["job"]["state"], "completed",
+            "job {id} is neither completed nor back in the queue"
+        );
     }
-    assert!(unaccounted.len() <= 8 * 5, "{} jobs unaccounted for", unaccounted.len());
+    assert!(
+        unaccounted.len() <= 8 * 5,
+        "{} jobs unaccounted for",
+        unaccounted.len()
+    );
     eprintln!(
         "{} acked before SIGKILL, {} back in the queue after the visibility timeout, {} completed with their ack in flight",
         acked.len(),

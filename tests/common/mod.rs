@@ -104,10 +104,7 @@ impl TestServer {
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "bulwark exited early with {status}; log:\n{}",
-                    self.log()
-                );
+                panic!("bulwark exited early with {status}; log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
