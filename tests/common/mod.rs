@@ -160,7 +160,8 @@ impl TestServer {
     /// Stops the server, creates another admin key offline, starts the server again, and
     /// returns the new key.
     pub fn add_admin_key(&mut self, name: &str) -> String {
-        self.terminate();
+        let code = self.terminate();
+        assert_eq!(code, Some(0), "SIGTERM did not stop the server cleanly:\n{}", self.log());
         let out = self.cli(&["keys", "create", "--role", "admin", "--name", name]);
         assert!(
             out.status.success(),
