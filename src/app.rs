@@ -106,12 +106,18 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     if config.testing.allow_reset || config.testing.honour_test_directives {
         warn!("[testing] switches are on: this server is for conformance runs, not production");
     }
-    prepare_secrets_dir(&config.secrets.dir)?;
-    let store = Store::open(&config.storage.data_dir)?;
-    info!(path = %store.path().display(), "database open");
-    bootstrap(&store, &config)?;
-
-    let (queue, queue_thread) = QueueHandle::spawn(store.clone(), config.queue_config())?;
+    // Opening the file, the first-start key (argon2) and the index rebuild all block: keep them
+    // off the async threads.
+    let setup = config.clone();
+    let (store, queue, queue_thread) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        prepare_secrets_dir(&setup.secrets.dir)?;
+        let store = Store::open(&setup.storage.data_dir)?;
+        info!(path = %store.path().display(), "database open");
+        bootstrap(&store, &setup)?;
+        let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
+        Ok((store, queue, thread))
+    })
+    .await??;
     let auth = AuthHandle::spawn(store)?;
 
     let listener = TcpListener::bind(config.server.listen)
