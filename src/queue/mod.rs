@@ -176,3 +176,131 @@ impl QueueHandle {
         let _ = self.tx.send(Msg::Drain).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::now_ms;
+    use crate::job::envelope::{parse_new_job, EnvelopeRules};
+    use serde_json::json;
+
+    fn new_job(priority: i32, tag: u32) -> NewJob {
+        let body =
+            json!({"type": "t.x", "args": [tag], "options": {"queue": "q", "priority": priority}});
+        parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap()
+    }
+
+    fn holder() -> Holder {
+        Holder {
+            principal: "p".into(),
+            worker_id: Some("w".into()),
+        }
+    }
+
+    async fn fetch_one(queue: &QueueHandle) -> Option<Job> {
+        let req = FetchRequest {
+            queues: vec!["q".into()],
+            count: 1,
+            holder: holder(),
+            visibility_timeout_ms: None,
+        };
+        queue.fetch(req).await.unwrap().pop()
+    }
+
+    #[tokio::test]
+    async fn order_and_leases_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (queue, thread) = QueueHandle::spawn(store.clone(), QueueConfig::default()).unwrap();
+        let low = queue.enqueue(new_job(0, 1), None).await.unwrap();
+        let high = queue.enqueue(new_job(10, 2), None).await.unwrap();
+        let low2 = queue.enqueue(new_job(0, 3), None).await.unwrap();
+        let low3 = queue.enqueue(new_job(0, 4), None).await.unwrap();
+        // Higher priority first, then FIFO.
+        assert_eq!(fetch_one(&queue).await.unwrap().id, high.id);
+        let active = fetch_one(&queue).await.unwrap();
+        assert_eq!(active.id, low.id);
+        drop(queue);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A new actor over the same file rebuilds the same order and the lease.
+        let (queue, _thread) = QueueHandle::spawn(store, QueueConfig::default()).unwrap();
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.totals.available, stats.totals.active), (2, 2));
+        assert_eq!(fetch_one(&queue).await.unwrap().id, low2.id);
+        assert_eq!(fetch_one(&queue).await.unwrap().id, low3.id);
+        assert!(fetch_one(&queue).await.is_none());
+        let acked = queue
+            .ack(AckRequest {
+                id: active.id,
+                holder: holder(),
+                attempt: Some(1),
+                result: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(acked.state, JobState::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_retries_then_exhausts_into_the_dead_letter_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (queue, _thread) = QueueHandle::spawn(store, QueueConfig::default()).unwrap();
+        let body = json!({"type": "t.x", "args": [], "options": {"queue": "q", "retry": {
+            "max_attempts": 2, "initial_interval": "PT0.05S", "jitter": false, "on_exhaustion": "dead_letter"}}});
+        let job = queue
+            .enqueue(
+                parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let failure = || Failure {
+            code: "handler_error".into(),
+            message: "boom".into(),
+            error_type: None,
+            retryable: None,
+            details: None,
+        };
+        fetch_one(&queue).await.unwrap();
+        let nacked = queue
+            .nack(NackRequest {
+                id: job.id,
+                holder: holder(),
+                attempt: None,
+                failure: failure(),
+                requeue: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (nacked.state, nacked.retry_delay_ms),
+            (JobState::Retryable, Some(50))
+        );
+        assert!(fetch_one(&queue).await.is_none(), "not due yet");
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        assert_eq!(fetch_one(&queue).await.unwrap().attempt, 2);
+        let nacked = queue
+            .nack(NackRequest {
+                id: job.id,
+                holder: holder(),
+                attempt: Some(2),
+                failure: failure(),
+                requeue: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(nacked.state, JobState::Discarded);
+        assert!(nacked.dead_letter);
+        assert_eq!(nacked.errors.len(), 2);
+        let page = queue.dead_letter(None, 10, 0).await.unwrap();
+        assert_eq!(page.total, 1);
+        let retried = queue.retry_dead_letter(job.id).await.unwrap();
+        assert_eq!((retried.state, retried.attempt), (JobState::Available, 0));
+        assert_eq!(queue.dead_letter(None, 10, 0).await.unwrap().total, 0);
+    }
+}
