@@ -603,9 +603,13 @@ fn cpu_report(a: &CpuMark, b: &CpuMark, secs: f64, requests: u64) -> String {
     };
     let _ = write!(
         s,
-        "  cpu: client {client:.2} s ({:.0}% of a core, {per_req:.1} us/request over {requests} requests)",
+        "  cpu: client {client:.2} s ({:.0}% of a core",
         100.0 * client / secs
     );
+    if requests > 0 {
+        let _ = write!(s, ", {per_req:.1} us/request over {requests} requests");
+    }
+    s.push(')');
     if let (Some(sa), Some(sb)) = (&a.server, &b.server) {
         // Group threads by name with trailing digits removed (actix workers, tokio pools).
         let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
@@ -635,7 +639,7 @@ fn cpu_report(a: &CpuMark, b: &CpuMark, secs: f64, requests: u64) -> String {
     if all > 0.0 {
         let _ = write!(
             s,
-            "\n  cpu: machine {:.0}% busy over {} cores",
+            "\n  cpu: machine {:.0}% busy over {} cores (/proc/stat ticks: undercounts short bursts)",
             100.0 * busy / all,
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         );
@@ -1276,6 +1280,13 @@ async fn w3(ctx: &Ctx, queue: &'static str, rate: Option<f64>) -> Report {
             o.w3_batch
         ),
     ];
+    if rate.is_none() && enq_window > done_window {
+        extra.push(format!(
+            "backlog grew to {} jobs by the end of the window: the producers outpace the \
+             workers, so end-to-end latency here is mostly time spent queued",
+            enq_window - done_window
+        ));
+    }
     if backlog > 0 {
         extra.push(format!(
             "{backlog} jobs still unacked {} s after the producers stopped",
