@@ -142,7 +142,8 @@ options:
   --producers N          W3 producers (8)
   --batch N              W2 fetch count (50: throughput flattens from 25 on)
   --w3-batch N           W3 fetch count (10)
-  --idle-sleep-us US     W3 worker sleep after an empty fetch, microseconds (1000)
+  --idle-sleep-us US     W3 worker sleep after an empty fetch, microseconds (1000; 0 = busy
+                         polling; tokio's timer rounds sleeps up to whole milliseconds)
   --arg-bytes N          serialized args size, bytes (200)
   --fsync-secs S         fsync workload length (3)
   --client hyper|reqwest HTTP client (hyper)
@@ -194,7 +195,12 @@ fn parse_opts() -> Opts {
             "producers" => o.producers = int(&value),
             "batch" => o.batch = int(&value),
             "w3-batch" => o.w3_batch = int(&value),
-            "idle-sleep-us" => o.idle_sleep = Duration::from_micros(int(&value) as u64),
+            "idle-sleep-us" => {
+                // 0 is allowed: busy polling (a yield between fetches).
+                o.idle_sleep = Duration::from_micros(value.parse().unwrap_or_else(|_| {
+                    die(&format!("--idle-sleep-us: not a whole number: {value}"))
+                }));
+            }
             "arg-bytes" => o.arg_bytes = int(&value),
             "fsync-secs" => o.fsync_secs = num(&value),
             "client" => {
@@ -1024,7 +1030,11 @@ async fn worker(
             if drain {
                 break;
             }
-            tokio::time::sleep(idle).await;
+            if idle.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(idle).await;
+            }
             continue;
         }
         for job in jobs {
