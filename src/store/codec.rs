@@ -30,7 +30,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
             "unknown record version {version}"
         )));
     }
-    let mut de = rmp_serde::Deserializer::new(body);
+    // Borrowing from the slice avoids a copy and an allocation per field name.
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_DEPTH);
     T::deserialize(&mut de).map_err(|e| StoreError::Corrupt(format!("decode: {e}")))
 }

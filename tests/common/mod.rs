@@ -161,7 +161,12 @@ impl TestServer {
     /// returns the new key.
     pub fn add_admin_key(&mut self, name: &str) -> String {
         let code = self.terminate();
-        assert_eq!(code, Some(0), "SIGTERM did not stop the server cleanly:\n{}", self.log());
+        assert_eq!(
+            code,
+            Some(0),
+            "SIGTERM did not stop the server cleanly:\n{}",
+            self.log()
+        );
         let out = self.cli(&["keys", "create", "--role", "admin", "--name", name]);
         assert!(
             out.status.success(),
