@@ -22,7 +22,7 @@ use super::{QueueConfig, QueueError};
 use crate::clock::{now_ms, Millis};
 use crate::job::envelope::NewJob;
 use crate::job::retry::OnExhaustion;
-use crate::job::{Job, JobError, JobId, JobState, Lease};
+use crate::job::{Job, JobId, JobState, Lease};
 use crate::store::{codec, tables, Store, StoreError};
 
 type Table<'t> = redb::Table<'t, u128, &'static [u8]>;
@@ -348,17 +348,18 @@ impl QueueActor {
                 self.fail_attempt(b, &mut job, failure);
             } else {
                 debug!(job_id = %job.id, attempt = job.attempt, "visibility timeout, reclaiming");
-                job.push_error(JobError {
-                    code: "lease_expired".into(),
-                    message:
-                        "the visibility timeout ran out before the worker acknowledged the job"
-                            .into(),
-                    error_type: None,
-                    retryable: Some(true),
-                    details: None,
-                    attempt: job.attempt,
-                    occurred_at: now,
-                });
+                job.push_error(
+                    Failure {
+                        code: "lease_expired".into(),
+                        message:
+                            "the visibility timeout ran out before the worker acknowledged the job"
+                                .into(),
+                        error_type: None,
+                        retryable: Some(true),
+                        details: None,
+                    }
+                    .into_error(job.attempt, now),
+                );
                 if job.retry.has_attempts_left(job.attempt) {
                     job.state = JobState::Available;
                     job.seq = self.idx.take_seq();
@@ -382,15 +383,7 @@ impl QueueActor {
                 .error_type
                 .as_deref()
                 .is_some_and(|t| job.retry.is_non_retryable(t));
-        job.push_error(JobError {
-            code: failure.code,
-            message: failure.message,
-            error_type: failure.error_type,
-            retryable: failure.retryable,
-            details: failure.details,
-            attempt: job.attempt,
-            occurred_at: now,
-        });
+        job.push_error(failure.into_error(job.attempt, now));
         b.event("job.failed", job);
         if !non_retryable && job.retry.has_attempts_left(job.attempt) {
             let delay = job.retry.delay_ms(job.attempt, self.random_unit());
@@ -501,15 +494,16 @@ impl QueueActor {
                 };
                 self.idx.remove(&job);
                 if job.expires_at.is_some_and(|at| at <= now) {
-                    job.push_error(JobError {
-                        code: "expired".into(),
-                        message: "the job expired before a worker started it".into(),
-                        error_type: None,
-                        retryable: Some(false),
-                        details: None,
-                        attempt: job.attempt,
-                        occurred_at: now,
-                    });
+                    job.push_error(
+                        Failure {
+                            code: "expired".into(),
+                            message: "the job expired before a worker started it".into(),
+                            error_type: None,
+                            retryable: Some(false),
+                            details: None,
+                        }
+                        .into_error(job.attempt, now),
+                    );
                     job.state = JobState::Discarded;
                     job.discarded_at = Some(now);
                     job.completed_at = Some(now);
@@ -588,16 +582,7 @@ impl QueueActor {
         self.idx.remove(&job);
         job.lease = None;
         if req.requeue {
-            let f = req.failure;
-            job.push_error(JobError {
-                code: f.code,
-                message: f.message,
-                error_type: f.error_type,
-                retryable: f.retryable,
-                details: f.details,
-                attempt: job.attempt,
-                occurred_at: b.now,
-            });
+            job.push_error(req.failure.into_error(job.attempt, b.now));
             job.state = JobState::Available;
             job.seq = self.idx.take_seq();
             b.event("job.requeued", &job);

@@ -48,6 +48,22 @@ pub struct Failure {
     pub details: Option<Payload>,
 }
 
+impl Failure {
+    /// The history entry for this failure of `attempt`, recorded at `at`.
+    #[must_use]
+    pub fn into_error(self, attempt: u32, at: crate::clock::Millis) -> crate::job::JobError {
+        crate::job::JobError {
+            code: self.code,
+            message: self.message,
+            error_type: self.error_type,
+            retryable: self.retryable,
+            details: self.details,
+            attempt,
+            occurred_at: at,
+        }
+    }
+}
+
 /// `POST /workers/nack`.
 #[derive(Clone, Debug)]
 pub struct NackRequest {
