@@ -1,9 +1,14 @@
-//! The auth store's loop: verifies cache misses on the blocking pool, one verification per
-//! distinct key at a time, and publishes verified principals to the shared cache. It is the only
-//! writer of the cache.
+//! The auth store's loop: hands cache misses to a fixed set of verifier threads, one
+//! verification per distinct key at a time, and publishes verified principals to the shared
+//! cache. It is the only writer of the cache.
+//!
+//! The verifier threads are the only place argon2 runs. There are few of them, each with one
+//! reusable 19 MiB working memory, so a flood of well-formed wrong keys costs bounded memory and
+//! CPU (and a full verification queue answers 503 rather than growing).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use secrecy::{ExposeSecret, SecretString};
@@ -16,22 +21,43 @@ use crate::store::Store;
 
 type Waiters = Vec<oneshot::Sender<Result<Arc<Principal>, AuthError>>>;
 
+/// Threads that run argon2 (each holds 19 MiB of working memory for its whole life).
+const VERIFIER_THREADS: usize = 2;
+/// Verifications waiting for a thread before new ones are refused with 503.
+const VERIFY_QUEUE: usize = 256;
+
+struct VerifyJob {
+    digest: Digest,
+    token: SecretString,
+}
+
 pub(super) struct AuthActor {
-    store: Store,
     cache: Arc<ArcSwap<Cache>>,
     pending: HashMap<Digest, Waiters>,
-    /// For verification tasks to report back; weak so the loop ends when the handles go.
-    me: mpsc::WeakSender<Msg>,
+    jobs: SyncSender<VerifyJob>,
 }
 
 impl AuthActor {
-    pub(super) fn new(store: Store, cache: Arc<ArcSwap<Cache>>, me: mpsc::WeakSender<Msg>) -> Self {
-        Self {
-            store,
+    /// `me` lets the verifier threads report back; it is weak so that the loop still ends when
+    /// every handle is gone.
+    pub(super) fn new(
+        store: Store,
+        cache: Arc<ArcSwap<Cache>>,
+        me: mpsc::WeakSender<Msg>,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel(VERIFY_QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..VERIFIER_THREADS {
+            let (store, queue, me) = (store.clone(), queue.clone(), me.clone());
+            std::thread::Builder::new()
+                .name(format!("bulwark-verify-{n}"))
+                .spawn(move || verifier_loop(&store, &queue, &me))?;
+        }
+        Ok(Self {
             cache,
             pending: HashMap::new(),
-            me,
-        }
+            jobs,
+        })
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -63,15 +89,18 @@ impl AuthActor {
             waiters.push(reply);
             return;
         }
-        self.pending.insert(digest, vec![reply]);
-        let Some(me) = self.me.upgrade() else { return };
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || check(&store, &token))
-                .await
-                .unwrap_or(Err(AuthError::Unavailable));
-            let _ = me.send(Msg::Verified { digest, result }).await;
-        });
+        match self.jobs.try_send(VerifyJob { digest, token }) {
+            Ok(()) => {
+                self.pending.insert(digest, vec![reply]);
+            }
+            Err(TrySendError::Full(_)) => {
+                warn!("api key verification queue full, refusing");
+                let _ = reply.send(Err(AuthError::Unavailable));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                let _ = reply.send(Err(AuthError::Unavailable));
+            }
+        }
     }
 
     fn verified(&mut self, digest: Digest, result: Result<Arc<Principal>, AuthError>) {
@@ -105,18 +134,45 @@ fn decoy_hash() -> &'static str {
     })
 }
 
+/// One verifier thread: takes jobs until the actor is gone.
+fn verifier_loop(store: &Store, queue: &Mutex<Receiver<VerifyJob>>, me: &mpsc::WeakSender<Msg>) {
+    let mut verifier = key::Verifier::new();
+    loop {
+        let job = match queue.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let result = check(store, &mut verifier, &job.token);
+        let Some(me) = me.upgrade() else { return };
+        if me
+            .blocking_send(Msg::Verified {
+                digest: job.digest,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Verifies a presented key against the store. Blocking: argon2 and redb.
-fn check(store: &Store, token: &SecretString) -> Result<Arc<Principal>, AuthError> {
+fn check(
+    store: &Store,
+    verifier: &mut key::Verifier,
+    token: &SecretString,
+) -> Result<Arc<Principal>, AuthError> {
     let Some(parsed) = key::parse(token.expose_secret()) else {
         return Err(AuthError::Malformed);
     };
     let record = records::get(store, parsed.id)?;
     let Some(record) = record else {
-        let _ = key::verify(token, decoy_hash());
+        let _ = verifier.verify(token, decoy_hash());
         return Err(AuthError::UnknownKey);
     };
     // The hash is checked before the record's status so every refusal costs the same.
-    let matches = key::verify(token, &record.hash);
+    let matches = verifier.verify(token, &record.hash);
     if !matches {
         warn!(key = %key::display_id(&record.id), "api key with a wrong secret");
         return Err(AuthError::WrongSecret);

@@ -6,12 +6,14 @@
 //! whole key is stored.
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::PasswordHasher;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The fixed prefix of every key.
 pub const PREFIX: &str = "bwk";
@@ -83,15 +85,69 @@ pub fn hash(token: &SecretString) -> Result<String, argon2::password_hash::Error
     Ok(phc.to_string())
 }
 
-/// Checks a presented key against a stored PHC string. Slow by design.
+/// Most argon2 memory a stored hash may ask for (64 MiB); ours use 19 MiB.
+const MAX_M_COST: u32 = 64 * 1024;
+
+/// Checks presented keys against stored PHC strings, reusing one argon2 working memory (19 MiB)
+/// for its whole life: a fixed set of verifiers bounds memory by construction, where allocating
+/// per verification lets the allocator keep every freed buffer.
+pub struct Verifier {
+    blocks: Vec<Block>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Verifier {
+    #[must_use]
+    pub fn new() -> Self {
+        Self { blocks: Vec::new() }
+    }
+
+    /// Whether `token` matches `phc` (argon2id v19 only). Slow by design; the comparison of the
+    /// derived hash is constant-time, and the working memory is wiped afterwards.
+    pub fn verify(&mut self, token: &SecretString, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+            return false;
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return false;
+        };
+        if parsed.algorithm.as_str() != "argon2id"
+            || parsed.version.is_some_and(|v| v != 0x13)
+            || params.m_cost() > MAX_M_COST
+        {
+            return false;
+        }
+        let needed = params.block_count();
+        if self.blocks.len() < needed {
+            self.blocks.resize(needed, Block::default());
+        }
+        let mut out = Zeroizing::new(vec![0u8; expected.as_bytes().len()]);
+        let memory = &mut self.blocks[..needed];
+        let computed = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into_with_memory(
+                token.expose_secret().as_bytes(),
+                salt.as_ref(),
+                &mut out,
+                &mut *memory,
+            )
+            .is_ok();
+        memory.iter_mut().for_each(Zeroize::zeroize);
+        computed && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+    }
+}
+
+/// Checks a presented key against a stored PHC string with a one-off verifier. Slow by design.
 #[must_use]
 pub fn verify(token: &SecretString, phc: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(phc) else {
-        return false;
-    };
-    Argon2::default()
-        .verify_password(token.expose_secret().as_bytes(), &parsed)
-        .is_ok()
+    Verifier::new().verify(token, phc)
 }
 
 /// How a key appears in logs: `bwk_…<last four of the id>`.
@@ -117,6 +173,15 @@ mod tests {
         let other = generate("live").unwrap();
         assert!(!verify(&other.token, &phc));
         assert!(!verify(&key.token, "not a phc string"));
+        // One verifier, reused, keeps giving the right answers.
+        let mut verifier = Verifier::new();
+        for _ in 0..2 {
+            assert!(verifier.verify(&key.token, &phc));
+            assert!(!verifier.verify(&other.token, &phc));
+        }
+        // Only argon2id is accepted.
+        let argon2i = phc.replacen("$argon2id$", "$argon2i$", 1);
+        assert!(!verifier.verify(&key.token, &argon2i));
     }
 
     #[test]

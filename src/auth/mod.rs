@@ -150,7 +150,8 @@ impl AuthHandle {
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| AuthError::Unavailable)?;
         let cache = Arc::new(ArcSwap::from_pointee(Cache::new()));
         let (tx, rx) = mpsc::channel(1024);
-        let actor = actor::AuthActor::new(store, cache.clone(), tx.downgrade());
+        let actor = actor::AuthActor::new(store, cache.clone(), tx.downgrade())
+            .map_err(|_| AuthError::Unavailable)?;
         tokio::spawn(actor.run(rx));
         Ok(Self {
             tx,
