@@ -1,0 +1,152 @@
+//! The audit writer: the only writer of the audit log, an append-only JSON-lines file whose
+//! records are HMAC-chained ([`record`]) so that `bulwark audit verify` detects any edited,
+//! inserted, removed, reordered or cut record.
+//!
+//! Records are never dropped silently: senders wait for room in a bounded mailbox. Operations
+//! that must not happen unrecorded call [`AuditHandle::record`], which returns only once the
+//! record is on disk (fsync); if it cannot be written, the operation is refused (fail closed).
+
+pub mod record;
+mod writer;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+use zeroize::Zeroizing;
+
+pub use record::{AuditEvent, Outcome};
+
+/// The key file inside the secrets folder.
+pub const KEY_FILE: &str = "audit-hmac.key";
+
+/// Where the audit trail lives.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    pub log_file: PathBuf,
+    pub head_file: PathBuf,
+}
+
+/// What can go wrong with the audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit log could not be written durably")]
+    WriteFailed,
+    #[error("the audit writer is unavailable")]
+    Unavailable,
+    #[error("audit key: {0}")]
+    Key(String),
+    #[error("audit log: {0}")]
+    Log(String),
+}
+
+pub(crate) struct Msg {
+    event: AuditEvent,
+    done: Option<oneshot::Sender<Result<(), AuditError>>>,
+}
+
+/// A cheap, cloneable handle to the audit writer.
+#[derive(Clone)]
+pub struct AuditHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl AuditHandle {
+    /// Opens the log (recovering from a crash mid-append), checks it against its signed head,
+    /// and starts the writer thread. Refuses to start on a log that does not match its head.
+    pub fn spawn(
+        config: &AuditConfig,
+        key: hmac::Key,
+    ) -> Result<(Self, JoinHandle<()>), AuditError> {
+        let writer = writer::Writer::open(config, key)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let thread = std::thread::Builder::new()
+            .name("bulwark-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError::Log(e.to_string()))?;
+        Ok((Self { tx }, thread))
+    }
+
+    /// Appends a record and waits until it is durably written. Use before a security-relevant
+    /// operation: if this fails, do not perform it.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg {
+                event,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| AuditError::Unavailable)?;
+        rx.await.map_err(|_| AuditError::Unavailable)?
+    }
+
+    /// Appends a record without waiting for the disk (it waits for room in the mailbox, so
+    /// nothing is dropped). A writer that is gone is logged.
+    pub async fn emit(&self, event: AuditEvent) {
+        let event_type = event.event_type;
+        if self.tx.send(Msg { event, done: None }).await.is_err() {
+            error!(event_type, "audit writer unavailable, record not written");
+        }
+    }
+}
+
+/// Reads the audit HMAC key from the secrets folder, creating it (32 random bytes, hex, mode
+/// 0600) on first use. A key file readable by group or others is refused.
+pub fn load_or_create_key(secrets_dir: &Path) -> Result<hmac::Key, AuditError> {
+    let path = secrets_dir.join(KEY_FILE);
+    if !path.exists() {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| AuditError::Key("no randomness".into()))?;
+        let hex: Zeroizing<String> =
+            Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect());
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| AuditError::Key(format!("cannot create {}: {e}", path.display())))?;
+        std::io::Write::write_all(&mut file, format!("{}\n", hex.as_str()).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| AuditError::Key(format!("cannot write {}: {e}", path.display())))?;
+    }
+    load_key(secrets_dir)
+}
+
+/// Reads an existing audit HMAC key (for `bulwark audit verify`).
+pub fn load_key(secrets_dir: &Path) -> Result<hmac::Key, AuditError> {
+    let path = secrets_dir.join(KEY_FILE);
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| AuditError::Key(format!("cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(AuditError::Key(format!(
+            "{} is readable by group or others; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| AuditError::Key(format!("cannot read {}: {e}", path.display())))?,
+    );
+    let hex = text.trim();
+    let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
+        (0..hex.len() / 2)
+            .map(|i| {
+                hex.get(2 * i..2 * i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .filter(|b| b.len() == 32 && hex.len() == 64)
+            .ok_or_else(|| {
+                AuditError::Key(format!("{} must hold 64 hex digits", path.display()))
+            })?,
+    );
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+}

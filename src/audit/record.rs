@@ -1,0 +1,424 @@
+//! Audit records, their tamper-evident chain, and verification. Pure functions over bytes.
+//!
+//! The log is JSON lines. Each line is the record's canonical form: compact JSON with keys in
+//! sorted order, ending in `\n`. Its `chain` field is
+//! `HMAC-SHA256(key, previous chain || "\n" || canonical JSON of the record without "chain")`,
+//! hex-encoded; the first record chains from 64 zeros. The key lives in the secrets folder, not
+//! beside the log, so whoever can edit the log cannot recompute the chain.
+//!
+//! A signed head (last sequence number and chain, MACed with the same key) is kept next to the
+//! log and rewritten after every durable append, so a cut tail (lines removed from the end) is
+//! detected too.
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The chain value before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Longest string kept in a record field; longer values are cut.
+const MAX_FIELD: usize = 256;
+
+/// How an audited action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+/// Makes a client-supplied value safe to record: no control characters (so no CR/LF), at most
+/// 256 characters.
+#[must_use]
+pub fn sanitize(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FIELD)
+        .collect()
+}
+
+/// Sanitizes every string inside a JSON value, and caps collections.
+#[must_use]
+pub fn sanitize_value(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(sanitize(s)),
+        Value::Array(items) => Value::Array(items.iter().take(64).map(sanitize_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .take(64)
+                .map(|(k, v)| (sanitize(k), sanitize_value(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// One audit event, before it is sequenced and chained.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    /// e.g. `auth.failure`, `job.cancelled`, `admin.reset`.
+    pub event_type: &'static str,
+    pub outcome: Outcome,
+    /// The acting principal as logs show it (`bwk_…a1b2`), if known.
+    pub principal: Option<String>,
+    pub tenant: Option<String>,
+    pub source_ip: Option<String>,
+    /// The request id.
+    pub correlation_id: Option<String>,
+    /// Event-specific context; never credentials, payloads or key material.
+    pub detail: Map<String, Value>,
+}
+
+impl AuditEvent {
+    /// A new event with empty context.
+    #[must_use]
+    pub fn new(event_type: &'static str, outcome: Outcome) -> Self {
+        Self {
+            event_type,
+            outcome,
+            principal: None,
+            tenant: None,
+            source_ip: None,
+            correlation_id: None,
+            detail: Map::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.detail.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The record without its chain value, as a JSON object (every client value sanitized).
+    #[must_use]
+    pub fn to_unchained(&self, seq: u64, timestamp: &str) -> Map<String, Value> {
+        let opt = |v: &Option<String>| {
+            v.as_deref()
+                .map_or(Value::Null, |s| Value::String(sanitize(s)))
+        };
+        let mut m = Map::new();
+        m.insert("seq".into(), seq.into());
+        m.insert("timestamp".into(), timestamp.into());
+        m.insert("event_type".into(), self.event_type.into());
+        m.insert(
+            "outcome".into(),
+            match self.outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+                Outcome::Denied => "denied",
+            }
+            .into(),
+        );
+        m.insert("principal".into(), opt(&self.principal));
+        m.insert("tenant".into(), opt(&self.tenant));
+        m.insert("source_ip".into(), opt(&self.source_ip));
+        m.insert("correlation_id".into(), opt(&self.correlation_id));
+        m.insert(
+            "detail".into(),
+            sanitize_value(&Value::Object(self.detail.clone())),
+        );
+        m
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The chain value of a record whose unchained canonical JSON is `body`.
+#[must_use]
+pub fn chain_value(key: &hmac::Key, previous: &str, body: &str) -> String {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(previous.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body.as_bytes());
+    hex(ctx.sign().as_ref())
+}
+
+/// Chains an unchained record: returns its line (with `\n`) and its chain value.
+#[must_use]
+pub fn seal(key: &hmac::Key, previous: &str, mut record: Map<String, Value>) -> (String, String) {
+    record.remove("chain");
+    let body = Value::Object(record.clone()).to_string();
+    let chain = chain_value(key, previous, &body);
+    record.insert("chain".into(), chain.clone().into());
+    (format!("{}\n", Value::Object(record)), chain)
+}
+
+/// The signed head: where the log must end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub chain: String,
+    pub mac: String,
+}
+
+fn head_mac(key: &hmac::Key, seq: u64, chain: &str) -> String {
+    hex(hmac::sign(
+        key,
+        format!("bulwark-audit-head\n{seq}\n{chain}").as_bytes(),
+    )
+    .as_ref())
+}
+
+impl Head {
+    /// A signed head for the last record.
+    #[must_use]
+    pub fn new(key: &hmac::Key, seq: u64, chain: &str) -> Self {
+        Self {
+            seq,
+            chain: chain.to_string(),
+            mac: head_mac(key, seq, chain),
+        }
+    }
+
+    /// Whether the head was signed with `key`.
+    #[must_use]
+    pub fn is_authentic(&self, key: &hmac::Key) -> bool {
+        hmac::verify(
+            key,
+            format!("bulwark-audit-head\n{}\n{}", self.seq, self.chain).as_bytes(),
+            &decode_hex(&self.mac),
+        )
+        .is_ok()
+    }
+}
+
+fn decode_hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| {
+            text.get(2 * i..2 * i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
+}
+
+/// Why a log failed verification: the first problem found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broken {
+    /// 1-based line number (0 for the head or the file as a whole).
+    pub line: usize,
+    pub reason: String,
+}
+
+/// A verified log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub last_chain: String,
+}
+
+/// Verifies a whole log against its key and, when given, its head.
+pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verified, Broken> {
+    let broken = |line: usize, reason: &str| Broken {
+        line,
+        reason: reason.to_string(),
+    };
+    if !log.is_empty() && !log.ends_with(b"\n") {
+        return Err(broken(
+            0,
+            "the file does not end with a complete line (cut or appended to)",
+        ));
+    }
+    let mut previous = GENESIS.to_string();
+    let mut count = 0u64;
+    // The file ends with a newline (checked above); every piece between newlines is a record.
+    let body = log.strip_suffix(b"\n").unwrap_or(log);
+    let pieces = if log.is_empty() {
+        Vec::new()
+    } else {
+        body.split(|b| *b == b'\n').collect()
+    };
+    for (index, raw) in pieces.into_iter().enumerate() {
+        let line_no = index + 1;
+        if raw.is_empty() {
+            return Err(broken(line_no, "empty line"));
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| broken(line_no, "not UTF-8"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|_| broken(line_no, "not a JSON record"))?;
+        // Only the canonical form is accepted: any byte that does not change the parsed value
+        // (spacing, key order, escapes) is still a change.
+        // (Comparing the re-serialized text, not the value: `Value == str` means something else.)
+        #[allow(clippy::cmp_owned)]
+        let canonical = value.to_string() == text;
+        if !canonical {
+            return Err(broken(line_no, "not in canonical form"));
+        }
+        let Value::Object(mut record) = value else {
+            return Err(broken(line_no, "not a JSON object"));
+        };
+        let chain = match record.remove("chain") {
+            Some(Value::String(c)) => c,
+            _ => return Err(broken(line_no, "no chain value")),
+        };
+        if record.get("seq").and_then(Value::as_u64) != Some(count + 1) {
+            return Err(broken(
+                line_no,
+                "sequence number out of order (a record was removed, inserted or moved)",
+            ));
+        }
+        let body = Value::Object(record).to_string();
+        let computed = chain_value(key, &previous, &body);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            computed.as_bytes(),
+            chain.as_bytes(),
+        )) {
+            return Err(broken(
+                line_no,
+                "chain value does not match (the record or one before it was altered)",
+            ));
+        }
+        previous = chain;
+        count += 1;
+    }
+    if let Some(head) = head {
+        if !head.is_authentic(key) {
+            return Err(broken(0, "the head file is not signed with this key"));
+        }
+        if head.seq != count || head.chain != previous {
+            return Err(broken(
+                0,
+                &format!("the log ends at record {count} but the signed head says {} (the tail was cut or replaced)", head.seq),
+            ));
+        }
+    }
+    Ok(Verified {
+        records: count,
+        last_chain: previous,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32])
+    }
+
+    fn log_of(n: u64) -> (Vec<u8>, Head) {
+        let key = key();
+        let mut previous = GENESIS.to_string();
+        let mut out = Vec::new();
+        for seq in 1..=n {
+            let event = AuditEvent::new("test.event", Outcome::Success)
+                .detail("n", seq)
+                .detail("note", "line\r\nbreak");
+            let (line, chain) = seal(
+                &key,
+                &previous,
+                event.to_unchained(seq, "2026-01-01T00:00:00.000Z"),
+            );
+            out.extend_from_slice(line.as_bytes());
+            previous = chain;
+        }
+        (out, Head::new(&key, n, &previous))
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_values_are_sanitized() {
+        let (log, head) = log_of(5);
+        let v = verify(&key(), &log, Some(&head)).unwrap();
+        assert_eq!(v.records, 5);
+        assert_eq!(
+            log.iter().filter(|b| **b == b'\n').count(),
+            5,
+            "CR/LF in values never split a line"
+        );
+        assert!(verify(&key(), b"", Some(&Head::new(&key(), 0, GENESIS))).is_ok());
+        let other = hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]);
+        assert!(
+            verify(&other, &log, None).is_err(),
+            "another key does not verify"
+        );
+    }
+
+    #[test]
+    fn every_random_single_mutation_is_detected() {
+        let (log, head) = log_of(40);
+        let lines: Vec<&[u8]> = log.split_inclusive(|b| *b == b'\n').collect();
+        let rng = ring::rand::SystemRandom::new();
+        let random = |bound: usize| -> usize {
+            let mut b = [0u8; 8];
+            ring::rand::SecureRandom::fill(&rng, &mut b).unwrap();
+            (u64::from_le_bytes(b) % bound as u64) as usize
+        };
+        let mut tried = 0;
+        for round in 0..600 {
+            let mutated: Vec<u8> = match round % 6 {
+                0 => {
+                    // Edit one byte.
+                    let mut m = log.clone();
+                    let at = random(m.len());
+                    let old = m[at];
+                    let mut new = old;
+                    while new == old {
+                        new = (random(256)) as u8;
+                    }
+                    m[at] = new;
+                    m
+                }
+                1 => {
+                    // Delete one line.
+                    let skip = random(lines.len());
+                    lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != skip)
+                        .flat_map(|(_, l)| l.iter().copied())
+                        .collect()
+                }
+                2 => {
+                    // Insert a copy of one line elsewhere.
+                    let copy = lines[random(lines.len())];
+                    let at = random(lines.len() + 1);
+                    let mut m: Vec<u8> = lines[..at].concat();
+                    m.extend_from_slice(copy);
+                    m.extend_from_slice(&lines[at..].concat());
+                    m
+                }
+                3 => {
+                    // Swap two different lines.
+                    let a = random(lines.len());
+                    let mut b = random(lines.len());
+                    while b == a {
+                        b = random(lines.len());
+                    }
+                    let mut v = lines.clone();
+                    v.swap(a, b);
+                    v.concat()
+                }
+                4 => {
+                    // Move one line to another place.
+                    let from = random(lines.len());
+                    let mut v = lines.clone();
+                    let l = v.remove(from);
+                    let mut to = random(v.len() + 1);
+                    if to == from {
+                        to = (to + 1) % (v.len() + 1);
+                    }
+                    v.insert(to, l);
+                    v.concat()
+                }
+                _ => {
+                    // Truncate anywhere (including exactly at a line boundary).
+                    let cut = random(log.len());
+                    log[..cut].to_vec()
+                }
+            };
+            if mutated == log {
+                continue;
+            }
+            tried += 1;
+            assert!(
+                verify(&key(), &mutated, Some(&head)).is_err(),
+                "mutation {round} went undetected"
+            );
+        }
+        assert!(tried > 500);
+    }
+}
