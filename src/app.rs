@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
+use crate::audit::{self, AuditEvent, AuditHandle, Outcome};
 use crate::auth::{records, AuthHandle, Role};
 use crate::config::Config;
 use crate::http;
@@ -109,24 +110,40 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     // Opening the file, the first-start key (argon2) and the index rebuild all block: keep them
     // off the async threads.
     let setup = config.clone();
-    let (store, queue, queue_thread) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        prepare_secrets_dir(&setup.secrets.dir)?;
-        let store = Store::open(&setup.storage.data_dir)?;
-        info!(path = %store.path().display(), "database open");
-        bootstrap(&store, &setup)?;
-        let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
-        Ok((store, queue, thread))
-    })
-    .await??;
+    let (store, queue, queue_thread, audit, audit_thread) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            prepare_secrets_dir(&setup.secrets.dir)?;
+            let store = Store::open(&setup.storage.data_dir)?;
+            info!(path = %store.path().display(), "database open");
+            bootstrap(&store, &setup)?;
+            let key = audit::load_or_create_key(&setup.secrets.dir)?;
+            let (audit, audit_thread) = AuditHandle::spawn(&setup.audit_config(), key)?;
+            let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
+            Ok((store, queue, thread, audit, audit_thread))
+        })
+        .await??;
     let auth = AuthHandle::spawn(store)?;
 
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    audit
+        .emit(
+            AuditEvent::new("server.started", Outcome::Success)
+                .detail("listen", addr.to_string())
+                .detail(
+                    "unknown_fields",
+                    format!("{:?}", config.api.unknown_fields).to_lowercase(),
+                )
+                .detail("testing_reset", config.testing.allow_reset)
+                .detail("testing_directives", config.testing.honour_test_directives),
+        )
+        .await;
     let shared = http::Shared {
         config: Arc::new(config),
         queue: queue.clone(),
         auth,
+        audit: audit.clone(),
         started: Instant::now(),
     };
     let server = http::server(shared, listener)?;
@@ -150,6 +167,14 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     drop(queue);
     // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.
     tokio::task::spawn_blocking(move || queue_thread.join())
+        .await
+        .ok();
+    // The audit writer stops last, after everything that could still emit.
+    audit
+        .emit(AuditEvent::new("server.stopped", Outcome::Success))
+        .await;
+    drop(audit);
+    tokio::task::spawn_blocking(move || audit_thread.join())
         .await
         .ok();
     info!("stopped");

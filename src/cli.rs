@@ -29,6 +29,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -61,6 +66,22 @@ pub enum KeysCommand {
         config: Option<PathBuf>,
         /// The key id (the 16 hex digits after `bwk_<env>_`).
         id: String,
+    },
+}
+
+/// `bulwark audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's chain and signed head; report the first broken record and exit
+    /// non-zero if there is one.
+    Verify {
+        /// The log to verify (default: the configured one).
+        file: Option<PathBuf>,
+        /// Its signed head (default: the configured one, or FILE with the extension `.head`).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 

@@ -7,7 +7,7 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use bulwark::auth::{records, Role};
-use bulwark::cli::{Cli, Command, ConfigCommand, KeysCommand};
+use bulwark::cli::{AuditCommand, Cli, Command, ConfigCommand, KeysCommand};
 use bulwark::clock::rfc3339;
 use bulwark::config::Config;
 use bulwark::store::Store;
@@ -36,6 +36,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(bulwark::app::serve(config, addr_file))
         }
         Command::Keys { command } => keys(command),
+        Command::Audit {
+            command: AuditCommand::Verify { file, head, config },
+        } => audit_verify(file, head, config),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
@@ -43,6 +46,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
+    }
+}
+
+fn audit_verify(
+    file: Option<std::path::PathBuf>,
+    head: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let configured = config.audit_config();
+    let (log_path, head_path) = match (file, head) {
+        (Some(f), Some(h)) => (f, h),
+        (Some(f), None) => {
+            let h = f.with_extension("head");
+            (f, h)
+        }
+        (None, h) => (configured.log_file, h.unwrap_or(configured.head_file)),
+    };
+    let key = bulwark::audit::load_key(&config.secrets.dir)?;
+    let log =
+        std::fs::read(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
+    let head: Option<bulwark::audit::record::Head> = match std::fs::read(&head_path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not an audit head", head_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "warning: no head file at {}: a cut tail cannot be detected",
+                head_path.display()
+            );
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", head_path.display())),
+    };
+    match bulwark::audit::record::verify(&key, &log, head.as_ref()) {
+        Ok(v) => {
+            println!(
+                "ok: {} records, chain intact{}",
+                v.records,
+                if head.is_some() { ", head matches" } else { "" }
+            );
+            Ok(())
+        }
+        Err(broken) if broken.line == 0 => bail!("{}: {}", log_path.display(), broken.reason),
+        Err(broken) => bail!(
+            "{}: first broken record at line {}: {}",
+            log_path.display(),
+            broken.line,
+            broken.reason
+        ),
     }
 }
 

@@ -22,6 +22,17 @@ pub struct Config {
     pub api: ApiConfig,
     pub testing: TestingConfig,
     pub log: LogConfig,
+    pub audit: AuditSection,
+}
+
+/// `[audit]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// The append-only audit log; default `<storage.data_dir>/audit.log`.
+    pub log_file: Option<PathBuf>,
+    /// Its signed head; default `<storage.data_dir>/audit.head`.
+    pub head_file: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -235,6 +246,23 @@ impl Config {
             honour_test_directives: self.testing.honour_test_directives,
             default_timeout_ms: self.queue.default_timeout_ms,
             default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
+        }
+    }
+
+    /// Where the audit trail lives.
+    #[must_use]
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        crate::audit::AuditConfig {
+            log_file: self
+                .audit
+                .log_file
+                .clone()
+                .unwrap_or_else(|| self.storage.data_dir.join("audit.log")),
+            head_file: self
+                .audit
+                .head_file
+                .clone()
+                .unwrap_or_else(|| self.storage.data_dir.join("audit.head")),
         }
     }
 

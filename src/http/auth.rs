@@ -12,7 +12,8 @@ use secrecy::SecretString;
 use tracing::info;
 
 use super::error::ApiError;
-use crate::auth::{AuthHandle, Principal};
+use crate::audit::Outcome;
+use crate::auth::{key, AuthHandle, Principal};
 
 /// The longest bearer token looked at; anything longer is refused unread.
 const MAX_TOKEN_LEN: usize = 512;
@@ -35,20 +36,34 @@ impl FromRequest for Authenticated {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let auth = req.app_data::<web::Data<AuthHandle>>().cloned();
         let token = bearer(req);
-        let peer = req
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let req = req.clone();
         Box::pin(async move {
             let auth = auth.ok_or_else(ApiError::unavailable)?;
+            let peer = req
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
             let Some(token) = token else {
                 info!(source_ip = %peer, "request without credentials refused");
+                let event = super::audit::event(&req, "auth.failure", Outcome::Failure, None)
+                    .detail("reason", "missing credentials");
+                super::audit::emit(&req, event).await;
                 return Err(ApiError::unauthenticated());
             };
+            // The public key id, if the token has the shape of a key, for the record.
+            let key_id = key::parse(secrecy::ExposeSecret::expose_secret(&token))
+                .map(|k| key::display_id(k.id));
             match auth.authenticate(token).await {
                 Ok(principal) => Ok(Authenticated(principal)),
                 Err(e) => {
                     info!(source_ip = %peer, reason = %e, "authentication failed");
+                    let mut event =
+                        super::audit::event(&req, "auth.failure", Outcome::Failure, None)
+                            .detail("reason", e.to_string());
+                    if let Some(id) = key_id {
+                        event = event.detail("key", id);
+                    }
+                    super::audit::emit(&req, event).await;
                     Err(e.into())
                 }
             }

@@ -2,6 +2,7 @@
 //! [`auth::Authenticated`], read bodies through [`body::OjsJson`], call one actor handle, and
 //! return [`error::ApiError`] on failure; [`middleware`] adds the standard headers.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -16,6 +17,7 @@ use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpServer};
 
+use crate::audit::AuditHandle;
 use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
@@ -29,6 +31,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub queue: QueueHandle,
     pub auth: AuthHandle,
+    pub audit: AuditHandle,
     pub started: Instant,
 }
 
@@ -39,6 +42,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
         let config = shared.config.clone();
         cfg.app_data(web::Data::new(shared.queue.clone()))
             .app_data(web::Data::new(shared.auth.clone()))
+            .app_data(web::Data::new(shared.audit.clone()))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::new(config.envelope_rules()))
             .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))

@@ -1,12 +1,14 @@
 //! `/ojs/v1/dead-letter`: list, retry, delete.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{job_id, json};
+use crate::audit::Outcome;
 use crate::auth::Permission;
+use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
 use crate::job::envelope::is_valid_queue;
@@ -61,24 +63,65 @@ pub async fn list(
 
 /// `POST /ojs/v1/dead-letter/{id}/retry`
 pub async fn retry(
-    caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Admin)?;
-    let job = queue.retry_dead_letter(job_id(&id)?).await?;
-    Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
-}
-
-/// `DELETE /ojs/v1/dead-letter/{id}`
-pub async fn delete(
+    req: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.0.require(Permission::Admin)?;
     let id = job_id(&id)?;
-    queue.delete_dead_letter(id).await?;
+    let event = audit::event(
+        &req,
+        "dead_letter.retried",
+        Outcome::Success,
+        Some(&caller.0),
+    )
+    .detail("job_id", id.to_string());
+    audit::record_or_refuse(&req, event).await?;
+    let result = queue.retry_dead_letter(id).await;
+    if let Err(e) = &result {
+        let failed = audit::event(
+            &req,
+            "dead_letter.retried",
+            Outcome::Failure,
+            Some(&caller.0),
+        )
+        .detail("reason", e.to_string());
+        audit::emit(&req, failed).await;
+    }
+    let job = result?;
+    Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
+}
+
+/// `DELETE /ojs/v1/dead-letter/{id}`
+pub async fn delete(
+    req: HttpRequest,
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Admin)?;
+    let id = job_id(&id)?;
+    let event = audit::event(
+        &req,
+        "dead_letter.deleted",
+        Outcome::Success,
+        Some(&caller.0),
+    )
+    .detail("job_id", id.to_string());
+    audit::record_or_refuse(&req, event).await?;
+    let result = queue.delete_dead_letter(id).await;
+    if let Err(e) = &result {
+        let failed = audit::event(
+            &req,
+            "dead_letter.deleted",
+            Outcome::Failure,
+            Some(&caller.0),
+        )
+        .detail("reason", e.to_string());
+        audit::emit(&req, failed).await;
+    }
+    result?;
     Ok(json(
         StatusCode::OK,
         &json!({ "deleted": true, "job_id": id.to_string() }),

@@ -1,12 +1,14 @@
 //! `/ojs/v1/jobs`: enqueue, info, cancel, activate.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::{job_id, json};
+use crate::audit::Outcome;
 use crate::auth::Permission;
 use crate::clock::now_ms;
+use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
@@ -46,12 +48,18 @@ pub async fn info(
 
 /// `DELETE /ojs/v1/jobs/{id}`
 pub async fn cancel(
+    req: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.0.require(Permission::Cancel)?;
     let (job, previous) = queue.cancel(job_id(&id)?).await?;
+    let event = audit::event(&req, "job.cancelled", Outcome::Success, Some(&caller.0))
+        .detail("job_id", job.id.to_string())
+        .detail("queue", job.queue.clone())
+        .detail("previous_state", previous.as_str());
+    audit::emit(&req, event).await;
     let mut view = job_json(&job);
     view["previous_state"] = previous.as_str().into();
     Ok(json(StatusCode::OK, &json!({ "job": view })))

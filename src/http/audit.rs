@@ -1,0 +1,46 @@
+//! Audit records from the HTTP edge: who (principal, source IP) and which request (request id)
+//! are filled in from the request, so handlers only say what happened.
+
+use actix_web::{web, HttpMessage, HttpRequest};
+
+use super::error::ApiError;
+use super::middleware::RequestId;
+use crate::audit::{AuditEvent, AuditHandle, Outcome};
+use crate::auth::Principal;
+
+/// An event with the request's source IP and request id.
+#[must_use]
+pub fn event(
+    req: &HttpRequest,
+    event_type: &'static str,
+    outcome: Outcome,
+    principal: Option<&Principal>,
+) -> AuditEvent {
+    let mut e = AuditEvent::new(event_type, outcome);
+    e.source_ip = req.peer_addr().map(|a| a.ip().to_string());
+    e.correlation_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    if let Some(p) = principal {
+        e.principal = Some(p.display_id());
+        e.tenant = p.tenant().map(str::to_string);
+    }
+    e
+}
+
+/// Records an event durably before a security-relevant operation; if the record cannot be
+/// written, the operation must not happen, and the caller gets 503.
+pub async fn record_or_refuse(req: &HttpRequest, event: AuditEvent) -> Result<(), ApiError> {
+    let audit = req
+        .app_data::<web::Data<AuditHandle>>()
+        .ok_or_else(ApiError::unavailable)?;
+    audit.record(event).await.map_err(|e| {
+        tracing::error!(error = %e, "audit record failed; operation refused");
+        ApiError::unavailable()
+    })
+}
+
+/// Records an event without waiting for the disk.
+pub async fn emit(req: &HttpRequest, event: AuditEvent) {
+    if let Some(audit) = req.app_data::<web::Data<AuditHandle>>() {
+        audit.emit(event).await;
+    }
+}

@@ -1,0 +1,195 @@
+//! The audit trail from outside: real requests produce complete records, `bulwark audit verify`
+//! accepts the untouched log and names the first broken record of a tampered one, and an admin
+//! operation whose record cannot be written does not happen.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{ServerOptions, TestServer};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn records(server: &TestServer) -> Vec<Value> {
+    let text = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn wait_for(server: &TestServer, event_type: &str) -> Value {
+    for _ in 0..100 {
+        if let Some(r) = records(server)
+            .into_iter()
+            .rev()
+            .find(|r| r["event_type"] == event_type)
+        {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no {event_type} record; log:\n{}", server.log());
+}
+
+#[tokio::test]
+async fn requests_produce_complete_verifiable_records() {
+    let server = TestServer::start(ServerOptions::conformance());
+    let client = server.client();
+    let auth = server.auth();
+
+    // A wrong key with a client-chosen request id.
+    let res = client
+        .get(server.url("/ojs/v1/queues"))
+        .header(
+            "Authorization",
+            "Bearer bwk_live_00000000000000ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .header("X-Request-Id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let failure = wait_for(&server, "auth.failure").await;
+    assert_eq!(failure["outcome"], "failure");
+    assert_eq!(failure["correlation_id"], "abc");
+    assert_eq!(failure["source_ip"], "127.0.0.1");
+    assert_eq!(failure["detail"]["key"], "bwk_…00ab");
+
+    // A cancelled job names who cancelled it.
+    let job: Value = client
+        .post(server.url("/ojs/v1/jobs"))
+        .header("Authorization", &auth)
+        .json(&json!({"type": "a.b", "args": ["CANARY-ARG"], "options": {"queue": "audit-q"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["job"]["id"].as_str().unwrap();
+    let res = client
+        .delete(server.url(&format!("/ojs/v1/jobs/{id}")))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cancelled = wait_for(&server, "job.cancelled").await;
+    let key_id = server.admin_key.split('_').nth(2).unwrap();
+    assert_eq!(cancelled["principal"], format!("bwk_…{}", &key_id[12..]));
+    assert_eq!(cancelled["detail"]["job_id"], id);
+    assert_eq!(cancelled["detail"]["previous_state"], "available");
+
+    // The reset is recorded before it happens.
+    let res = client
+        .post(server.url("/ojs/v1/admin/reset"))
+        .header("Authorization", &auth)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let reset = wait_for(&server, "admin.reset").await;
+
+    for record in [&failure, &cancelled, &reset] {
+        for field in [
+            "seq",
+            "timestamp",
+            "event_type",
+            "principal",
+            "tenant",
+            "source_ip",
+            "correlation_id",
+            "outcome",
+            "detail",
+            "chain",
+        ] {
+            assert!(record.get(field).is_some(), "{field} missing in {record}");
+        }
+    }
+    let all = records(&server);
+    assert_eq!(all[0]["event_type"], "server.started");
+    let text = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
+    assert!(
+        !text.contains(server.admin_key.rsplit('_').next().unwrap()),
+        "a key secret is in the audit log"
+    );
+    assert!(
+        !text.contains("CANARY-ARG"),
+        "job args are in the audit log"
+    );
+
+    // The CLI accepts the untouched log (it only reads, so the server may run).
+    let ok = server.cli(&["audit", "verify"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&format!("ok: {} records", all.len())));
+
+    // A copy with one edited record is refused, naming the line.
+    let tampered = server.dir.join("tampered.log");
+    let edited = text.replacen("\"outcome\":\"failure\"", "\"outcome\":\"success\"", 1);
+    std::fs::write(&tampered, edited).unwrap();
+    std::fs::copy(
+        server.dir.join("data").join("audit.head"),
+        server.dir.join("tampered.head"),
+    )
+    .unwrap();
+    let bad = server.cli(&["audit", "verify", tampered.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let line = all.iter().position(|r| r["outcome"] == "failure").unwrap() + 1;
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains(&format!("line {line}")), "{stderr}");
+
+    // A copy with its last record cut off is refused by the signed head.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(&tampered, format!("{}\n", lines.join("\n"))).unwrap();
+    let cut = server.cli(&["audit", "verify", tampered.to_str().unwrap()]);
+    assert!(!cut.status.success());
+    assert!(String::from_utf8_lossy(&cut.stderr).contains("head"));
+}
+
+#[tokio::test]
+async fn an_admin_operation_that_cannot_be_recorded_does_not_happen() {
+    // /dev/full accepts the open and fails every write with ENOSPC: a real, unwritable sink.
+    let extra = "[audit]\nlog_file = \"/dev/full\"\n".to_string();
+    let server = TestServer::start(ServerOptions {
+        extra_toml: extra,
+        conformance: true,
+    });
+    let client = server.client();
+    let auth = server.auth();
+    let res = client
+        .post(server.url("/ojs/v1/jobs"))
+        .header("Authorization", &auth)
+        .json(&json!({"type": "a.b", "args": [], "options": {"queue": "kept"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = client
+        .post(server.url("/ojs/v1/admin/reset"))
+        .header("Authorization", &auth)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["retryable"], true);
+    // The reset did not happen: the job is still there.
+    let queues: Value = client
+        .get(server.url("/ojs/v1/queues"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queues["queues"][0]["name"], "kept");
+    assert_eq!(queues["queues"][0]["counts"]["available"], 1);
+}
