@@ -221,3 +221,8 @@ fn config_text(dir: &Path, opts: &ServerOptions) -> String {
     text.push_str(&opts.extra_toml);
     text
 }
+
+/// The secret part of an API key (`bwk_<env>_<id>_<secret>`; the secret may itself contain `_`).
+pub fn key_secret(key: &str) -> &str {
+    key.splitn(4, '_').nth(3).expect("a bwk_ key")
+}
