@@ -140,7 +140,7 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
     // Neither key appears in the database file: only hashes are stored.
     let db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
     for key in [&first, &second] {
-        let secret = common::key_secret(&key);
+        let secret = common::key_secret(key);
         assert!(
             !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "a key secret is in the database file"
