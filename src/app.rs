@@ -144,6 +144,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         queue: queue.clone(),
         auth,
         audit: audit.clone(),
+        metrics: crate::metrics::install(),
         started: Instant::now(),
     };
     let server = http::server(shared, listener)?;

@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     ),
     ("POST", "/ojs/v1/admin/reset"),
     ("GET", "/ojs/v1/unknown-route"),
+    ("GET", "/metrics"),
 ];
 
 fn mangle_last_char(key: &str) -> String {

@@ -127,8 +127,15 @@ impl Writer {
                 }
             }
             let result = self.append(&group);
-            if let Err(e) = &result {
-                error!(error = %e, records = group.len(), "audit append failed");
+            match &result {
+                Ok(()) => {
+                    metrics::counter!(crate::metrics::AUDIT_RECORDS).increment(group.len() as u64)
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES)
+                        .increment(group.len() as u64);
+                    error!(error = %e, records = group.len(), "audit append failed");
+                }
             }
             for msg in group.drain(..) {
                 if let Some(done) = msg.done {

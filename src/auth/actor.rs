@@ -104,6 +104,12 @@ impl AuthActor {
     }
 
     fn verified(&mut self, digest: Digest, result: Result<Arc<Principal>, AuthError>) {
+        let label = match &result {
+            Ok(_) => "accepted",
+            Err(AuthError::Storage(_) | AuthError::Unavailable) => "error",
+            Err(_) => "refused",
+        };
+        metrics::counter!(crate::metrics::KEY_VERIFICATIONS, "result" => label).increment(1);
         match &result {
             Ok(p) => {
                 let mut next = Cache::clone(&self.cache.load());

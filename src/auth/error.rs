@@ -29,6 +29,20 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A short label for metrics.
+    #[must_use]
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey | Self::WrongSecret => "invalid",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Forbidden { .. } => "forbidden",
+            Self::Storage(_) | Self::Unavailable => "unavailable",
+        }
+    }
+
     /// The coarse class the HTTP layer maps to a status.
     #[must_use]
     pub fn kind(&self) -> ErrorKind {

@@ -112,6 +112,8 @@ impl Principal {
         if granted {
             Ok(())
         } else {
+            metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => permission.as_str())
+                .increment(1);
             Err(AuthError::Forbidden {
                 permission: permission.as_str(),
             })

@@ -45,6 +45,7 @@ impl FromRequest for Authenticated {
                 .unwrap_or_default();
             let Some(token) = token else {
                 info!(source_ip = %peer, "request without credentials refused");
+                metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => "missing").increment(1);
                 let event = super::audit::event(&req, "auth.failure", Outcome::Failure, None)
                     .detail("reason", "missing credentials");
                 super::audit::emit(&req, event).await;
@@ -54,9 +55,13 @@ impl FromRequest for Authenticated {
             let key_id = key::parse(secrecy::ExposeSecret::expose_secret(&token))
                 .map(|k| key::display_id(k.id));
             match auth.authenticate(token).await {
-                Ok(principal) => Ok(Authenticated(principal)),
+                Ok(principal) => {
+                    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "").increment(1);
+                    Ok(Authenticated(principal))
+                }
                 Err(e) => {
                     info!(source_ip = %peer, reason = %e, "authentication failed");
+                    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => e.metric_reason()).increment(1);
                     let mut event =
                         super::audit::event(&req, "auth.failure", Outcome::Failure, None)
                             .detail("reason", e.to_string());

@@ -59,6 +59,14 @@ pub async fn standard_headers(
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(crate::metrics::HTTP_RESPONSES, "class" => class).increment(1);
     let latency_us = started.elapsed().as_micros();
     if status.is_server_error() {
         warn!(request_id = %id, %method, route = %route, status = status.as_u16(), latency_us, "request failed");

@@ -32,6 +32,7 @@ pub struct Shared {
     pub queue: QueueHandle,
     pub auth: AuthHandle,
     pub audit: AuditHandle,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
 }
 
@@ -43,6 +44,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
         cfg.app_data(web::Data::new(shared.queue.clone()))
             .app_data(web::Data::new(shared.auth.clone()))
             .app_data(web::Data::new(shared.audit.clone()))
+            .app_data(web::Data::new(shared.metrics.clone()))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::new(config.envelope_rules()))
             .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
@@ -59,6 +61,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             web::resource(path.to_string()).default_service(web::to(routes::method_not_allowed))
         };
         cfg.service(resource("/ojs/manifest").route(web::get().to(system::manifest)))
+            .service(resource("/metrics").route(web::get().to(system::metrics)))
             .service(resource("/ojs/v1/health").route(web::get().to(system::health)))
             .service(resource("/ojs/v1/queues").route(web::get().to(system::list_queues)))
             .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))

@@ -95,6 +95,37 @@ pub async fn list_queues(
     ))
 }
 
+/// `GET /metrics`: Prometheus text format; needs the inspect permission.
+pub async fn metrics(
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    handle: web::Data<Option<metrics_exporter_prometheus::PrometheusHandle>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.require(Permission::Inspect)?;
+    let Some(handle) = handle.as_ref() else {
+        return Err(ApiError::unavailable());
+    };
+    let totals = queue.stats().await?.totals;
+    for (state, n) in [
+        ("scheduled", totals.scheduled),
+        ("available", totals.available),
+        ("pending", totals.pending),
+        ("active", totals.active),
+        ("completed", totals.completed),
+        ("retryable", totals.retryable),
+        ("cancelled", totals.cancelled),
+        ("discarded", totals.discarded),
+        ("dead_letter", totals.dead_letter),
+    ] {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(crate::metrics::JOBS, "state" => state).set(n as f64);
+    }
+    handle.run_upkeep();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render()))
+}
+
 /// Query of `GET /ojs/v1/events`.
 #[derive(Deserialize)]
 pub struct EventsQuery {
