@@ -39,7 +39,7 @@ fn main() {
     };
     let key_bytes = [42u8; 32];
     let (audit, thread) =
-        AuditHandle::spawn(&config, hmac::Key::new(hmac::HMAC_SHA256, &key_bytes)).unwrap();
+        AuditHandle::spawn(&config, hmac::Key::new(hmac::HMAC_SHA256, &key_bytes), None).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

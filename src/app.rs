@@ -117,12 +117,13 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             info!(path = %store.path().display(), "database open");
             bootstrap(&store, &setup)?;
             let key = audit::load_or_create_key(&setup.secrets.dir)?;
-            let (audit, audit_thread) = AuditHandle::spawn(&setup.audit_config(), key)?;
+            let (audit, audit_thread) =
+                AuditHandle::spawn(&setup.audit_config(), key, Some(store.clone()))?;
             let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
             Ok((store, queue, thread, audit, audit_thread))
         })
         .await??;
-    let auth = AuthHandle::spawn(store)?;
+    let auth = AuthHandle::spawn(store.clone())?;
 
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -139,12 +140,15 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 .detail("testing_directives", config.testing.honour_test_directives),
         )
         .await;
+    let audit_log = config.audit_config().log_file;
     let shared = http::Shared {
         config: Arc::new(config),
         queue: queue.clone(),
         auth,
         audit: audit.clone(),
         metrics: crate::metrics::install(),
+        store,
+        audit_log,
         started: Instant::now(),
     };
     let server = http::server(shared, listener)?;

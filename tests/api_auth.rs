@@ -38,6 +38,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/ojs/v1/admin/reset"),
     ("GET", "/ojs/v1/unknown-route"),
     ("GET", "/metrics"),
+    ("GET", "/ojs/v1/admin/audit"),
 ];
 
 fn mangle_last_char(key: &str) -> String {

@@ -6,6 +6,7 @@
 //! that must not happen unrecorded call [`AuditHandle::record`], which returns only once the
 //! record is on disk (fsync); if it cannot be written, the operation is refused (fail closed).
 
+pub mod index;
 pub mod record;
 mod writer;
 
@@ -17,6 +18,8 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
+
+use crate::store::Store;
 use zeroize::Zeroizing;
 
 pub use record::{AuditEvent, Outcome};
@@ -58,11 +61,13 @@ pub struct AuditHandle {
 impl AuditHandle {
     /// Opens the log (recovering from a crash mid-append), checks it against its signed head,
     /// and starts the writer thread. Refuses to start on a log that does not match its head.
+    /// With a store, records are also indexed there for the admin query route.
     pub fn spawn(
         config: &AuditConfig,
         key: hmac::Key,
+        store: Option<Store>,
     ) -> Result<(Self, JoinHandle<()>), AuditError> {
-        let writer = writer::Writer::open(config, key)?;
+        let writer = writer::Writer::open(config, key, store)?;
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("bulwark-audit".into())

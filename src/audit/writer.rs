@@ -10,9 +10,11 @@ use ring::hmac;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+use super::index::{self, Summary};
 use super::record::{self, Head, GENESIS};
 use super::{AuditConfig, AuditError, Msg};
 use crate::clock::{now_ms, rfc3339};
+use crate::store::Store;
 
 const MAX_GROUP: usize = 1024;
 
@@ -22,6 +24,9 @@ pub(super) struct Writer {
     key: hmac::Key,
     seq: u64,
     chain: String,
+    /// Bytes in the log, so that each new line's offset is known for the index.
+    len: u64,
+    store: Option<Store>,
     /// Set after a failed append that could not be rolled back: every later record fails too
     /// (fail closed) until an operator restarts and verifies.
     broken: bool,
@@ -41,7 +46,11 @@ fn read_head(path: &PathBuf) -> Result<Option<Head>, AuditError> {
 }
 
 impl Writer {
-    pub(super) fn open(config: &AuditConfig, key: hmac::Key) -> Result<Self, AuditError> {
+    pub(super) fn open(
+        config: &AuditConfig,
+        key: hmac::Key,
+        store: Option<Store>,
+    ) -> Result<Self, AuditError> {
         let log_err = |what: &str, e: std::io::Error| {
             AuditError::Log(format!("{what} {}: {e}", config.log_file.display()))
         };
@@ -102,6 +111,21 @@ impl Writer {
         }
         file.seek(SeekFrom::End(0))
             .map_err(|e| log_err("cannot seek", e))?;
+        if let Some(store) = &store {
+            // The index may lag the log (a crash after the append, an index write that failed):
+            // catch it up from the verified log.
+            let mut indexed =
+                index::last_indexed(store).map_err(|e| AuditError::Log(e.to_string()))?;
+            if indexed > verified.records {
+                warn!("the audit index describes a longer log than the one on disk; rebuilding it");
+                index::clear(store).map_err(|e| AuditError::Log(e.to_string()))?;
+                indexed = 0;
+            }
+            if indexed < verified.records {
+                index::add(store, &index::summaries_after(&log, indexed))
+                    .map_err(|e| AuditError::Log(e.to_string()))?;
+            }
+        }
         Ok(Self {
             file,
             head_file: config.head_file.clone(),
@@ -112,6 +136,8 @@ impl Writer {
             } else {
                 verified.last_chain
             },
+            len: log.len() as u64,
+            store,
             broken: false,
         })
     }
@@ -182,9 +208,27 @@ impl Writer {
             }
             return Err(AuditError::Log(e.to_string()));
         }
+        let start = self.len;
+        self.len += bytes.len() as u64;
         self.seq = seq;
         self.chain = chain;
-        self.write_head()
+        self.write_head()?;
+        if let Some(store) = &self.store {
+            let mut offset = start;
+            let summaries: Vec<Summary> = bytes
+                .split_inclusive('\n')
+                .filter_map(|line| {
+                    let s = Summary::of_line(line.trim_end_matches('\n'), offset);
+                    offset += line.len() as u64;
+                    s
+                })
+                .collect();
+            // The log is the record of truth; a lagging index is rebuilt at the next start.
+            if let Err(e) = index::add(store, &summaries) {
+                error!(error = %e, "audit index update failed");
+            }
+        }
+        Ok(())
     }
 
     fn write_head(&self) -> Result<(), AuditError> {

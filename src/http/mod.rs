@@ -33,6 +33,9 @@ pub struct Shared {
     pub auth: AuthHandle,
     pub audit: AuditHandle,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The database and the audit log, for the audit query route.
+    pub store: crate::store::Store,
+    pub audit_log: std::path::PathBuf,
     pub started: Instant,
 }
 
@@ -45,6 +48,10 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::new(shared.auth.clone()))
             .app_data(web::Data::new(shared.audit.clone()))
             .app_data(web::Data::new(shared.metrics.clone()))
+            .app_data(web::Data::new(routes::admin::AuditSource {
+                store: shared.store.clone(),
+                log_file: shared.audit_log.clone(),
+            }))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::new(config.envelope_rules()))
             .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
@@ -86,6 +93,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                 resource("/ojs/v1/dead-letter/{id}/retry")
                     .route(web::post().to(dead_letter::retry)),
             );
+        cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)));
         if config.testing.allow_reset {
             cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));
         }

@@ -37,6 +37,8 @@ impl Store {
         {
             txn.open_table(tables::JOBS)?;
             txn.open_table(tables::API_KEYS)?;
+            txn.open_table(tables::AUDIT_INDEX)?;
+            txn.open_multimap_table(tables::AUDIT_BY)?;
         }
         txn.commit()?;
         Ok(Self {

@@ -7,3 +7,11 @@ pub const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 
 /// API key records by public key id. Written only by the auth store (and the offline CLI).
 pub const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+
+/// Audit record summaries by sequence number (where the record sits in the log, and what to
+/// filter on). Written only by the audit writer; rebuilt from the log when behind.
+pub const AUDIT_INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_index");
+
+/// Audit sequence numbers by `type:<event type>`, `principal:<id>` and `tenant:<tenant>`.
+pub const AUDIT_BY: redb::MultimapTableDefinition<&str, u64> =
+    redb::MultimapTableDefinition::new("audit_by");
