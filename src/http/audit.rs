@@ -1,6 +1,8 @@
 //! Audit records from the HTTP edge: who (principal, source IP) and which request (request id)
 //! are filled in from the request, so handlers only say what happened.
 
+use std::future::Future;
+
 use actix_web::{web, HttpMessage, HttpRequest};
 
 use super::error::ApiError;
@@ -43,4 +45,25 @@ pub async fn emit(req: &HttpRequest, event: AuditEvent) {
     if let Some(audit) = req.app_data::<web::Data<AuditHandle>>() {
         audit.emit(event).await;
     }
+}
+
+/// Runs a security-relevant operation fail-closed: its record is written durably first (no
+/// record, no operation: 503), and if the operation then fails, a failure record follows.
+pub async fn guarded<T, E, F>(
+    req: &HttpRequest,
+    event: AuditEvent,
+    operation: F,
+) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display + Into<ApiError>,
+{
+    let mut failure = event.clone();
+    record_or_refuse(req, event).await?;
+    let result = operation.await;
+    if let Err(e) = &result {
+        failure.outcome = Outcome::Failure;
+        emit(req, failure.detail("reason", e.to_string())).await;
+    }
+    result.map_err(Into::into)
 }

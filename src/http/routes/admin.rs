@@ -22,18 +22,8 @@ pub async fn reset(
 ) -> Result<HttpResponse, ApiError> {
     caller.0.require(Permission::Admin)?;
     // Fail closed: no record on disk, no reset.
-    audit::record_or_refuse(
-        &req,
-        audit::event(&req, "admin.reset", Outcome::Success, Some(&caller.0)),
-    )
-    .await?;
-    let result = queue.reset().await;
-    if let Err(e) = &result {
-        let failed = audit::event(&req, "admin.reset", Outcome::Failure, Some(&caller.0))
-            .detail("reason", e.to_string());
-        audit::emit(&req, failed).await;
-    }
-    result?;
+    let event = audit::event(&req, "admin.reset", Outcome::Success, Some(&caller.0));
+    audit::guarded(&req, event, queue.reset()).await?;
     warn!(principal = %caller.0.display_id(), "all job state reset through the testing route");
     Ok(json(StatusCode::OK, &json!({ "reset": true })))
 }

@@ -77,19 +77,7 @@ pub async fn retry(
         Some(&caller.0),
     )
     .detail("job_id", id.to_string());
-    audit::record_or_refuse(&req, event).await?;
-    let result = queue.retry_dead_letter(id).await;
-    if let Err(e) = &result {
-        let failed = audit::event(
-            &req,
-            "dead_letter.retried",
-            Outcome::Failure,
-            Some(&caller.0),
-        )
-        .detail("reason", e.to_string());
-        audit::emit(&req, failed).await;
-    }
-    let job = result?;
+    let job = audit::guarded(&req, event, queue.retry_dead_letter(id)).await?;
     Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
 }
 
@@ -109,19 +97,7 @@ pub async fn delete(
         Some(&caller.0),
     )
     .detail("job_id", id.to_string());
-    audit::record_or_refuse(&req, event).await?;
-    let result = queue.delete_dead_letter(id).await;
-    if let Err(e) = &result {
-        let failed = audit::event(
-            &req,
-            "dead_letter.deleted",
-            Outcome::Failure,
-            Some(&caller.0),
-        )
-        .detail("reason", e.to_string());
-        audit::emit(&req, failed).await;
-    }
-    result?;
+    audit::guarded(&req, event, queue.delete_dead_letter(id)).await?;
     Ok(json(
         StatusCode::OK,
         &json!({ "deleted": true, "job_id": id.to_string() }),
