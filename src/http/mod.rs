@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpServer};
 
 use crate::audit::AuditHandle;
@@ -118,10 +117,4 @@ pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> 
         server = server.workers(config.server.workers);
     }
     Ok(server.listen(listener)?.run())
-}
-
-/// The status a handler-level error would get; for tests of the mapping.
-#[must_use]
-pub fn status_of(e: &ApiError) -> StatusCode {
-    actix_web::ResponseError::status_code(e)
 }
