@@ -83,7 +83,10 @@ async fn enqueue_many(handle: &QueueHandle, job: &NewJob, senders: usize, total:
             let next = next.clone();
             tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    handle.enqueue(job.clone(), None).await.expect("enqueue");
+                    handle
+                        .enqueue(job.clone(), None, None)
+                        .await
+                        .expect("enqueue");
                 }
             })
         })
@@ -107,6 +110,7 @@ async fn drain(handle: &QueueHandle, workers: usize, total: u64) -> Duration {
                 let holder = Holder {
                     principal: "bench".into(),
                     worker_id: Some(format!("w{w}")),
+                    tenant: None,
                 };
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while acked.load(Ordering::Relaxed) < total && Instant::now() < deadline {

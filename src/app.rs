@@ -14,7 +14,8 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
 use crate::audit::{self, AuditEvent, AuditHandle, Outcome};
-use crate::auth::{records, AuthHandle, Role};
+use crate::auth::records::{self, KeySpec};
+use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::http;
 use crate::queue::QueueHandle;
@@ -66,12 +67,16 @@ fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
     if records::any(store)? {
         return Ok(());
     }
-    let (record, token) = records::create(
-        store,
-        "bootstrap-admin",
-        vec![Role::Admin],
-        &config.secrets.key_env,
-    )?;
+    let spec = KeySpec {
+        name: "bootstrap-admin".into(),
+        roles: vec!["admin".into()],
+        tenant: None,
+        scopes: None,
+        queues: None,
+        expires_at: None,
+    };
+    let (record, token) =
+        records::create(store, &config.policy()?, &spec, &config.secrets.key_env)?;
     let path = config.secrets.dir.join(BOOTSTRAP_KEY_FILE);
     write_secret_file(&path, &format!("{}\n", token.expose_secret()))?;
     println!(
@@ -123,7 +128,11 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             Ok((store, queue, thread, audit, audit_thread))
         })
         .await??;
-    let auth = AuthHandle::spawn(store.clone())?;
+    let auth = AuthHandle::spawn(
+        store.clone(),
+        Arc::new(config.policy()?),
+        config.auth.throttle.clone(),
+    )?;
 
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -48,24 +48,54 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Role of the key (`admin`; more roles come with the identity model).
-        #[arg(long)]
-        role: String,
-        /// A human name for the key.
+        /// The principal the key authenticates (rotated keys keep it).
         #[arg(long)]
         name: String,
+        /// Role(s): producer, worker, operator, admin, observer, submitter, or a custom role
+        /// from the config. Repeat or separate with commas.
+        #[arg(long = "role", required = true, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The tenant the key belongs to; system scope when left out.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Queue patterns the key may touch (`emails`, `billing.*`); comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        queues: Option<Vec<String>>,
+        /// The subset of its roles' permissions the key may use; comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// When the key stops working: an ISO 8601 duration from now (`P90D`, `PT12H`) or an
+        /// RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// List keys (never their secrets).
     List {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Revoke a key by its id.
+    /// Revoke a key by its id, or every key of a tenant or principal.
     Revoke {
         #[arg(long)]
         config: Option<PathBuf>,
         /// The key id (the 16 hex digits after `bwk_<env>_`).
+        id: Option<String>,
+        /// Revoke every key of this tenant.
+        #[arg(long, conflicts_with = "id")]
+        tenant: Option<String>,
+        /// Revoke every key of this principal.
+        #[arg(long, conflicts_with = "id")]
+        name: Option<String>,
+    },
+    /// Replace a key with a new one; the old one keeps working for the grace period.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The key id.
         id: String,
+        /// Seconds the old key keeps working (default: `[auth] rotation_grace_secs`).
+        #[arg(long)]
+        grace_secs: Option<u64>,
     },
 }
 

@@ -6,9 +6,11 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use secrecy::ExposeSecret;
 
-use bulwark::auth::{records, Role};
+use bulwark::audit::{AuditEvent, Outcome};
+use bulwark::auth::records::{self, KeyRecord, KeySpec};
+use bulwark::auth::{Permission, QueuePattern};
 use bulwark::cli::{AuditCommand, Cli, Command, ConfigCommand, KeysCommand};
-use bulwark::clock::rfc3339;
+use bulwark::clock::{now_ms, parse_rfc3339, parse_time_spec, rfc3339};
 use bulwark::config::Config;
 use bulwark::store::Store;
 
@@ -104,62 +106,177 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.storage.data_dir).context("stop the server first: keys are managed offline")
 }
 
+/// Appends one record to the audit trail while the server is stopped (the writer takes the log
+/// for itself, as the server does). The change is refused if it cannot be recorded.
+fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::Result<()> {
+    let key = bulwark::audit::load_or_create_key(&config.secrets.dir)?;
+    let (audit, thread) =
+        bulwark::audit::AuditHandle::spawn(&config.audit_config(), key, Some(store.clone()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(audit.record(event.detail("via", "cli")));
+    drop(audit);
+    let _ = thread.join();
+    result.context("the audit trail could not be written; nothing was changed")
+}
+
+fn key_event(event_type: &'static str, record: &KeyRecord) -> AuditEvent {
+    let mut event = AuditEvent::new(event_type, Outcome::Success)
+        .detail("key", bulwark::auth::key::display_id(&record.id))
+        .detail("name", record.name.clone())
+        .detail("roles", record.roles.clone());
+    event.tenant = record.tenant.clone();
+    event
+}
+
+fn parse_expiry(text: &str) -> anyhow::Result<i64> {
+    let now = now_ms();
+    let at = if text.starts_with('P') {
+        parse_time_spec(&format!("+{text}"), now)
+    } else {
+        parse_rfc3339(text)
+    };
+    at.ok_or_else(|| {
+        anyhow::anyhow!("--expires must be an ISO 8601 duration (P90D) or an RFC 3339 time")
+    })
+}
+
 fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { config, role, name } => {
+        KeysCommand::Create {
+            config,
+            name,
+            roles,
+            tenant,
+            queues,
+            scopes,
+            expires,
+        } => {
             let config = Config::load(config.as_deref())?;
-            let Some(role) = Role::parse(&role) else {
-                bail!(
-                    "unknown role {role:?}: only \"admin\" exists until the identity model lands"
-                );
+            let policy = config.policy()?;
+            let queues = queues
+                .map(|qs| {
+                    qs.iter()
+                        .map(|q| {
+                            QueuePattern::parse(q).ok_or_else(|| {
+                                anyhow::anyhow!("--queues: {q:?} is not a queue pattern")
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .transpose()?;
+            let scopes = scopes
+                .map(|ss| {
+                    ss.iter()
+                        .map(|s| {
+                            Permission::parse(s).ok_or_else(|| {
+                                anyhow::anyhow!("--scopes: {s:?} is not a permission")
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .transpose()?;
+            let spec = KeySpec {
+                name,
+                roles,
+                tenant,
+                scopes,
+                queues,
+                expires_at: expires.as_deref().map(parse_expiry).transpose()?,
             };
-            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-                bail!("--name must be 1 to 128 printable characters");
-            }
+            spec.validate(&policy, now_ms())?;
             bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
             let store = open_store(&config)?;
-            let (_, token) = records::create(&store, &name, vec![role], &config.secrets.key_env)?;
+            let (record, token) = records::create(&store, &policy, &spec, &config.secrets.key_env)?;
+            if let Err(e) = audit_offline(&config, &store, key_event("key.created", &record)) {
+                records::revoke(&store, &record.id)?;
+                return Err(e);
+            }
             println!("{}", token.expose_secret());
             Ok(())
         }
         KeysCommand::List { config } => {
             let config = Config::load(config.as_deref())?;
             let store = open_store(&config)?;
+            let now = now_ms();
             println!(
-                "{:<18} {:<24} {:<8} {:<26} status",
-                "id", "name", "roles", "created"
+                "{:<18} {:<20} {:<12} {:<18} {:<26} {:<26} status",
+                "id", "name", "tenant", "roles", "expires", "last used"
             );
             for k in records::list(&store)? {
-                let roles: Vec<&str> = k
-                    .roles
-                    .iter()
-                    .map(|r| match r {
-                        Role::Admin => "admin",
-                    })
-                    .collect();
-                let status = match k.revoked_at {
-                    Some(t) => format!("revoked {}", rfc3339(t)),
-                    None => "active".into(),
-                };
                 println!(
-                    "{:<18} {:<24} {:<8} {:<26} {status}",
+                    "{:<18} {:<20} {:<12} {:<18} {:<26} {:<26} {}",
                     k.id,
                     k.name,
-                    roles.join(","),
-                    rfc3339(k.created_at)
+                    k.tenant.as_deref().unwrap_or("-"),
+                    k.roles.join(","),
+                    k.expires_at.map_or_else(|| "never".into(), rfc3339),
+                    k.last_used_at.map_or_else(|| "never".into(), rfc3339),
+                    k.status(now),
                 );
             }
             Ok(())
         }
-        KeysCommand::Revoke { config, id } => {
+        KeysCommand::Revoke {
+            config,
+            id,
+            tenant,
+            name,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            if id.is_none() && tenant.is_none() && name.is_none() {
+                bail!("give a key id, --tenant or --name");
+            }
+            let store = open_store(&config)?;
+            let mut event = AuditEvent::new("key.revoked", Outcome::Success);
+            if let Some(id) = &id {
+                event = event.detail("key", bulwark::auth::key::display_id(id));
+            }
+            if let Some(name) = &name {
+                event = event.detail("name", name.clone());
+            }
+            event.tenant.clone_from(&tenant);
+            audit_offline(&config, &store, event)?;
+            let revoked = records::revoke_where(&store, |r| {
+                id.as_ref().is_none_or(|id| &r.id == id)
+                    && tenant.as_ref().is_none_or(|t| r.tenant.as_ref() == Some(t))
+                    && name.as_ref().is_none_or(|n| &r.name == n)
+            })?;
+            if revoked.is_empty() {
+                bail!("no unrevoked key matches");
+            }
+            for r in revoked {
+                println!("revoked {}", r.id);
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate {
+            config,
+            id,
+            grace_secs,
+        } => {
             let config = Config::load(config.as_deref())?;
             let store = open_store(&config)?;
-            if records::revoke(&store, &id)? {
-                println!("revoked {id}");
-                Ok(())
-            } else {
-                bail!("no key with id {id}")
-            }
+            let grace = grace_secs.unwrap_or(config.auth.rotation_grace_secs);
+            let grace_ms = i64::try_from(grace.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let old =
+                records::get(&store, &id)?.ok_or_else(|| anyhow::anyhow!("no key with id {id}"))?;
+            audit_offline(
+                &config,
+                &store,
+                key_event("key.rotated", &old).detail("grace_secs", grace),
+            )?;
+            let (new, token, old) =
+                records::rotate(&store, &id, grace_ms, &config.secrets.key_env)?;
+            eprintln!(
+                "rotated {} -> {}; the old key works until {}",
+                old.id,
+                new.id,
+                old.expires_at.map_or_else(|| "never".into(), rfc3339)
+            );
+            println!("{}", token.expose_secret());
+            Ok(())
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Security metrics recorded today: authentication attempts by outcome and failure reason, API
 //! key verifications (argon2 runs), authorization denials, audit records and audit write
-//! failures; plus HTTP responses by status class and jobs by state. Rate-limit hits, token
+//! failures, credentials throttled before verification; plus HTTP responses by status class and
+//! jobs by state. Rate-limit hits, token
 //! refreshes, TLS handshake failures and unreadable jobs come with the features that produce
 //! them.
 
@@ -15,6 +16,9 @@ pub const AUTH_ATTEMPTS: &str = "bulwark_auth_attempts_total";
 pub const KEY_VERIFICATIONS: &str = "bulwark_api_key_verifications_total";
 /// `bulwark_authorization_denials_total{permission}`
 pub const AUTHZ_DENIALS: &str = "bulwark_authorization_denials_total";
+/// `bulwark_auth_throttled_total`: credentials refused by the per-address verification budget
+/// before any argon2 work.
+pub const AUTH_THROTTLED: &str = "bulwark_auth_throttled_total";
 /// `bulwark_audit_records_total`
 pub const AUDIT_RECORDS: &str = "bulwark_audit_records_total";
 /// `bulwark_audit_write_failures_total`
@@ -44,6 +48,10 @@ fn describe() {
         "API key argon2 verifications (credential cache misses) by result"
     );
     metrics::describe_counter!(AUTHZ_DENIALS, "Requests refused for lack of a permission");
+    metrics::describe_counter!(
+        AUTH_THROTTLED,
+        "Credentials refused by the per-address verification budget, before argon2"
+    );
     metrics::describe_counter!(AUDIT_RECORDS, "Audit records written durably");
     metrics::describe_counter!(
         AUDIT_WRITE_FAILURES,

@@ -230,13 +230,14 @@ async fn bad_input_gets_an_ojs_error_and_changes_nothing() {
             "invalid_request",
         ),
         case(
+            // A permission matter (OJS security §15.2): 403 even for an administrator.
             "reserved queue name",
             Method::POST,
             "/ojs/v1/jobs",
             JSON,
             Some(b"{\"type\":\"a.b\",\"args\":[],\"options\":{\"queue\":\"_ojs_system\"}}"),
-            400,
-            "invalid_request",
+            403,
+            "permission_denied",
         ),
         case(
             "invalid retry policy",

@@ -5,18 +5,26 @@
 //! The verifier threads are the only place argon2 runs. There are few of them, each with one
 //! reusable 19 MiB working memory, so a flood of well-formed wrong keys costs bounded memory and
 //! CPU (and a full verification queue answers 503 rather than growing).
+//!
+//! Revocation is immediate: [`Msg::Forget`] removes the key's cached principals and bumps an
+//! epoch, and a verification that started before the bump is answered but never cached. Once a
+//! minute the loop also prunes the throttle, drops expired principals and writes last-used
+//! times to the store.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{key, records, AuthError, Cache, Digest, Msg, Principal};
-use crate::clock::now_ms;
+use super::policy::Policy;
+use super::throttle::Throttle;
+use super::{key, records, AuthError, Cache, Credential, Digest, Msg, Principal};
+use crate::clock::{now_ms, Millis};
 use crate::store::Store;
 
 type Waiters = Vec<oneshot::Sender<Result<Arc<Principal>, AuthError>>>;
@@ -26,15 +34,26 @@ const VERIFIER_THREADS: usize = 2;
 /// Verifications waiting for a thread before new ones are refused with 503.
 const VERIFY_QUEUE: usize = 256;
 
+/// How often the loop prunes the throttle, sweeps expired principals and flushes last-used
+/// times.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
 struct VerifyJob {
     digest: Digest,
+    epoch: u64,
     token: SecretString,
 }
 
 pub(super) struct AuthActor {
+    store: Store,
     cache: Arc<ArcSwap<Cache>>,
+    throttle: Arc<Throttle>,
     pending: HashMap<Digest, Waiters>,
     jobs: SyncSender<VerifyJob>,
+    /// Bumped by every [`Msg::Forget`]; verifications from an older epoch are not cached.
+    epoch: u64,
+    /// Last-used times already in the store, by key id.
+    flushed: HashMap<String, Millis>,
 }
 
 impl AuthActor {
@@ -42,42 +61,120 @@ impl AuthActor {
     /// every handle is gone.
     pub(super) fn new(
         store: Store,
+        policy: Arc<Policy>,
         cache: Arc<ArcSwap<Cache>>,
+        throttle: Arc<Throttle>,
         me: mpsc::WeakSender<Msg>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = sync_channel(VERIFY_QUEUE);
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..VERIFIER_THREADS {
-            let (store, queue, me) = (store.clone(), queue.clone(), me.clone());
+            let (store, policy, queue, me) =
+                (store.clone(), policy.clone(), queue.clone(), me.clone());
             std::thread::Builder::new()
                 .name(format!("bulwark-verify-{n}"))
-                .spawn(move || verifier_loop(&store, &queue, &me))?;
+                .spawn(move || verifier_loop(&store, &policy, &queue, &me))?;
         }
         Ok(Self {
+            store,
             cache,
+            throttle,
             pending: HashMap::new(),
             jobs,
+            epoch: 0,
+            flushed: HashMap::new(),
         })
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        while let Some(msg) = rx.recv().await {
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = tick.tick() => {
+                    self.housekeeping().await;
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 Msg::Verify {
                     digest,
                     token,
+                    source,
                     reply,
-                } => self.verify(digest, token, reply),
-                Msg::Verified { digest, result } => self.verified(digest, result),
+                } => self.verify(digest, token, source, reply),
+                Msg::Verified {
+                    digest,
+                    epoch,
+                    result,
+                } => self.verified(digest, epoch, result),
+                Msg::Forget { key_ids, reply } => {
+                    self.forget(&key_ids);
+                    let _ = reply.send(());
+                }
+                Msg::LastUsed { reply } => {
+                    let _ = reply.send(self.unflushed().into_iter().collect());
+                }
             }
         }
+        self.housekeeping().await;
         debug!("auth store stopped");
+    }
+
+    fn forget(&mut self, key_ids: &[String]) {
+        self.epoch += 1;
+        let mut next = Cache::clone(&self.cache.load());
+        next.retain(|_, p| match &p.credential {
+            Credential::ApiKey { id } => !key_ids.contains(id),
+            _ => true,
+        });
+        self.cache.store(Arc::new(next));
+    }
+
+    /// Last-used times of cached keys that the store does not have yet.
+    fn unflushed(&self) -> Vec<(String, Millis)> {
+        self.cache
+            .load()
+            .values()
+            .filter_map(|p| match &p.credential {
+                Credential::ApiKey { id } => {
+                    let used = p.last_used();
+                    (used > 0 && self.flushed.get(id).is_none_or(|at| *at < used))
+                        .then(|| (id.clone(), used))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn housekeeping(&mut self) {
+        self.throttle.prune();
+        let now = now_ms();
+        if self.cache.load().values().any(|p| p.expired_at(now)) {
+            let mut next = Cache::clone(&self.cache.load());
+            next.retain(|_, p| !p.expired_at(now));
+            self.cache.store(Arc::new(next));
+        }
+        let uses = self.unflushed();
+        if uses.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let written = uses.clone();
+        match tokio::task::spawn_blocking(move || records::record_use(&store, &written)).await {
+            Ok(Ok(())) => self.flushed.extend(uses),
+            Ok(Err(e)) => warn!(error = %e, "could not store api key last-used times"),
+            Err(_) => warn!("could not store api key last-used times"),
+        }
     }
 
     fn verify(
         &mut self,
         digest: Digest,
         token: SecretString,
+        source: Option<std::net::IpAddr>,
         reply: oneshot::Sender<Result<Arc<Principal>, AuthError>>,
     ) {
         // Verified while this message waited in the mailbox.
@@ -89,7 +186,18 @@ impl AuthActor {
             waiters.push(reply);
             return;
         }
-        match self.jobs.try_send(VerifyJob { digest, token }) {
+        // A new verification: it costs argon2 work, so it spends from the source's budget.
+        if let Some(ip) = source {
+            if let Err(throttled) = self.throttle.spend(ip) {
+                let _ = reply.send(Err(throttled));
+                return;
+            }
+        }
+        match self.jobs.try_send(VerifyJob {
+            digest,
+            epoch: self.epoch,
+            token,
+        }) {
             Ok(()) => {
                 self.pending.insert(digest, vec![reply]);
             }
@@ -103,7 +211,7 @@ impl AuthActor {
         }
     }
 
-    fn verified(&mut self, digest: Digest, result: Result<Arc<Principal>, AuthError>) {
+    fn verified(&mut self, digest: Digest, epoch: u64, result: Result<Arc<Principal>, AuthError>) {
         let label = match &result {
             Ok(_) => "accepted",
             Err(AuthError::Storage(_) | AuthError::Unavailable) => "error",
@@ -111,6 +219,9 @@ impl AuthActor {
         };
         metrics::counter!(crate::metrics::KEY_VERIFICATIONS, "result" => label).increment(1);
         match &result {
+            // Verified against a record that a revocation may since have changed: answer, but
+            // do not cache.
+            Ok(_) if epoch != self.epoch => {}
             Ok(p) => {
                 let mut next = Cache::clone(&self.cache.load());
                 next.insert(digest, p.clone());
@@ -122,6 +233,8 @@ impl AuthActor {
             let _ = waiter.send(match &result {
                 Ok(p) => Ok(p.clone()),
                 Err(AuthError::Storage(_) | AuthError::Unavailable) => Err(AuthError::Unavailable),
+                Err(AuthError::Expired) => Err(AuthError::Expired),
+                Err(AuthError::Revoked) => Err(AuthError::Revoked),
                 Err(_) => Err(AuthError::WrongSecret),
             });
         }
@@ -141,7 +254,12 @@ fn decoy_hash() -> &'static str {
 }
 
 /// One verifier thread: takes jobs until the actor is gone.
-fn verifier_loop(store: &Store, queue: &Mutex<Receiver<VerifyJob>>, me: &mpsc::WeakSender<Msg>) {
+fn verifier_loop(
+    store: &Store,
+    policy: &Policy,
+    queue: &Mutex<Receiver<VerifyJob>>,
+    me: &mpsc::WeakSender<Msg>,
+) {
     let mut verifier = key::Verifier::new();
     loop {
         let job = match queue.lock() {
@@ -149,11 +267,12 @@ fn verifier_loop(store: &Store, queue: &Mutex<Receiver<VerifyJob>>, me: &mpsc::W
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let result = check(store, &mut verifier, &job.token);
+        let result = check(store, policy, &mut verifier, &job.token);
         let Some(me) = me.upgrade() else { return };
         if me
             .blocking_send(Msg::Verified {
                 digest: job.digest,
+                epoch: job.epoch,
                 result,
             })
             .is_err()
@@ -166,6 +285,7 @@ fn verifier_loop(store: &Store, queue: &Mutex<Receiver<VerifyJob>>, me: &mpsc::W
 /// Verifies a presented key against the store. Blocking: argon2 and redb.
 fn check(
     store: &Store,
+    policy: &Policy,
     verifier: &mut key::Verifier,
     token: &SecretString,
 ) -> Result<Arc<Principal>, AuthError> {
@@ -189,10 +309,5 @@ fn check(
     if record.expires_at.is_some_and(|at| at <= now_ms()) {
         return Err(AuthError::Expired);
     }
-    Ok(Arc::new(Principal {
-        id: record.id,
-        name: record.name,
-        roles: record.roles,
-        tenant: record.tenant,
-    }))
+    Ok(Arc::new(Principal::from_key(&record, policy)))
 }

@@ -1,5 +1,8 @@
 //! Authentication and authorization errors.
 
+use std::time::Duration;
+
+use super::Permission;
 use crate::error::ErrorKind;
 use crate::store::StoreError;
 
@@ -17,11 +20,22 @@ pub enum AuthError {
     WrongSecret,
     #[error("key revoked")]
     Revoked,
-    #[error("key expired")]
+    #[error("credential expired")]
     Expired,
+    /// A JWT that failed verification; the reason is a short label.
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// Too many verifications from this address: refused before any argon2 work.
+    #[error("too many authentication attempts from this address")]
+    Throttled { retry_after: Duration },
     /// Authenticated, but the principal may not do this.
-    #[error("permission denied")]
-    Forbidden { permission: &'static str },
+    #[error("permission denied ({reason})")]
+    Forbidden {
+        principal: String,
+        permission: Permission,
+        queue: Option<String>,
+        reason: &'static str,
+    },
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
     #[error("the auth store is unavailable")]
@@ -29,7 +43,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// A short label for metrics.
+    /// A short label for metrics and audit records.
     #[must_use]
     pub fn metric_reason(&self) -> &'static str {
         match self {
@@ -38,6 +52,8 @@ impl AuthError {
             Self::UnknownKey | Self::WrongSecret => "invalid",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::Throttled { .. } => "throttled",
             Self::Forbidden { .. } => "forbidden",
             Self::Storage(_) | Self::Unavailable => "unavailable",
         }
@@ -52,7 +68,9 @@ impl AuthError {
             | Self::UnknownKey
             | Self::WrongSecret
             | Self::Revoked
-            | Self::Expired => ErrorKind::Unauthenticated,
+            | Self::Expired
+            | Self::InvalidToken(_) => ErrorKind::Unauthenticated,
+            Self::Throttled { .. } => ErrorKind::TooManyRequests,
             Self::Forbidden { .. } => ErrorKind::Forbidden,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
         }

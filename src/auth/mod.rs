@@ -4,89 +4,112 @@
 //! cached under an HMAC-SHA256 digest made with a per-process random key, so the cache holds no
 //! usable secret and a lookup costs one HMAC. Cache misses go to the [`actor`], which verifies
 //! off the async threads and lets concurrent requests with the same key share one verification.
+//! Before a miss costs any argon2 work, the source IP spends from its verification budget
+//! ([`throttle`]); a flood of wrong keys from one address is refused with 429.
 //!
 //! [`Principal`] can only be made here: a handler that takes one has an authenticated caller.
-//! The identity model (tenants, roles beyond admin, queue ACLs, JWT) grows from this seam.
+//! What it may do is decided by [`policy`].
 
 mod actor;
 pub mod error;
 pub mod key;
+pub mod policy;
 pub mod records;
+pub mod throttle;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use ring::hmac;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::AuthError;
+pub use policy::{DenyReason, Grants, Permission, Policy, QueuePattern, Reach};
 
+use crate::clock::{now_ms, Millis};
 use crate::store::Store;
+use records::KeyRecord;
 
-/// A role a credential carries. Only `admin` exists until the identity model lands; it may do
-/// everything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-}
-
-impl Role {
-    /// Parses a role name as given on the command line.
-    #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// What an operation needs (OJS security §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Permission {
-    Enqueue,
-    /// Fetch, ack, nack, heartbeat.
-    Dequeue,
-    Cancel,
-    Inspect,
-    Admin,
-}
-
-impl Permission {
-    /// The name used in errors and logs.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enqueue => "enqueue",
-            Self::Dequeue => "dequeue",
-            Self::Cancel => "cancel",
-            Self::Inspect => "inspect",
-            Self::Admin => "admin",
-        }
-    }
+/// What kind of credential authenticated a principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key, by its public id.
+    ApiKey { id: String },
+    /// A JWT, by the id of the key that verified it.
+    Jwt { kid: String },
+    /// An admin user's session.
+    Session { session: String },
 }
 
 /// An authenticated caller.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Principal {
-    id: String,
     name: String,
-    roles: Vec<Role>,
     tenant: Option<String>,
+    credential: Credential,
+    roles: Vec<String>,
+    grants: Grants,
+    expires_at: Option<Millis>,
+    /// When this principal was last seen, for the key listing (flushed to the store now and
+    /// then).
+    last_used: AtomicI64,
 }
 
 impl Principal {
-    /// The credential's stable id (the API key id); leases are bound to it.
+    /// A principal authenticated by an API key record.
     #[must_use]
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn from_key(record: &KeyRecord, policy: &Policy) -> Self {
+        Self {
+            name: record.name.clone(),
+            tenant: record.tenant.clone(),
+            credential: Credential::ApiKey {
+                id: record.id.clone(),
+            },
+            grants: policy.grants(
+                &record.roles,
+                record.scopes.as_deref(),
+                record.queues.as_deref(),
+            ),
+            roles: record.roles.clone(),
+            expires_at: record.expires_at,
+            last_used: AtomicI64::new(0),
+        }
     }
 
-    /// The credential's human name.
+    /// A principal from an external credential (JWT, session) with its own roles.
+    #[must_use]
+    pub fn external(
+        name: String,
+        tenant: Option<String>,
+        credential: Credential,
+        roles: Vec<String>,
+        queues: Option<Vec<QueuePattern>>,
+        expires_at: Option<Millis>,
+        policy: &Policy,
+    ) -> Self {
+        Self {
+            grants: policy.grants(&roles, None, queues.as_deref()),
+            name,
+            tenant,
+            credential,
+            roles,
+            expires_at,
+            last_used: AtomicI64::new(0),
+        }
+    }
+
+    /// The principal's stable identity (its name): leases and job ownership are bound to it,
+    /// so a rotated key keeps its principal's jobs.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.name
+    }
+
+    /// The principal's name.
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
@@ -98,26 +121,81 @@ impl Principal {
         self.tenant.as_deref()
     }
 
-    /// How logs show this caller.
+    /// Its role names.
     #[must_use]
-    pub fn display_id(&self) -> String {
-        key::display_id(&self.id)
+    pub fn roles(&self) -> &[String] {
+        &self.roles
     }
 
-    /// Checks a permission. Deny by default: a principal without a role granting it is refused.
+    /// The credential that authenticated it.
+    #[must_use]
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+
+    /// What it may do.
+    #[must_use]
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Whether it may administer the server (admin permission, system scope).
+    #[must_use]
+    pub fn is_system_admin(&self) -> bool {
+        self.tenant.is_none() && self.grants.has(Permission::Admin)
+    }
+
+    /// How logs show the caller: the name and a truncated credential id.
+    #[must_use]
+    pub fn display_id(&self) -> String {
+        format!("{} ({})", self.name, self.credential_id())
+    }
+
+    /// The credential, truncated so that it identifies without revealing: `bwk_…a1b2`,
+    /// `jwt:<kid>`, `session:…a1b2`.
+    #[must_use]
+    pub fn credential_id(&self) -> String {
+        match &self.credential {
+            Credential::ApiKey { id } => key::display_id(id),
+            Credential::Jwt { kid } => format!("jwt:{kid}"),
+            Credential::Session { session } => {
+                let tail = session.get(session.len().saturating_sub(4)..).unwrap_or("");
+                format!("session:…{tail}")
+            }
+        }
+    }
+
+    /// Whether the credential has expired at `now`.
+    #[must_use]
+    pub fn expired_at(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    fn touch(&self, now: Millis) {
+        self.last_used.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn last_used(&self) -> Millis {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Checks a permission on some queue (the route-level check). Deny by default.
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
-        let granted = self.roles.iter().any(|role| match role {
-            Role::Admin => true,
-        });
-        if granted {
-            Ok(())
-        } else {
+        self.decide(permission, None).map(|_| ())
+    }
+
+    /// Decides a permission on a queue (or on some queue when `None`).
+    pub fn decide(&self, permission: Permission, queue: Option<&str>) -> Result<Reach, AuthError> {
+        self.grants.decide(permission, queue).map_err(|reason| {
             metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => permission.as_str())
                 .increment(1);
-            Err(AuthError::Forbidden {
-                permission: permission.as_str(),
-            })
-        }
+            AuthError::Forbidden {
+                principal: self.name.clone(),
+                permission,
+                queue: queue.map(str::to_string),
+                reason: reason.as_str(),
+            }
+        })
     }
 }
 
@@ -128,11 +206,23 @@ enum Msg {
     Verify {
         digest: Digest,
         token: SecretString,
+        source: Option<IpAddr>,
         reply: oneshot::Sender<Result<Arc<Principal>, AuthError>>,
     },
     Verified {
         digest: Digest,
+        epoch: u64,
         result: Result<Arc<Principal>, AuthError>,
+    },
+    /// Drop every cached principal of these API keys (revoked, rotated or changed), and
+    /// discard verifications already under way.
+    Forget {
+        key_ids: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Last-used times not yet flushed, by key id.
+    LastUsed {
+        reply: oneshot::Sender<HashMap<String, Millis>>,
     },
 }
 
@@ -142,43 +232,109 @@ pub struct AuthHandle {
     tx: mpsc::Sender<Msg>,
     cache: Arc<ArcSwap<Cache>>,
     mac: Arc<hmac::Key>,
+    policy: Arc<Policy>,
+    store: Store,
 }
 
 impl AuthHandle {
     /// Starts the auth store on the current tokio runtime.
-    pub fn spawn(store: Store) -> Result<Self, AuthError> {
+    pub fn spawn(
+        store: Store,
+        policy: Arc<Policy>,
+        throttle: throttle::ThrottleConfig,
+    ) -> Result<Self, AuthError> {
         let rng = ring::rand::SystemRandom::new();
         let mac =
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| AuthError::Unavailable)?;
         let cache = Arc::new(ArcSwap::from_pointee(Cache::new()));
+        let throttle = Arc::new(throttle::Throttle::new(&throttle));
         let (tx, rx) = mpsc::channel(1024);
-        let actor = actor::AuthActor::new(store, cache.clone(), tx.downgrade())
-            .map_err(|_| AuthError::Unavailable)?;
+        let actor = actor::AuthActor::new(
+            store.clone(),
+            policy.clone(),
+            cache.clone(),
+            throttle.clone(),
+            tx.downgrade(),
+        )
+        .map_err(|_| AuthError::Unavailable)?;
         tokio::spawn(actor.run(rx));
         Ok(Self {
             tx,
             cache,
             mac: Arc::new(mac),
+            policy,
+            store,
         })
     }
 
-    /// Who presents this bearer token. Every failure looks the same to the caller.
-    pub async fn authenticate(&self, token: SecretString) -> Result<Arc<Principal>, AuthError> {
+    /// The roles the server knows.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The database, for key management.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Who presents this API key. Every failure looks the same to the caller. A cache miss that
+    /// needs a new verification first spends from `source`'s verification budget (requests
+    /// sharing a verification under way spend nothing): over it, the answer is
+    /// [`AuthError::Throttled`] and no argon2 work is done.
+    pub async fn authenticate(
+        &self,
+        token: SecretString,
+        source: Option<IpAddr>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let tag = hmac::sign(&self.mac, token.expose_secret().as_bytes());
         let mut digest = [0u8; 32];
         digest.copy_from_slice(tag.as_ref());
+        let now = now_ms();
         if let Some(principal) = self.cache.load().get(&digest) {
+            if principal.expired_at(now) {
+                return Err(AuthError::Expired);
+            }
+            principal.touch(now);
             return Ok(principal.clone());
+        }
+        if key::parse(token.expose_secret()).is_none() {
+            return Err(AuthError::Malformed);
         }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Verify {
                 digest,
                 token,
+                source,
                 reply,
             })
             .await
             .map_err(|_| AuthError::Unavailable)?;
-        rx.await.map_err(|_| AuthError::Unavailable)?
+        let principal = rx.await.map_err(|_| AuthError::Unavailable)??;
+        principal.touch(now);
+        Ok(principal)
+    }
+
+    /// Forgets every cached verification of these keys; returns once no request can be
+    /// authenticated by a cached copy of them.
+    pub async fn forget(&self, key_ids: Vec<String>) -> Result<(), AuthError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Forget { key_ids, reply })
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        rx.await.map_err(|_| AuthError::Unavailable)
+    }
+
+    /// When each cached key was last used (newer than what the store has).
+    pub async fn last_used(&self) -> Result<HashMap<String, Millis>, AuthError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::LastUsed { reply })
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        rx.await.map_err(|_| AuthError::Unavailable)
     }
 }

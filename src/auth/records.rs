@@ -1,11 +1,13 @@
-//! API key records in redb, and the operations on them that do not need a running server
-//! (bootstrap at first start, and the offline `bulwark keys` commands).
+//! API key records in redb and the operations on them. Everything here blocks (redb, and argon2
+//! when a key is made): call it off the async threads. The server's key-management routes and
+//! the offline `bulwark keys` commands share these functions.
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::{key, Role};
+use super::key;
+use super::policy::{Permission, Policy, PolicyError, QueuePattern};
 use crate::clock::{now_ms, Millis};
 use crate::store::{codec, tables, Store, StoreError};
 
@@ -13,62 +15,250 @@ use crate::store::{codec, tables, Store, StoreError};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
+    /// The principal the key authenticates (its identity: rotated keys keep it).
     pub name: String,
-    pub roles: Vec<Role>,
+    pub roles: Vec<String>,
     /// `None`: system scope.
     pub tenant: Option<String>,
+    /// The subset of its roles' permissions the key may use; all of them when `None`.
+    #[serde(default)]
+    pub scopes: Option<Vec<Permission>>,
+    /// The queues the key may touch; what its roles allow when `None`.
+    #[serde(default)]
+    pub queues: Option<Vec<QueuePattern>>,
     /// argon2id PHC string of the whole key.
     pub hash: String,
     pub created_at: Millis,
     pub expires_at: Option<Millis>,
     pub revoked_at: Option<Millis>,
+    #[serde(default)]
+    pub last_used_at: Option<Millis>,
+    /// The key this one replaced, and the key that replaced this one (rotation).
+    #[serde(default)]
+    pub rotated_from: Option<String>,
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
-/// Why a key could not be created.
+impl KeyRecord {
+    /// `active`, `expired` or `revoked` at `now`.
+    #[must_use]
+    pub fn status(&self, now: Millis) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
+    /// Whether the key still authenticates at `now`.
+    #[must_use]
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.status(now) == "active"
+    }
+}
+
+/// What a new key is for.
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub tenant: Option<String>,
+    pub scopes: Option<Vec<Permission>>,
+    pub queues: Option<Vec<QueuePattern>>,
+    pub expires_at: Option<Millis>,
+}
+
+/// Why a key could not be made or changed.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyCreateError {
+pub enum KeyError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("could not generate or hash the key")]
     Crypto,
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: &'static str,
+    },
+    #[error("no such key")]
+    NotFound,
+    #[error("the key is revoked or expired")]
+    NotLive,
 }
 
-/// Creates a key, stores its hash, and returns the record and the key (to show once).
-pub fn create(
-    store: &Store,
-    name: &str,
-    roles: Vec<Role>,
+/// `^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$`: principal names appear in errors and logs, so they are
+/// plain.
+#[must_use]
+pub fn is_valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 128
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+}
+
+/// `^[a-z0-9][a-z0-9_-]{0,63}$`.
+#[must_use]
+pub fn is_valid_tenant(tenant: &str) -> bool {
+    let mut bytes = tenant.bytes();
+    tenant.len() <= 64
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl KeySpec {
+    /// Checks names, roles (known, and producer and worker kept apart), scopes and expiry.
+    pub fn validate(&self, policy: &Policy, now: Millis) -> Result<(), KeyError> {
+        if !is_valid_name(&self.name) {
+            return Err(KeyError::Invalid {
+                field: "name",
+                message: "1 to 128 characters: letters, digits and _ . @ -, starting with a letter or digit",
+            });
+        }
+        if self.tenant.as_deref().is_some_and(|t| !is_valid_tenant(t)) {
+            return Err(KeyError::Invalid {
+                field: "tenant",
+                message: "1 to 64 characters: lowercase letters, digits, _ and -",
+            });
+        }
+        policy.check_roles(&self.roles)?;
+        if self.scopes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(KeyError::Invalid {
+                field: "scopes",
+                message: "give at least one permission, or leave scopes out",
+            });
+        }
+        if self.queues.as_ref().is_some_and(Vec::is_empty) {
+            return Err(KeyError::Invalid {
+                field: "queues",
+                message: "give at least one queue pattern, or leave queues out",
+            });
+        }
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return Err(KeyError::Invalid {
+                field: "expires_at",
+                message: "the expiry must be in the future",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<KeyRecord>, StoreError> {
+    table.get(id)?.map(|g| codec::decode(g.value())).transpose()
+}
+
+fn write(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    record: &KeyRecord,
+) -> Result<(), StoreError> {
+    let bytes = codec::encode(record)?;
+    table.insert(record.id.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+fn new_record(
+    spec: &KeySpec,
     env: &str,
-) -> Result<(KeyRecord, SecretString), KeyCreateError> {
-    let new = key::generate(env).map_err(|_| KeyCreateError::Crypto)?;
-    let hash = key::hash(&new.token).map_err(|_| KeyCreateError::Crypto)?;
+    now: Millis,
+) -> Result<(KeyRecord, SecretString), KeyError> {
+    let new = key::generate(env).map_err(|_| KeyError::Crypto)?;
+    let hash = key::hash(&new.token).map_err(|_| KeyError::Crypto)?;
     let record = KeyRecord {
         id: new.id,
-        name: name.to_string(),
-        roles,
-        tenant: None,
+        name: spec.name.clone(),
+        roles: spec.roles.clone(),
+        tenant: spec.tenant.clone(),
+        scopes: spec.scopes.clone(),
+        queues: spec.queues.clone(),
         hash,
-        created_at: now_ms(),
-        expires_at: None,
+        created_at: now,
+        expires_at: spec.expires_at,
         revoked_at: None,
+        last_used_at: None,
+        rotated_from: None,
+        replaced_by: None,
     };
-    let bytes = codec::encode(&record)?;
+    Ok((record, new.token))
+}
+
+/// Creates a key (after [`KeySpec::validate`]), stores its hash, and returns the record and the
+/// key (to show once).
+pub fn create(
+    store: &Store,
+    policy: &Policy,
+    spec: &KeySpec,
+    env: &str,
+) -> Result<(KeyRecord, SecretString), KeyError> {
+    let now = now_ms();
+    spec.validate(policy, now)?;
+    let (record, token) = new_record(spec, env, now)?;
     let txn = store.db().begin_write().map_err(StoreError::from)?;
     {
         let mut table = txn.open_table(tables::API_KEYS).map_err(StoreError::from)?;
-        table
-            .insert(record.id.as_str(), bytes.as_slice())
-            .map_err(StoreError::from)?;
+        write(&mut table, &record)?;
     }
     txn.commit().map_err(StoreError::from)?;
-    Ok((record, new.token))
+    Ok((record, token))
+}
+
+/// Replaces a live key with a new one for the same principal, roles, tenant, scopes and queues.
+/// The old key keeps working for `grace_ms` (its expiry is brought forward to then, never pushed
+/// back). Returns the new record and key, and the old record as it is now.
+pub fn rotate(
+    store: &Store,
+    id: &str,
+    grace_ms: Millis,
+    env: &str,
+) -> Result<(KeyRecord, SecretString, KeyRecord), KeyError> {
+    let now = now_ms();
+    let old = get(store, id)?.ok_or(KeyError::NotFound)?;
+    if !old.is_live(now) {
+        return Err(KeyError::NotLive);
+    }
+    let spec = KeySpec {
+        name: old.name.clone(),
+        roles: old.roles.clone(),
+        tenant: old.tenant.clone(),
+        scopes: old.scopes.clone(),
+        queues: old.queues.clone(),
+        expires_at: old.expires_at,
+    };
+    let (mut new, token) = new_record(&spec, env, now)?;
+    new.rotated_from = Some(old.id.clone());
+    let txn = store.db().begin_write().map_err(StoreError::from)?;
+    let old = {
+        let mut table = txn.open_table(tables::API_KEYS).map_err(StoreError::from)?;
+        // Read again inside the transaction: the key may have changed while argon2 ran.
+        let mut old = read(&table, id)?.ok_or(KeyError::NotFound)?;
+        if !old.is_live(now) {
+            return Err(KeyError::NotLive);
+        }
+        let deadline = now.saturating_add(grace_ms);
+        old.expires_at = Some(old.expires_at.map_or(deadline, |at| at.min(deadline)));
+        old.replaced_by = Some(new.id.clone());
+        write(&mut table, &old)?;
+        write(&mut table, &new)?;
+        old
+    };
+    txn.commit().map_err(StoreError::from)?;
+    Ok((new, token, old))
 }
 
 /// Reads one key record.
 pub fn get(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
     let txn = store.db().begin_read()?;
     let table = txn.open_table(tables::API_KEYS)?;
-    table.get(id)?.map(|g| codec::decode(g.value())).transpose()
+    read(&table, id)
 }
 
 /// Every key record, by id.
@@ -83,27 +273,63 @@ pub fn list(store: &Store) -> Result<Vec<KeyRecord>, StoreError> {
     Ok(out)
 }
 
-/// Marks a key revoked. Returns false if there is no such key.
-pub fn revoke(store: &Store, id: &str) -> Result<bool, StoreError> {
+/// Revokes every not-yet-revoked key `select` picks, in one transaction; returns their ids.
+pub fn revoke_where(
+    store: &Store,
+    select: impl Fn(&KeyRecord) -> bool,
+) -> Result<Vec<KeyRecord>, StoreError> {
+    let now = now_ms();
     let txn = store.db().begin_write()?;
-    let found = {
+    let mut revoked = Vec::new();
+    {
         let mut table = txn.open_table(tables::API_KEYS)?;
-        let record: Option<KeyRecord> = table
-            .get(id)?
-            .map(|g| codec::decode(g.value()))
-            .transpose()?;
-        match record {
-            Some(mut record) => {
-                record.revoked_at.get_or_insert_with(now_ms);
-                let bytes = codec::encode(&record)?;
-                table.insert(id, bytes.as_slice())?;
-                true
+        let mut chosen = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            let record: KeyRecord = codec::decode(value.value())?;
+            if record.revoked_at.is_none() && select(&record) {
+                chosen.push(record);
             }
-            None => false,
         }
-    };
+        for mut record in chosen {
+            record.revoked_at = Some(now);
+            write(&mut table, &record)?;
+            revoked.push(record);
+        }
+    }
     txn.commit()?;
-    Ok(found)
+    Ok(revoked)
+}
+
+/// Revokes one key. Returns the record, or `None` if there is no such key.
+pub fn revoke(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let mut found = revoke_where(store, |r| r.id == id)?;
+    if let Some(record) = found.pop() {
+        return Ok(Some(record));
+    }
+    // Already revoked keys are found, not revoked again.
+    get(store, id)
+}
+
+/// Stores last-used times (newer ones only).
+pub fn record_use(store: &Store, uses: &[(String, Millis)]) -> Result<(), StoreError> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let txn = store.db().begin_write()?;
+    {
+        let mut table = txn.open_table(tables::API_KEYS)?;
+        for (id, at) in uses {
+            if let Some(mut record) = read(&table, id)? {
+                if record.last_used_at.is_none_or(|old| old < *at) {
+                    record.last_used_at = Some(*at);
+                    write(&mut table, &record)?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Whether any key exists (first start creates the bootstrap key when none does).
@@ -111,4 +337,82 @@ pub fn any(store: &Store) -> Result<bool, StoreError> {
     let txn = store.db().begin_read()?;
     let table = txn.open_table(tables::API_KEYS)?;
     Ok(!table.is_empty()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(roles: &[&str]) -> KeySpec {
+        KeySpec {
+            name: "svc-orders".into(),
+            roles: roles.iter().map(|r| (*r).to_string()).collect(),
+            tenant: Some("acme".into()),
+            scopes: None,
+            queues: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_created_rotated_with_grace_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let policy = Policy::default();
+        let (old, _) = create(&store, &policy, &spec(&["producer"]), "test").unwrap();
+        let (new, _, old_now) = rotate(&store, &old.id, 60_000, "test").unwrap();
+        assert_eq!(new.name, old.name);
+        assert_eq!(new.rotated_from.as_deref(), Some(old.id.as_str()));
+        assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
+        let grace_end = old_now.expires_at.unwrap();
+        assert!(grace_end > now_ms() && grace_end <= now_ms() + 60_000);
+        // A second rotation of the old key is allowed while it is live; after revocation not.
+        revoke(&store, &old.id).unwrap();
+        assert!(matches!(
+            rotate(&store, &old.id, 1, "test"),
+            Err(KeyError::NotLive)
+        ));
+        assert!(matches!(
+            rotate(&store, "0000000000000000", 1, "test"),
+            Err(KeyError::NotFound)
+        ));
+        let revoked = revoke_where(&store, |r| r.tenant.as_deref() == Some("acme")).unwrap();
+        assert_eq!(revoked.len(), 1, "only the new key was still unrevoked");
+        assert!(list(&store)
+            .unwrap()
+            .iter()
+            .all(|r| r.status(now_ms()) == "revoked"));
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        let policy = Policy::default();
+        let now = now_ms();
+        assert!(spec(&["producer"]).validate(&policy, now).is_ok());
+        assert!(matches!(
+            spec(&["producer", "worker"]).validate(&policy, now),
+            Err(KeyError::Policy(PolicyError::ProducerAndWorker))
+        ));
+        let mut s = spec(&["producer"]);
+        s.name = "bad name\n".into();
+        assert!(matches!(
+            s.validate(&policy, now),
+            Err(KeyError::Invalid { field: "name", .. })
+        ));
+        let mut s = spec(&["producer"]);
+        s.tenant = Some("ACME".into());
+        assert!(matches!(
+            s.validate(&policy, now),
+            Err(KeyError::Invalid {
+                field: "tenant",
+                ..
+            })
+        ));
+        let mut s = spec(&["producer"]);
+        s.expires_at = Some(now - 1);
+        assert!(s.validate(&policy, now).is_err());
+        let mut s = spec(&["producer"]);
+        s.scopes = Some(vec![]);
+        assert!(s.validate(&policy, now).is_err());
+    }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::auth::policy::{Policy, RoleDef};
+use crate::auth::throttle::ThrottleConfig;
 use crate::job::envelope::EnvelopeRules;
 use crate::queue::QueueConfig;
 
@@ -23,6 +25,29 @@ pub struct Config {
     pub testing: TestingConfig,
     pub log: LogConfig,
     pub audit: AuditSection,
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: credentials and access policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// How long a rotated API key keeps working, in seconds (OJS security §12.5: 24 h).
+    pub rotation_grace_secs: u64,
+    /// The per-address budget of key verifications (`[auth.throttle]`).
+    pub throttle: ThrottleConfig,
+    /// Custom roles (`[[auth.roles]]`), beside the built-in ones.
+    pub roles: Vec<RoleDef>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            rotation_grace_secs: 24 * 3600,
+            throttle: ThrottleConfig::default(),
+            roles: Vec::new(),
+        }
+    }
 }
 
 /// `[audit]`
@@ -235,7 +260,13 @@ impl Config {
         if !key_env_ok {
             bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
         }
+        self.policy()?;
         Ok(())
+    }
+
+    /// The built-in roles plus the configured ones.
+    pub fn policy(&self) -> anyhow::Result<Policy> {
+        Policy::new(&self.auth.roles).context("invalid [[auth.roles]]")
     }
 
     /// The envelope rules the HTTP layer applies.
@@ -315,5 +346,37 @@ mod tests {
         assert_eq!(c.secrets.dir, d.secrets.dir);
         assert_eq!(c.api.unknown_fields, d.api.unknown_fields);
         assert_eq!(c.testing.allow_reset, d.testing.allow_reset);
+        assert_eq!(c.auth.rotation_grace_secs, d.auth.rotation_grace_secs);
+        assert_eq!(c.auth.throttle, d.auth.throttle);
+        assert!(c.auth.roles.is_empty());
+    }
+
+    #[test]
+    fn custom_roles_parse_and_bad_ones_are_refused() {
+        let c = Config::parse(
+            r#"
+[[auth.roles]]
+name = "billing-producer"
+allow = [{ permissions = ["enqueue"], queues = ["billing.*"] }]
+deny = [{ permissions = ["enqueue"], queues = ["billing.internal"] }]
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let g = c
+            .policy()
+            .unwrap()
+            .grants(&["billing-producer".into()], None, None);
+        assert!(g
+            .decide(crate::auth::Permission::Enqueue, Some("billing.x"))
+            .is_ok());
+        assert!(g
+            .decide(crate::auth::Permission::Enqueue, Some("billing.internal"))
+            .is_err());
+        let bad =
+            Config::parse("[[auth.roles]]\nname = \"x\"\nallow = [{ permissions = [\"fly\"] }]\n");
+        assert!(bad.is_err());
+        let shadow = Config::parse("[[auth.roles]]\nname = \"admin\"\n").unwrap();
+        assert!(shadow.validate().is_err());
     }
 }

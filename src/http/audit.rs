@@ -22,8 +22,9 @@ pub fn event(
     e.source_ip = req.peer_addr().map(|a| a.ip().to_string());
     e.correlation_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
     if let Some(p) = principal {
-        e.principal = Some(p.display_id());
+        e.principal = Some(p.name().to_string());
         e.tenant = p.tenant().map(str::to_string);
+        e = e.detail("credential", p.credential_id());
     }
     e
 }

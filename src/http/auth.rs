@@ -1,5 +1,10 @@
 //! The auth extractor: a handler that takes [`Authenticated`] only runs for a caller whose
-//! bearer token the auth store accepted.
+//! credential the auth store accepted and whom the route table ([`super::access`]) allows on
+//! this route, acting for the tenant the credential decides.
+//!
+//! Tenant: a tenant-bound credential acts for its tenant; `X-OJS-Tenant` (or
+//! `X-OJS-Tenant-Id`) may only repeat it. A system-scoped administrator may name a tenant in
+//! the header to act for it. Anything else is refused with 403 and audited.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,25 +13,332 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
-use secrecy::SecretString;
-use tracing::info;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{error, info};
 
+use super::access::{self, Need};
 use super::error::ApiError;
 use crate::audit::Outcome;
-use crate::auth::{key, AuthHandle, Principal};
+use crate::auth::records::is_valid_tenant;
+use crate::auth::{key, AuthError, AuthHandle, Permission, Principal, Reach};
+use crate::job::{Job, Visibility};
+use crate::queue::Holder;
 
 /// The longest bearer token looked at; anything longer is refused unread.
-const MAX_TOKEN_LEN: usize = 512;
+const MAX_TOKEN_LEN: usize = 8192;
 
-/// An authenticated caller.
-pub struct Authenticated(pub Arc<Principal>);
+/// The headers that may name a tenant (header names are case-insensitive, so `X-OJS-Tenant-ID`
+/// is the second).
+const TENANT_HEADERS: [&str; 2] = ["x-ojs-tenant", "x-ojs-tenant-id"];
 
-fn bearer(req: &HttpRequest) -> Option<SecretString> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+/// An authenticated, authorized caller.
+pub struct Authenticated {
+    pub principal: Arc<Principal>,
+    /// The tenant this request acts for; `None` for the system scope.
+    pub tenant: Option<String>,
+    /// The permission the route table says this route needs.
+    pub need: Option<Permission>,
+    req: HttpRequest,
+}
+
+enum TokenCheck {
+    Missing,
+    Malformed,
+    Bearer(SecretString),
+}
+
+fn bearer(req: &HttpRequest) -> TokenCheck {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return TokenCheck::Missing;
+    };
+    if value.len() > MAX_TOKEN_LEN + 16 {
+        return TokenCheck::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return TokenCheck::Malformed;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return TokenCheck::Malformed;
+    };
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= MAX_TOKEN_LEN)
-        .then(|| SecretString::from(token.to_string()))
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ') {
+        TokenCheck::Bearer(SecretString::from(token.to_string()))
+    } else {
+        TokenCheck::Malformed
+    }
+}
+
+/// The tenant named by the request headers: `Ok(None)` when none is, `Err` when they are
+/// malformed or disagree.
+fn header_tenant(req: &HttpRequest) -> Result<Option<String>, ()> {
+    let mut found: Option<String> = None;
+    for name in TENANT_HEADERS {
+        for value in req.headers().get_all(name) {
+            let value = value.to_str().map_err(|_| ())?.trim();
+            if !is_valid_tenant(value) || found.as_deref().is_some_and(|f| f != value) {
+                return Err(());
+            }
+            found = Some(value.to_string());
+        }
+    }
+    Ok(found)
+}
+
+async fn refuse_unauthenticated(req: &HttpRequest, reason: &str, key_id: Option<String>) {
+    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => reason.to_string()).increment(1);
+    let mut event =
+        super::audit::event(req, "auth.failure", Outcome::Failure, None).detail("reason", reason);
+    if let Some(id) = key_id {
+        event = event.detail("key", id);
+    }
+    super::audit::emit(req, event).await;
+}
+
+/// Audits a refusal and turns it into the 403 the client sees.
+async fn forbidden(
+    req: &HttpRequest,
+    principal: &Principal,
+    permission: Option<Permission>,
+    queue: Option<&str>,
+    reason: &'static str,
+) -> ApiError {
+    let mut event = super::audit::event(req, "authz.denied", Outcome::Denied, Some(principal))
+        .detail("reason", reason)
+        .detail(
+            "route",
+            format!(
+                "{} {}",
+                req.method(),
+                req.match_pattern().unwrap_or_default()
+            ),
+        );
+    if let Some(p) = permission {
+        event = event.detail("permission", p.as_str());
+        metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => p.as_str()).increment(1);
+    }
+    if let Some(q) = queue {
+        event = event.detail("queue", q);
+    }
+    super::audit::emit(req, event).await;
+    info!(principal = %principal.display_id(), reason, "request refused");
+    ApiError::permission_denied(principal.name(), permission, queue)
+}
+
+impl Authenticated {
+    /// The lease holder this caller is, with the `worker_id` it gave.
+    #[must_use]
+    pub fn holder(&self, worker_id: Option<String>) -> Holder {
+        Holder {
+            principal: self.principal.id().to_string(),
+            worker_id,
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// Checks `permission` on `queue`; a refusal is audited and answered 403.
+    pub async fn allow(&self, permission: Permission, queue: &str) -> Result<Reach, ApiError> {
+        match self.principal.decide(permission, Some(queue)) {
+            Ok(reach) => Ok(reach),
+            Err(AuthError::Forbidden { reason, .. }) => Err(forbidden(
+                &self.req,
+                &self.principal,
+                Some(permission),
+                Some(queue),
+                reason,
+            )
+            .await),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a listing may show `queue` (no audit: the caller asked for a list, not for it).
+    #[must_use]
+    pub fn sees_queue(&self, queue: &str) -> bool {
+        matches!(
+            self.principal
+                .grants()
+                .decide(Permission::Inspect, Some(queue)),
+            Ok(Reach::All)
+        )
+    }
+
+    /// Checks the route's permission on a job the caller named by id (already known to be of
+    /// the caller's tenant): its queue, and the job's own rules. A job the caller may not even
+    /// see answers 404, exactly like a job that does not exist; a visible job the caller may
+    /// not act on answers 403.
+    pub async fn allow_job(&self, permission: Permission, job: &Job) -> Result<(), ApiError> {
+        let me = self.principal.id();
+        let owner = job.owner.as_deref() == Some(me);
+        let admin = self.principal.grants().has(Permission::Admin);
+        let hidden = |reason: &'static str| async move {
+            let event = super::audit::event(
+                &self.req,
+                "authz.denied",
+                Outcome::Denied,
+                Some(&self.principal),
+            )
+            .detail("reason", reason)
+            .detail("permission", permission.as_str())
+            .detail("job_id", job.id.to_string());
+            super::audit::emit(&self.req, event).await;
+            metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => permission.as_str())
+                .increment(1);
+            ApiError::not_found("job")
+        };
+        let restricted = job.security.as_ref();
+        if restricted.is_some_and(|s| s.visibility == Visibility::Owner) && !owner && !admin {
+            return Err(hidden("restricted_job").await);
+        }
+        match self.principal.decide(permission, Some(&job.queue)) {
+            Ok(Reach::All) => {}
+            Ok(Reach::OwnJobs) if owner => {}
+            Ok(Reach::OwnJobs) => return Err(hidden("not_owner").await),
+            Err(AuthError::Forbidden { reason, .. }) => {
+                // Without inspect on the queue the job stays invisible; otherwise say no.
+                let visible = matches!(
+                    self.principal
+                        .grants()
+                        .decide(Permission::Inspect, Some(&job.queue)),
+                    Ok(Reach::All)
+                ) || (owner && self.principal.grants().has(Permission::Inspect));
+                if !visible {
+                    return Err(hidden(reason).await);
+                }
+                return Err(forbidden(
+                    &self.req,
+                    &self.principal,
+                    Some(permission),
+                    Some(&job.queue),
+                    reason,
+                )
+                .await);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if permission == Permission::Cancel && !admin {
+            if let Some(allowed) = restricted.and_then(|s| s.cancellable_by.as_ref()) {
+                let ok = allowed.iter().any(|who| {
+                    (who == "owner" && owner) || self.principal.roles().iter().any(|r| r == who)
+                });
+                if !ok {
+                    return Err(forbidden(
+                        &self.req,
+                        &self.principal,
+                        Some(permission),
+                        Some(&job.queue),
+                        "not_cancellable_by",
+                    )
+                    .await);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses with 403 (audited) for a reason found by the handler.
+    pub async fn refuse(&self, queue: Option<&str>, reason: &'static str) -> ApiError {
+        forbidden(&self.req, &self.principal, self.need, queue, reason).await
+    }
+}
+
+async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
+    let auth = req
+        .app_data::<web::Data<AuthHandle>>()
+        .cloned()
+        .ok_or_else(ApiError::unavailable)?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    let token = match bearer(&req) {
+        TokenCheck::Bearer(token) => token,
+        TokenCheck::Missing => {
+            refuse_unauthenticated(&req, "missing", None).await;
+            return Err(ApiError::unauthenticated());
+        }
+        TokenCheck::Malformed => {
+            refuse_unauthenticated(&req, "malformed", None).await;
+            return Err(ApiError::unauthenticated());
+        }
+    };
+    // The public key id, if the token has the shape of a key, for the record.
+    let key_id = key::parse(token.expose_secret()).map(|k| key::display_id(k.id));
+    let principal = match auth.authenticate(token, peer).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            info!(source_ip = ?peer, reason = %e, "authentication failed");
+            if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
+                refuse_unauthenticated(&req, e.metric_reason(), key_id).await;
+            }
+            return Err(e.into());
+        }
+    };
+    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "")
+        .increment(1);
+
+    // The route table decides what this route needs; a matched route missing from it is
+    // refused.
+    let need = match req.match_pattern() {
+        None => None,
+        Some(pattern) => match access::lookup(req.method().as_str(), &pattern) {
+            Some(route) => Some(route.need),
+            None => {
+                error!(route = %pattern, method = %req.method(), "route missing from the access table; refused");
+                return Err(forbidden(&req, &principal, None, None, "route_not_in_table").await);
+            }
+        },
+    };
+
+    let Ok(named) = header_tenant(&req) else {
+        return Err(forbidden(&req, &principal, None, None, "malformed_tenant_header").await);
+    };
+    let tenant = match (principal.tenant(), named) {
+        (Some(own), Some(named)) if own != named => {
+            return Err(forbidden(&req, &principal, None, None, "tenant_mismatch").await);
+        }
+        (Some(own), _) => Some(own.to_string()),
+        (None, Some(named)) if principal.is_system_admin() => Some(named),
+        (None, Some(_)) => {
+            return Err(forbidden(
+                &req,
+                &principal,
+                None,
+                None,
+                "tenant_selection_requires_admin",
+            )
+            .await);
+        }
+        (None, None) => None,
+    };
+
+    let permission = need.and_then(Need::permission);
+    if let Some(need) = need {
+        if let Need::System(_) = need {
+            if tenant.is_some() {
+                return Err(
+                    forbidden(&req, &principal, permission, None, "system_scope_required").await,
+                );
+            }
+        }
+        if let Some(p) = permission {
+            match principal.decide(p, None) {
+                Ok(Reach::OwnJobs)
+                    if !req.match_pattern().is_some_and(|m| m.contains("{id}"))
+                        && p != Permission::Enqueue =>
+                {
+                    return Err(forbidden(&req, &principal, Some(p), None, "own_jobs_only").await);
+                }
+                Ok(_) => {}
+                Err(AuthError::Forbidden { reason, .. }) => {
+                    return Err(forbidden(&req, &principal, Some(p), None, reason).await);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Authenticated {
+        principal,
+        tenant,
+        need: permission,
+        req,
+    })
 }
 
 impl FromRequest for Authenticated {
@@ -34,44 +346,6 @@ impl FromRequest for Authenticated {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let auth = req.app_data::<web::Data<AuthHandle>>().cloned();
-        let token = bearer(req);
-        let req = req.clone();
-        Box::pin(async move {
-            let auth = auth.ok_or_else(ApiError::unavailable)?;
-            let peer = req
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let Some(token) = token else {
-                info!(source_ip = %peer, "request without credentials refused");
-                metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => "missing").increment(1);
-                let event = super::audit::event(&req, "auth.failure", Outcome::Failure, None)
-                    .detail("reason", "missing credentials");
-                super::audit::emit(&req, event).await;
-                return Err(ApiError::unauthenticated());
-            };
-            // The public key id, if the token has the shape of a key, for the record.
-            let key_id = key::parse(secrecy::ExposeSecret::expose_secret(&token))
-                .map(|k| key::display_id(k.id));
-            match auth.authenticate(token).await {
-                Ok(principal) => {
-                    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "").increment(1);
-                    Ok(Authenticated(principal))
-                }
-                Err(e) => {
-                    info!(source_ip = %peer, reason = %e, "authentication failed");
-                    metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => e.metric_reason()).increment(1);
-                    let mut event =
-                        super::audit::event(&req, "auth.failure", Outcome::Failure, None)
-                            .detail("reason", e.to_string());
-                    if let Some(id) = key_id {
-                        event = event.detail("key", id);
-                    }
-                    super::audit::emit(&req, event).await;
-                    Err(e.into())
-                }
-            }
-        })
+        Box::pin(authenticate(req.clone()))
     }
 }

@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 use tracing::{error, warn};
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Permission};
 use crate::error::ErrorKind;
 use crate::job::envelope::{Invalid, InvalidKind};
 use crate::queue::QueueError;
@@ -78,6 +78,36 @@ impl ApiError {
             "missing or invalid credentials",
         )
         .with_hint("send Authorization: Bearer <api key>")
+    }
+
+    /// 403 `permission_denied`, naming the principal, the operation and the queue (OJS
+    /// security §15.2). Names and queues come from our records or passed validation.
+    #[must_use]
+    pub fn permission_denied(
+        principal: &str,
+        permission: Option<Permission>,
+        queue: Option<&str>,
+    ) -> Self {
+        let operation = permission.map_or("this operation", Permission::as_str);
+        let message = match queue {
+            Some(q) => format!(
+                "Principal '{principal}' does not have '{operation}' permission on queue '{q}'."
+            ),
+            None => format!("Principal '{principal}' may not perform '{operation}' here."),
+        };
+        Self::new(StatusCode::FORBIDDEN, "permission_denied", message).with_details(json!({
+            "principal": principal,
+            "operation": operation,
+            "queue": queue,
+        }))
+    }
+
+    /// 429 `rate_limited` with `Retry-After`.
+    #[must_use]
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after_secs = Some(retry_after_secs.max(1));
+        e
     }
 
     /// 404 for a job (or any resource) the caller cannot see.
@@ -227,12 +257,19 @@ impl From<QueueError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match (&e, e.kind()) {
-            (AuthError::Forbidden { permission }, _) => Self::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                format!("this credential lacks the {permission} permission"),
-            )
-            .with_details(json!({ "permission": permission })),
+            (
+                AuthError::Forbidden {
+                    principal,
+                    permission,
+                    queue,
+                    ..
+                },
+                _,
+            ) => Self::permission_denied(principal, Some(*permission), queue.as_deref()),
+            (AuthError::Throttled { retry_after }, _) => Self::rate_limited(
+                "too many authentication attempts from this address",
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            ),
             (_, ErrorKind::Unauthenticated) => Self::unauthenticated(),
             _ => {
                 warn!(error = %e, "auth store unavailable");

@@ -2,6 +2,7 @@
 //! [`auth::Authenticated`], read bodies through [`body::OjsJson`], call one actor handle, and
 //! return [`error::ApiError`] on failure; [`middleware`] adds the standard headers.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -22,7 +23,7 @@ use crate::config::Config;
 use crate::queue::QueueHandle;
 use body::BodyLimit;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, system, workers};
+use routes::{admin, dead_letter, jobs, keys, system, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
@@ -92,7 +93,18 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                 resource("/ojs/v1/dead-letter/{id}/retry")
                     .route(web::post().to(dead_letter::retry)),
             );
-        cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)));
+        cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)))
+            .service(
+                resource("/ojs/v1/admin/keys")
+                    .route(web::get().to(keys::list))
+                    .route(web::post().to(keys::create)),
+            )
+            // Before `{id}`, which would otherwise match `revoke`.
+            .service(resource("/ojs/v1/admin/keys/revoke").route(web::post().to(keys::revoke_many)))
+            .service(resource("/ojs/v1/admin/keys/{id}").route(web::delete().to(keys::revoke)))
+            .service(
+                resource("/ojs/v1/admin/keys/{id}/rotate").route(web::post().to(keys::rotate)),
+            );
         if config.testing.allow_reset {
             cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));
         }

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{JobId, Payload, RetryPolicy};
+use super::{JobId, JobSecurity, Payload, RetryPolicy, Visibility};
 use crate::clock::{parse_time_spec, Millis};
 
 /// Why an envelope was refused.
@@ -95,6 +95,15 @@ pub struct NewJob {
     pub expires_at: Option<Millis>,
     pub pending: bool,
     pub test_directive: Option<String>,
+    /// Job-level access rules (`options.security`).
+    pub security: Option<JobSecurity>,
+    /// The owner the client named in `options.security.owner`, if any (the HTTP layer checks
+    /// it against the caller).
+    pub requested_owner: Option<String>,
+    /// `meta.tenant_id`, which may only repeat the caller's tenant.
+    pub meta_tenant: Option<String>,
+    /// Check everything, store nothing.
+    pub dry_run: bool,
 }
 
 /// Longest job type and queue name.
@@ -122,6 +131,7 @@ const KNOWN_TOP: &[&str] = &[
     "unique",
     "visibility_timeout",
     "tags",
+    "dry_run",
 ];
 
 /// System-managed attributes: a client can neither set them nor smuggle them in as "unknown"
@@ -162,6 +172,8 @@ const KNOWN_OPTIONS: &[&str] = &[
     "visibility_timeout_ms",
     "pending",
     "metadata",
+    "security",
+    "dry_run",
 ];
 
 /// `segment(.segment)*` with segments `[a-z][a-z0-9_-]*`: the suites' job type pattern.
@@ -427,6 +439,33 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
         None
     };
 
+    let (security, requested_owner) = match opt("security") {
+        None => (None, None),
+        Some(v) => parse_security(v)?,
+    };
+
+    let meta_tenant = match obj.get("meta").and_then(|m| m.get("tenant_id")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => {
+            return Err(Invalid::request(
+                "meta.tenant_id must be a string",
+                "meta.tenant_id",
+            ))
+        }
+    };
+
+    let dry_run = match opt("dry_run") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Invalid::request(
+                "dry_run must be a boolean",
+                "options.dry_run",
+            ))
+        }
+    };
+
     if !unknown.is_empty() {
         unknown.sort();
         return Err(Invalid {
@@ -455,7 +494,86 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
         expires_at,
         pending,
         test_directive,
+        security,
+        requested_owner,
+        meta_tenant,
+        dry_run,
     })
+}
+
+/// `options.security`: `{"owner": "<principal>", "visibility": "owner" | "tenant",
+/// "cancellable_by": ["owner", "<role>", ...]}` (GopherQueue's resource-level rules).
+fn parse_security(v: &Value) -> Result<(Option<JobSecurity>, Option<String>), Invalid> {
+    let field = "options.security";
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Invalid::request("security must be a JSON object", field))?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "owner" | "visibility" | "cancellable_by"))
+    {
+        return Err(Invalid::request(
+            format!(
+                "security accepts owner, visibility and cancellable_by, not {}",
+                attribute_name("", key)
+            ),
+            field,
+        ));
+    }
+    let name_ok = |n: &str| {
+        (1..=128).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+    };
+    let owner = match obj.get("owner") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(o)) if name_ok(o) => Some(o.clone()),
+        Some(_) => {
+            return Err(Invalid::request(
+                "security.owner must be a principal name",
+                "options.security.owner",
+            ))
+        }
+    };
+    let visibility = match obj.get("visibility").and_then(Value::as_str) {
+        None if obj.get("visibility").is_none_or(Value::is_null) => Visibility::Tenant,
+        Some("owner") => Visibility::Owner,
+        Some("tenant" | "all") => Visibility::Tenant,
+        _ => {
+            return Err(Invalid::request(
+                "security.visibility must be \"owner\" or \"tenant\"",
+                "options.security.visibility",
+            ))
+        }
+    };
+    let cancellable_by = match obj.get("cancellable_by") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) if items.len() <= 16 => Some(
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) if name_ok(s) => Ok(s.clone()),
+                    _ => Err(Invalid::request(
+                        "security.cancellable_by must list \"owner\" or role names",
+                        "options.security.cancellable_by",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(Invalid::request(
+                "security.cancellable_by must be an array of at most 16 names",
+                "options.security.cancellable_by",
+            ))
+        }
+    };
+    Ok((
+        Some(JobSecurity {
+            visibility,
+            cancellable_by,
+        }),
+        owner,
+    ))
 }
 
 #[cfg(test)]

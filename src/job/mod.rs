@@ -118,6 +118,25 @@ impl Lease {
     }
 }
 
+/// Who may see a job besides administrators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Everyone of its tenant whose role lets them inspect its queue.
+    Tenant,
+    /// Only its owner (and administrators); anyone else gets 404.
+    Owner,
+}
+
+/// Job-level access rules (GopherQueue's `security`): they narrow what roles allow, never widen
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSecurity {
+    pub visibility: Visibility,
+    /// Who may cancel: `owner` and role names; anyone whose role allows it when `None`.
+    pub cancellable_by: Option<Vec<String>>,
+}
+
 /// One failure of one attempt, as the error history keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
@@ -140,6 +159,12 @@ pub struct Job {
     pub id: JobId,
     /// The tenant that owns the job; `None` for the system scope.
     pub tenant: Option<String>,
+    /// The principal that submitted it (or that it was submitted for).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Job-level access rules.
+    #[serde(default)]
+    pub security: Option<JobSecurity>,
     pub job_type: String,
     pub queue: String,
     pub state: JobState,

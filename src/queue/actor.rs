@@ -59,6 +59,14 @@ impl Batch<'_> {
             .map_err(QueueError::from)
     }
 
+    /// Loads a job of `tenant`; another tenant's job is `NotFound`, exactly like a missing one.
+    fn load_scoped(&self, id: JobId, tenant: Option<&str>) -> Result<Job, QueueError> {
+        match self.load(id)? {
+            Some(job) if job.tenant.as_deref() == tenant => Ok(job),
+            _ => Err(QueueError::NotFound),
+        }
+    }
+
     fn exists(&self, id: JobId) -> Result<bool, QueueError> {
         Ok(self
             .table
@@ -256,43 +264,55 @@ impl QueueActor {
 
     fn apply(&mut self, b: &mut Batch<'_>, msg: Msg, failed: &mut bool) -> Option<Delivery> {
         Some(match msg {
-            Msg::Enqueue { job, tenant, reply } => {
-                deliver(reply, self.enqueue(b, *job, tenant), failed)
-            }
+            Msg::Enqueue {
+                job,
+                tenant,
+                owner,
+                reply,
+            } => deliver(reply, self.enqueue(b, *job, tenant, owner), failed),
             Msg::Fetch { req, reply } => deliver(reply, self.fetch(b, &req), failed),
             Msg::Ack { req, reply } => deliver(reply, self.ack(b, req), failed),
             Msg::Nack { req, reply } => deliver(reply, self.nack(b, *req), failed),
             Msg::Heartbeat { req, reply } => deliver(reply, self.heartbeat(b, &req), failed),
-            Msg::Cancel { id, reply } => deliver(reply, self.cancel(b, id), failed),
-            Msg::Activate { id, reply } => deliver(reply, self.activate(b, id), failed),
-            Msg::Get { id, reply } => deliver(
-                reply,
-                b.load(id).and_then(|j| j.ok_or(QueueError::NotFound)),
-                failed,
-            ),
+            Msg::Cancel { id, scope, reply } => {
+                deliver(reply, self.cancel(b, id, scope.as_deref()), failed)
+            }
+            Msg::Activate { id, scope, reply } => {
+                deliver(reply, self.activate(b, id, scope.as_deref()), failed)
+            }
+            Msg::Get { id, scope, reply } => {
+                deliver(reply, b.load_scoped(id, scope.as_deref()), failed)
+            }
             Msg::DeadLetterList {
+                scope,
                 queue,
                 limit,
                 offset,
                 reply,
             } => deliver(
                 reply,
-                self.dead_letter_list(b, queue.as_deref(), limit, offset),
+                self.dead_letter_list(b, scope.as_deref(), queue.as_deref(), limit, offset),
                 failed,
             ),
-            Msg::DeadLetterRetry { id, reply } => {
-                deliver(reply, self.dead_letter_retry(b, id), failed)
+            Msg::DeadLetterRetry { id, scope, reply } => deliver(
+                reply,
+                self.dead_letter_retry(b, id, scope.as_deref()),
+                failed,
+            ),
+            Msg::DeadLetterDelete { id, scope, reply } => deliver(
+                reply,
+                self.dead_letter_delete(b, id, scope.as_deref()),
+                failed,
+            ),
+            Msg::Queues { scope, reply } => {
+                deliver(reply, Ok(self.idx.queues(scope.as_deref())), failed)
             }
-            Msg::DeadLetterDelete { id, reply } => {
-                deliver(reply, self.dead_letter_delete(b, id), failed)
-            }
-            Msg::Queues { reply } => deliver(reply, Ok(self.idx.queues()), failed),
             Msg::Events { filter, reply } => deliver(reply, Ok(self.events.list(&filter)), failed),
             Msg::Stats { reply } => deliver(
                 reply,
                 Ok(QueueStats {
                     totals: self.idx.totals(),
-                    queues: self.idx.queues().len(),
+                    queues: self.idx.queue_count(),
                 }),
                 failed,
             ),
@@ -417,6 +437,7 @@ impl QueueActor {
         b: &mut Batch<'_>,
         new: NewJob,
         tenant: Option<String>,
+        owner: Option<String>,
     ) -> Result<Job, QueueError> {
         let now = b.now;
         let id = new.id.unwrap_or_else(JobId::generate);
@@ -434,6 +455,8 @@ impl QueueActor {
         let job = Job {
             id,
             tenant,
+            owner,
+            security: new.security,
             job_type: new.job_type,
             queue: new.queue,
             state,
@@ -483,7 +506,7 @@ impl QueueActor {
         let mut claimed = Vec::new();
         for queue in &req.queues {
             while claimed.len() < req.count {
-                let Some(id) = self.idx.peek_ready(queue) else {
+                let Some(id) = self.idx.peek_ready(req.holder.tenant.as_deref(), queue) else {
                     break;
                 };
                 let Some(mut job) = b.load(id)? else {
@@ -546,7 +569,7 @@ impl QueueActor {
         attempt: Option<u32>,
         action: &'static str,
     ) -> Result<Job, QueueError> {
-        let job = b.load(id)?.ok_or(QueueError::NotFound)?;
+        let job = b.load_scoped(id, holder.tenant.as_deref())?;
         if job.state != JobState::Active {
             return Err(QueueError::InvalidState {
                 action,
@@ -603,7 +626,8 @@ impl QueueActor {
         let mut directive = if self.draining { "quiet" } else { "running" };
         for id in &req.job_ids {
             let Some(job) = b.load(*id)? else { continue };
-            if job.state != JobState::Active {
+            // Another tenant's job is not there for this worker at all.
+            if job.state != JobState::Active || job.tenant != req.holder.tenant {
                 continue;
             }
             match &job.lease {
@@ -643,8 +667,13 @@ impl QueueActor {
         })
     }
 
-    fn cancel(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<(Job, JobState), QueueError> {
-        let mut job = b.load(id)?.ok_or(QueueError::NotFound)?;
+    fn cancel(
+        &mut self,
+        b: &mut Batch<'_>,
+        id: JobId,
+        scope: Option<&str>,
+    ) -> Result<(Job, JobState), QueueError> {
+        let mut job = b.load_scoped(id, scope)?;
         if job.state.is_terminal() {
             return Err(QueueError::InvalidState {
                 action: "cancel",
@@ -663,8 +692,13 @@ impl QueueActor {
         Ok((job, previous))
     }
 
-    fn activate(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<Job, QueueError> {
-        let mut job = b.load(id)?.ok_or(QueueError::NotFound)?;
+    fn activate(
+        &mut self,
+        b: &mut Batch<'_>,
+        id: JobId,
+        scope: Option<&str>,
+    ) -> Result<Job, QueueError> {
+        let mut job = b.load_scoped(id, scope)?;
         if job.state != JobState::Pending {
             return Err(QueueError::InvalidState {
                 action: "activate",
@@ -683,11 +717,12 @@ impl QueueActor {
     fn dead_letter_list(
         &self,
         b: &Batch<'_>,
+        tenant: Option<&str>,
         queue: Option<&str>,
         limit: usize,
         offset: usize,
     ) -> Result<Page<Job>, QueueError> {
-        let ids: Vec<JobId> = self.idx.dead_letter(queue).collect();
+        let ids: Vec<JobId> = self.idx.dead_letter(tenant, queue).collect();
         let total = ids.len();
         let mut items = Vec::new();
         for id in ids.into_iter().skip(offset).take(limit) {
@@ -698,8 +733,8 @@ impl QueueActor {
         Ok(Page { items, total })
     }
 
-    fn load_dead(b: &Batch<'_>, id: JobId) -> Result<Job, QueueError> {
-        let job = b.load(id)?.ok_or(QueueError::NotFound)?;
+    fn load_dead(b: &Batch<'_>, id: JobId, scope: Option<&str>) -> Result<Job, QueueError> {
+        let job = b.load_scoped(id, scope)?;
         if job.dead_letter {
             Ok(job)
         } else {
@@ -707,8 +742,13 @@ impl QueueActor {
         }
     }
 
-    fn dead_letter_retry(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<Job, QueueError> {
-        let mut job = Self::load_dead(b, id)?;
+    fn dead_letter_retry(
+        &mut self,
+        b: &mut Batch<'_>,
+        id: JobId,
+        scope: Option<&str>,
+    ) -> Result<Job, QueueError> {
+        let mut job = Self::load_dead(b, id, scope)?;
         self.idx.remove(&job);
         job.dead_letter = false;
         job.state = JobState::Available;
@@ -726,8 +766,13 @@ impl QueueActor {
         Ok(job)
     }
 
-    fn dead_letter_delete(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<(), QueueError> {
-        let job = Self::load_dead(b, id)?;
+    fn dead_letter_delete(
+        &mut self,
+        b: &mut Batch<'_>,
+        id: JobId,
+        scope: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let job = Self::load_dead(b, id, scope)?;
         self.idx.remove(&job);
         b.delete(id)?;
         b.event("job.deleted", &job);

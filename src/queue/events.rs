@@ -16,6 +16,8 @@ pub struct Event {
     pub kind: &'static str,
     pub time: Millis,
     pub job_id: String,
+    /// The job's tenant: listings show a caller only its own tenant's events.
+    pub tenant: Option<String>,
     pub job_type: String,
     pub queue: String,
     pub state: &'static str,
@@ -33,6 +35,7 @@ impl Event {
             kind,
             time,
             job_id: job.id.to_string(),
+            tenant: job.tenant.clone(),
             job_type: job.job_type.clone(),
             queue: job.queue.clone(),
             state: job.state.as_str(),
@@ -74,6 +77,8 @@ impl Event {
 /// Which events a listing wants.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
+    /// The tenant whose events to list (`None`: the system scope's).
+    pub tenant: Option<String>,
     pub types: Vec<String>,
     pub queues: Vec<String>,
     /// Only events with a sequence number greater than this.
@@ -120,7 +125,8 @@ impl EventLog {
     #[must_use]
     pub fn list(&self, filter: &EventFilter) -> Vec<Event> {
         let matches = |e: &&Event| {
-            (filter.types.is_empty() || filter.types.iter().any(|t| t == e.kind))
+            e.tenant == filter.tenant
+                && (filter.types.is_empty() || filter.types.iter().any(|t| t == e.kind))
                 && (filter.queues.is_empty() || filter.queues.contains(&e.queue))
                 && filter.after.is_none_or(|a| e.seq > a)
         };
@@ -157,6 +163,7 @@ mod tests {
             kind,
             time: 0,
             job_id: "j".into(),
+            tenant: None,
             job_type: "t".into(),
             queue: queue.into(),
             state: "available",

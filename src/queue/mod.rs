@@ -15,7 +15,7 @@ pub use error::QueueError;
 pub use events::{Event, EventFilter};
 pub use msg::{
     AckRequest, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest, Holder, NackRequest,
-    Page, QueueStats,
+    Page, QueueStats, Scope,
 };
 pub use sched::QueueSummary;
 
@@ -76,11 +76,17 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Unavailable)?
     }
 
-    /// Enqueues a job; returns once it is durably on disk.
-    pub async fn enqueue(&self, job: NewJob, tenant: Option<String>) -> Result<Job, QueueError> {
+    /// Enqueues a job for `tenant`, owned by `owner`; returns once it is durably on disk.
+    pub async fn enqueue(
+        &self,
+        job: NewJob,
+        tenant: Option<String>,
+        owner: Option<String>,
+    ) -> Result<Job, QueueError> {
         self.call(|reply| Msg::Enqueue {
             job: Box::new(job),
             tenant,
+            owner,
             reply,
         })
         .await
@@ -111,28 +117,30 @@ impl QueueHandle {
     }
 
     /// Cancels a job that is not yet terminal; returns it with its previous state.
-    pub async fn cancel(&self, id: JobId) -> Result<(Job, JobState), QueueError> {
-        self.call(|reply| Msg::Cancel { id, reply }).await
+    pub async fn cancel(&self, id: JobId, scope: Scope) -> Result<(Job, JobState), QueueError> {
+        self.call(|reply| Msg::Cancel { id, scope, reply }).await
     }
 
     /// Makes a pending job available.
-    pub async fn activate(&self, id: JobId) -> Result<Job, QueueError> {
-        self.call(|reply| Msg::Activate { id, reply }).await
+    pub async fn activate(&self, id: JobId, scope: Scope) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Activate { id, scope, reply }).await
     }
 
     /// Reads a job.
-    pub async fn get(&self, id: JobId) -> Result<Job, QueueError> {
-        self.call(|reply| Msg::Get { id, reply }).await
+    pub async fn get(&self, id: JobId, scope: Scope) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::Get { id, scope, reply }).await
     }
 
     /// Lists the dead letter queue, newest first.
     pub async fn dead_letter(
         &self,
+        scope: Scope,
         queue: Option<String>,
         limit: usize,
         offset: usize,
     ) -> Result<Page<Job>, QueueError> {
         self.call(|reply| Msg::DeadLetterList {
+            scope,
             queue,
             limit,
             offset,
@@ -142,18 +150,20 @@ impl QueueHandle {
     }
 
     /// Puts a dead-letter job back to `available` with its attempts reset.
-    pub async fn retry_dead_letter(&self, id: JobId) -> Result<Job, QueueError> {
-        self.call(|reply| Msg::DeadLetterRetry { id, reply }).await
+    pub async fn retry_dead_letter(&self, id: JobId, scope: Scope) -> Result<Job, QueueError> {
+        self.call(|reply| Msg::DeadLetterRetry { id, scope, reply })
+            .await
     }
 
     /// Deletes a dead-letter job for good.
-    pub async fn delete_dead_letter(&self, id: JobId) -> Result<(), QueueError> {
-        self.call(|reply| Msg::DeadLetterDelete { id, reply }).await
+    pub async fn delete_dead_letter(&self, id: JobId, scope: Scope) -> Result<(), QueueError> {
+        self.call(|reply| Msg::DeadLetterDelete { id, scope, reply })
+            .await
     }
 
-    /// Every known queue with its counts.
-    pub async fn queues(&self) -> Result<Vec<QueueSummary>, QueueError> {
-        self.call(|reply| Msg::Queues { reply }).await
+    /// Every known queue of the scope's tenant with its counts.
+    pub async fn queues(&self, scope: Scope) -> Result<Vec<QueueSummary>, QueueError> {
+        self.call(|reply| Msg::Queues { scope, reply }).await
     }
 
     /// Recent lifecycle events.
@@ -194,6 +204,7 @@ mod tests {
         Holder {
             principal: "p".into(),
             worker_id: Some("w".into()),
+            tenant: None,
         }
     }
 
@@ -212,10 +223,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (queue, thread) = QueueHandle::spawn(store.clone(), QueueConfig::default()).unwrap();
-        let low = queue.enqueue(new_job(0, 1), None).await.unwrap();
-        let high = queue.enqueue(new_job(10, 2), None).await.unwrap();
-        let low2 = queue.enqueue(new_job(0, 3), None).await.unwrap();
-        let low3 = queue.enqueue(new_job(0, 4), None).await.unwrap();
+        let low = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        let high = queue.enqueue(new_job(10, 2), None, None).await.unwrap();
+        let low2 = queue.enqueue(new_job(0, 3), None, None).await.unwrap();
+        let low3 = queue.enqueue(new_job(0, 4), None, None).await.unwrap();
         // Higher priority first, then FIFO.
         assert_eq!(fetch_one(&queue).await.unwrap().id, high.id);
         let active = fetch_one(&queue).await.unwrap();
@@ -255,6 +266,7 @@ mod tests {
         let job = queue
             .enqueue(
                 parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap(),
+                None,
                 None,
             )
             .await
@@ -297,10 +309,10 @@ mod tests {
         assert_eq!(nacked.state, JobState::Discarded);
         assert!(nacked.dead_letter);
         assert_eq!(nacked.errors.len(), 2);
-        let page = queue.dead_letter(None, 10, 0).await.unwrap();
+        let page = queue.dead_letter(None, None, 10, 0).await.unwrap();
         assert_eq!(page.total, 1);
-        let retried = queue.retry_dead_letter(job.id).await.unwrap();
+        let retried = queue.retry_dead_letter(job.id, None).await.unwrap();
         assert_eq!((retried.state, retried.attempt), (JobState::Available, 0));
-        assert_eq!(queue.dead_letter(None, 10, 0).await.unwrap().total, 0);
+        assert_eq!(queue.dead_letter(None, None, 10, 0).await.unwrap().total, 0);
     }
 }

@@ -17,7 +17,12 @@ pub struct Holder {
     pub principal: String,
     /// The `worker_id` from the request, if any.
     pub worker_id: Option<String>,
+    /// The tenant the request acts for: only its jobs can be fetched or held.
+    pub tenant: Option<String>,
 }
+
+/// The tenant a by-id request acts for: a job of another tenant does not exist for it.
+pub type Scope = Option<String>;
 
 /// `POST /workers/fetch`.
 #[derive(Clone, Debug)]
@@ -109,6 +114,7 @@ pub(crate) enum Msg {
     Enqueue {
         job: Box<NewJob>,
         tenant: Option<String>,
+        owner: Option<String>,
         reply: Reply<Job>,
     },
     Fetch {
@@ -129,17 +135,21 @@ pub(crate) enum Msg {
     },
     Cancel {
         id: JobId,
+        scope: Scope,
         reply: Reply<(Job, JobState)>,
     },
     Activate {
         id: JobId,
+        scope: Scope,
         reply: Reply<Job>,
     },
     Get {
         id: JobId,
+        scope: Scope,
         reply: Reply<Job>,
     },
     DeadLetterList {
+        scope: Scope,
         queue: Option<String>,
         limit: usize,
         offset: usize,
@@ -147,13 +157,16 @@ pub(crate) enum Msg {
     },
     DeadLetterRetry {
         id: JobId,
+        scope: Scope,
         reply: Reply<Job>,
     },
     DeadLetterDelete {
         id: JobId,
+        scope: Scope,
         reply: Reply<()>,
     },
     Queues {
+        scope: Scope,
         reply: Reply<Vec<QueueSummary>>,
     },
     Events {

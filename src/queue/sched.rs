@@ -16,6 +16,13 @@ use crate::job::{Job, JobId, JobState};
 /// Ready-set order: higher priority first, then enqueue order.
 type ReadyKey = (i64, u64, JobId);
 
+/// A queue is a name within a tenant: tenants' queues of the same name never mix.
+pub type QueueKey = (Option<String>, String);
+
+fn queue_key(job: &Job) -> QueueKey {
+    (job.tenant.clone(), job.queue.clone())
+}
+
 /// Per-state counts of one queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StateCounts {
@@ -57,11 +64,11 @@ pub struct QueueSummary {
 /// All indexes.
 #[derive(Debug, Default)]
 pub struct Indexes {
-    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    ready: HashMap<QueueKey, BTreeSet<ReadyKey>>,
     timed: BTreeSet<(Millis, JobId)>,
     leases: BTreeSet<(Millis, JobId)>,
-    dead: BTreeMap<(Millis, JobId), String>,
-    queues: BTreeMap<String, QueueSummary>,
+    dead: BTreeMap<(Millis, JobId), QueueKey>,
+    queues: BTreeMap<QueueKey, QueueSummary>,
     next_seq: u64,
 }
 
@@ -76,7 +83,7 @@ impl Indexes {
         match job.state {
             JobState::Available => {
                 self.ready
-                    .entry(job.queue.clone())
+                    .entry(queue_key(job))
                     .or_default()
                     .insert(ready_key(job));
             }
@@ -92,11 +99,11 @@ impl Indexes {
         }
         if job.dead_letter {
             self.dead
-                .insert((job.discarded_at.unwrap_or(0), job.id), job.queue.clone());
+                .insert((job.discarded_at.unwrap_or(0), job.id), queue_key(job));
         }
         let summary = self
             .queues
-            .entry(job.queue.clone())
+            .entry(queue_key(job))
             .or_insert_with(|| QueueSummary {
                 name: job.queue.clone(),
                 created_at: job.created_at,
@@ -113,7 +120,7 @@ impl Indexes {
     pub fn remove(&mut self, job: &Job) {
         match job.state {
             JobState::Available => {
-                if let Some(set) = self.ready.get_mut(&job.queue) {
+                if let Some(set) = self.ready.get_mut(&queue_key(job)) {
                     set.remove(&ready_key(job));
                 }
             }
@@ -130,7 +137,7 @@ impl Indexes {
         if job.dead_letter {
             self.dead.remove(&(job.discarded_at.unwrap_or(0), job.id));
         }
-        if let Some(summary) = self.queues.get_mut(&job.queue) {
+        if let Some(summary) = self.queues.get_mut(&queue_key(job)) {
             let slot = summary.counts.slot(job.state);
             *slot = slot.saturating_sub(1);
             if job.dead_letter {
@@ -146,11 +153,11 @@ impl Indexes {
         seq
     }
 
-    /// The next ready job of a queue, without removing it.
+    /// The next ready job of a tenant's queue, without removing it.
     #[must_use]
-    pub fn peek_ready(&self, queue: &str) -> Option<JobId> {
+    pub fn peek_ready(&self, tenant: Option<&str>, queue: &str) -> Option<JobId> {
         self.ready
-            .get(queue)
+            .get(&(tenant.map(str::to_string), queue.to_string()))
             .and_then(|set| set.first())
             .map(|(_, _, id)| *id)
     }
@@ -192,19 +199,35 @@ impl Indexes {
         }
     }
 
-    /// Dead-letter entries, newest first, optionally of one queue.
-    pub fn dead_letter<'a>(&'a self, queue: Option<&'a str>) -> impl Iterator<Item = JobId> + 'a {
+    /// A tenant's dead-letter entries, newest first, optionally of one queue.
+    pub fn dead_letter<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        queue: Option<&'a str>,
+    ) -> impl Iterator<Item = JobId> + 'a {
         self.dead
             .iter()
             .rev()
-            .filter(move |(_, q)| queue.is_none_or(|want| want == q.as_str()))
+            .filter(move |(_, (t, q))| {
+                t.as_deref() == tenant && queue.is_none_or(|want| want == q.as_str())
+            })
             .map(|((_, id), _)| *id)
     }
 
-    /// Every known queue with its counts, by name.
+    /// Every known queue of a tenant with its counts, by name.
     #[must_use]
-    pub fn queues(&self) -> Vec<QueueSummary> {
-        self.queues.values().cloned().collect()
+    pub fn queues(&self, tenant: Option<&str>) -> Vec<QueueSummary> {
+        self.queues
+            .iter()
+            .filter(|((t, _), _)| t.as_deref() == tenant)
+            .map(|(_, q)| q.clone())
+            .collect()
+    }
+
+    /// How many queues there are, over all tenants.
+    #[must_use]
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
     }
 
     /// Jobs per state over all queues.

@@ -18,6 +18,11 @@ pub struct ServerOptions {
     pub conformance: bool,
 }
 
+/// Lifts the per-address key-verification budget, for tests that send many wrong keys on
+/// purpose from one address.
+pub const UNTHROTTLED: &str =
+    "[auth.throttle]\nverifications_per_minute = 1000000\nburst = 1000000\n";
+
 impl ServerOptions {
     pub fn conformance() -> Self {
         Self {

@@ -29,7 +29,6 @@ pub async fn list(
     queue: web::Data<QueueHandle>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Inspect)?;
     let limit = query.limit.unwrap_or(50);
     if limit == 0 || limit > 100 {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 100"));
@@ -42,11 +41,18 @@ pub async fn list(
                 "queue names must match ^[a-z0-9][a-z0-9.-]*$",
             ));
         }
+        caller.allow(Permission::Inspect, q).await?;
     }
     let page = queue
-        .dead_letter(query.queue.clone(), limit, offset)
+        .dead_letter(caller.tenant.clone(), query.queue.clone(), limit, offset)
         .await?;
-    let jobs: Vec<Value> = page.items.iter().map(job_json).collect();
+    // Only queues the caller may inspect are shown (the total counts the tenant's whole list).
+    let jobs: Vec<Value> = page
+        .items
+        .iter()
+        .filter(|j| caller.sees_queue(&j.queue))
+        .map(job_json)
+        .collect();
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -68,16 +74,22 @@ pub async fn retry(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Admin)?;
     let id = job_id(&id)?;
+    let found = queue.get(id, caller.tenant.clone()).await?;
+    caller.allow_job(Permission::Admin, &found).await?;
     let event = audit::event(
         &req,
         "dead_letter.retried",
         Outcome::Success,
-        Some(&caller.0),
+        Some(&caller.principal),
     )
     .detail("job_id", id.to_string());
-    let job = audit::guarded(&req, event, queue.retry_dead_letter(id)).await?;
+    let job = audit::guarded(
+        &req,
+        event,
+        queue.retry_dead_letter(id, caller.tenant.clone()),
+    )
+    .await?;
     Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
 }
 
@@ -88,16 +100,22 @@ pub async fn delete(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Admin)?;
     let id = job_id(&id)?;
+    let found = queue.get(id, caller.tenant.clone()).await?;
+    caller.allow_job(Permission::Admin, &found).await?;
     let event = audit::event(
         &req,
         "dead_letter.deleted",
         Outcome::Success,
-        Some(&caller.0),
+        Some(&caller.principal),
     )
     .detail("job_id", id.to_string());
-    audit::guarded(&req, event, queue.delete_dead_letter(id)).await?;
+    audit::guarded(
+        &req,
+        event,
+        queue.delete_dead_letter(id, caller.tenant.clone()),
+    )
+    .await?;
     Ok(json(
         StatusCode::OK,
         &json!({ "deleted": true, "job_id": id.to_string() }),

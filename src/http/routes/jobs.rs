@@ -1,33 +1,115 @@
 //! `/ojs/v1/jobs`: enqueue, info, cancel, activate.
+//!
+//! Every by-id route is tenant-scoped: the queue answers 404 for another tenant's job exactly as
+//! for an id nobody used, and [`Authenticated::allow_job`] applies the queue ACL and the job's
+//! own rules before anything changes.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{job_id, json};
 use crate::audit::Outcome;
+use crate::auth::policy::RESERVED_QUEUE_PREFIX;
+use crate::auth::records::is_valid_tenant;
 use crate::auth::Permission;
 use crate::clock::now_ms;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
-use crate::job::envelope::{parse_new_job, EnvelopeRules};
+use crate::job::envelope::{parse_new_job, EnvelopeRules, NAME_MAX};
 use crate::job::view::job_json;
 use crate::queue::QueueHandle;
 
-/// `POST /ojs/v1/jobs`: 201 once the job is on disk.
+/// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.
+fn reserved_queue(body: &Value) -> Option<&str> {
+    let queue = body
+        .get("options")
+        .and_then(|o| o.get("queue"))
+        .or_else(|| body.get("queue"))?
+        .as_str()?;
+    let plain = queue.len() <= NAME_MAX
+        && queue.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        });
+    (queue.starts_with(RESERVED_QUEUE_PREFIX) && plain).then_some(queue)
+}
+
+/// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
+/// nothing).
 pub async fn enqueue(
+    req: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     rules: web::Data<EnvelopeRules>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Enqueue)?;
+    // Reserved queues are refused as a permission matter (OJS security §15.2), before the
+    // envelope's pattern check would call them malformed.
+    if let Some(reserved) = reserved_queue(&body.0) {
+        caller.allow(Permission::Enqueue, reserved).await?;
+    }
     let new = parse_new_job(&body.0, &rules, now_ms())?;
-    let job = queue
-        .enqueue(new, caller.0.tenant().map(str::to_string))
-        .await?;
+    caller.allow(Permission::Enqueue, &new.queue).await?;
+    // `meta.tenant_id` may only repeat the tenant the request acts for; a system
+    // administrator acting on the system scope may use it to act for a tenant, as with the
+    // header.
+    let mut tenant = caller.tenant.clone();
+    if let Some(claimed) = &new.meta_tenant {
+        if tenant.is_none() && caller.principal.is_system_admin() {
+            if !is_valid_tenant(claimed) {
+                return Err(ApiError::invalid(
+                    "meta.tenant_id",
+                    "meta.tenant_id must be 1 to 64 lowercase letters, digits, _ or -",
+                ));
+            }
+            tenant = Some(claimed.clone());
+        } else if tenant.as_deref() != Some(claimed.as_str()) {
+            return Err(caller
+                .refuse(Some(&new.queue), "meta_tenant_mismatch")
+                .await);
+        }
+    }
+    // A tenant-bound caller may not choose ids: a collision with another tenant's job would
+    // reveal that it exists.
+    if new.id.is_some() && caller.principal.tenant().is_some() {
+        return Err(ApiError::invalid(
+            "id",
+            "job ids are assigned by the server for tenant credentials; leave id out",
+        ));
+    }
+    let owner = match &new.requested_owner {
+        Some(named)
+            if named != caller.principal.id()
+                && !caller.principal.grants().has(Permission::Admin) =>
+        {
+            return Err(caller.refuse(Some(&new.queue), "owner_not_self").await);
+        }
+        Some(named) => named.clone(),
+        None => caller.principal.id().to_string(),
+    };
+    if new.dry_run {
+        let event = audit::event(
+            &req,
+            "job.dry_run",
+            Outcome::Success,
+            Some(&caller.principal),
+        )
+        .detail("job_type", new.job_type.clone())
+        .detail("queue", new.queue.clone())
+        .detail("dry_run", true);
+        audit::record_or_refuse(&req, event).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &json!({
+                "dry_run": true,
+                "valid": true,
+                "job": { "type": new.job_type, "queue": new.queue, "priority": new.priority },
+            }),
+        ));
+    }
+    let job = queue.enqueue(new, tenant, Some(owner)).await?;
     let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(&job) }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/ojs/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
@@ -41,8 +123,8 @@ pub async fn info(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Inspect)?;
-    let job = queue.get(job_id(&id)?).await?;
+    let job = queue.get(job_id(&id)?, caller.tenant.clone()).await?;
+    caller.allow_job(Permission::Inspect, &job).await?;
     Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
 }
 
@@ -53,12 +135,19 @@ pub async fn cancel(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Cancel)?;
-    let (job, previous) = queue.cancel(job_id(&id)?).await?;
-    let event = audit::event(&req, "job.cancelled", Outcome::Success, Some(&caller.0))
-        .detail("job_id", job.id.to_string())
-        .detail("queue", job.queue.clone())
-        .detail("previous_state", previous.as_str());
+    let id = job_id(&id)?;
+    let found = queue.get(id, caller.tenant.clone()).await?;
+    caller.allow_job(Permission::Cancel, &found).await?;
+    let (job, previous) = queue.cancel(id, caller.tenant.clone()).await?;
+    let event = audit::event(
+        &req,
+        "job.cancelled",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("job_id", job.id.to_string())
+    .detail("queue", job.queue.clone())
+    .detail("previous_state", previous.as_str());
     audit::emit(&req, event).await;
     let mut view = job_json(&job);
     view["previous_state"] = previous.as_str().into();
@@ -71,8 +160,10 @@ pub async fn activate(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Enqueue)?;
-    let job = queue.activate(job_id(&id)?).await?;
+    let id = job_id(&id)?;
+    let found = queue.get(id, caller.tenant.clone()).await?;
+    caller.allow_job(Permission::Enqueue, &found).await?;
+    let job = queue.activate(id, caller.tenant.clone()).await?;
     let mut view = job_json(&job);
     view["previous_state"] = "pending".into();
     Ok(json(StatusCode::OK, &json!({ "job": view })))

@@ -8,7 +8,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::json;
-use crate::auth::Permission;
 use crate::clock::rfc3339;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
@@ -61,6 +60,7 @@ pub async fn manifest() -> HttpResponse {
             "extensions": ["dead-letter"],
             "capabilities": {
                 "authentication": ["api_key"],
+                "authorization": ["roles", "queue_acl", "tenant_isolation"],
                 "unknown_fields": "configurable",
             },
         }),
@@ -72,8 +72,11 @@ pub async fn list_queues(
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Inspect)?;
-    let queues = queue.queues().await?;
+    let queues = queue.queues(caller.tenant.clone()).await?;
+    let queues: Vec<_> = queues
+        .into_iter()
+        .filter(|q| caller.sees_queue(&q.name))
+        .collect();
     let total = queues.len();
     let items: Vec<_> = queues
         .into_iter()
@@ -101,7 +104,7 @@ pub async fn metrics(
     queue: web::Data<QueueHandle>,
     handle: web::Data<Option<metrics_exporter_prometheus::PrometheusHandle>>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Inspect)?;
+    let _ = caller;
     let Some(handle) = handle.as_ref() else {
         return Err(ApiError::unavailable());
     };
@@ -156,18 +159,23 @@ pub async fn list_events(
     queue: web::Data<QueueHandle>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Inspect)?;
     let limit = query.limit.unwrap_or(50);
     if limit == 0 || limit > EVENTS_LIMIT_MAX {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 1000"));
     }
     let filter = EventFilter {
+        tenant: caller.tenant.clone(),
         types: list_param(query.types.as_ref()),
         queues: list_param(query.queues.as_ref()),
         after: query.after,
         limit,
     };
-    let events = queue.events(filter).await?;
+    let events: Vec<_> = queue
+        .events(filter)
+        .await?
+        .into_iter()
+        .filter(|e| caller.sees_queue(&e.queue))
+        .collect();
     let next = events.last().map(|e| e.seq);
     let events: Vec<_> = events.iter().map(crate::queue::Event::to_json).collect();
     Ok(json(

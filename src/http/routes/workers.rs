@@ -1,5 +1,6 @@
 //! `/ojs/v1/workers`: fetch, ack, nack, heartbeat. Every lease is bound to the caller's
-//! credential and `worker_id`; the queue refuses anyone else.
+//! principal, tenant and `worker_id`; the queue refuses anyone else, and a job of another tenant
+//! does not exist for the caller. Fetch checks the dequeue permission on every queue named.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -48,10 +49,7 @@ fn holder(
             ))
         }
     };
-    Ok(Holder {
-        principal: caller.0.id().to_string(),
-        worker_id,
-    })
+    Ok(caller.holder(worker_id))
 }
 
 fn required_job_id(obj: &Map<String, Value>) -> Result<JobId, ApiError> {
@@ -100,7 +98,6 @@ pub async fn fetch(
     config: web::Data<Config>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Dequeue)?;
     let obj = object(&body.0)?;
     let queues = obj
         .get("queues")
@@ -122,6 +119,9 @@ pub async fn fetch(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for q in &queues {
+        caller.allow(Permission::Dequeue, q).await?;
+    }
     let max = config.queue.max_fetch_count;
     let count = match obj.get("count") {
         None | Some(Value::Null) => 1,
@@ -150,7 +150,6 @@ pub async fn ack(
     queue: web::Data<QueueHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Dequeue)?;
     let obj = object(&body.0)?;
     let req = AckRequest {
         id: required_job_id(obj)?,
@@ -234,7 +233,6 @@ pub async fn nack(
     queue: web::Data<QueueHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Dequeue)?;
     let obj = object(&body.0)?;
     let requeue = match obj.get("requeue") {
         None | Some(Value::Null) => false,
@@ -274,7 +272,6 @@ pub async fn heartbeat(
     queue: web::Data<QueueHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    caller.0.require(Permission::Dequeue)?;
     let obj = object(&body.0)?;
     let holder = holder(&caller, obj, true)?;
     let job_ids = match obj.get("active_jobs") {
