@@ -10,6 +10,7 @@
 
 mod actor;
 pub mod error;
+pub mod jwt;
 pub mod key;
 pub mod records;
 
