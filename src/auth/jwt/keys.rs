@@ -14,7 +14,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use ring::{hmac, signature};
+use ring::{agreement, hmac, signature};
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
@@ -154,7 +154,7 @@ pub(super) fn load_public_pem(path: &Path, alg: Alg) -> Result<VerifyingKey, Jwt
             let (n, e) = der::parse_rsa_public_key(pkcs1).map_err(reject)?;
             rsa_material(n, e).map_err(reject)?
         }
-        (Alg::Es256, SpkiKey::P256(point)) => Material::P256(point.to_vec()),
+        (Alg::Es256, SpkiKey::P256(point)) => p256_point_material(point).map_err(reject)?,
         (Alg::EdDsa, SpkiKey::Ed25519(key)) => Material::Ed25519(key.to_vec()),
         (Alg::Hs256, _) => return Err(reject("HS256 takes a secret file, not a public key")),
         (_, found) => {
@@ -170,6 +170,24 @@ pub(super) fn load_public_pem(path: &Path, alg: Alg) -> Result<VerifyingKey, Jwt
         }
     };
     Ok(VerifyingKey { alg, material })
+}
+
+/// Whether `point` is an uncompressed point on P-256. ring checks points only when they are
+/// used, so one throwaway ECDH agreement does the check at load (ring validates the peer point
+/// before agreeing).
+fn p256_point_material(point: &[u8]) -> Result<Material, &'static str> {
+    let rng = ring::rand::SystemRandom::new();
+    let valid = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .and_then(|ours| {
+            let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
+            agreement::agree_ephemeral(ours, &peer, |_| ())
+        })
+        .is_ok();
+    if valid {
+        Ok(Material::P256(point.to_vec()))
+    } else {
+        Err("not a point on the P-256 curve")
+    }
 }
 
 /// Checks an RSA modulus and exponent the way ring will at verification time, so a bad key
@@ -346,11 +364,8 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<(String, VerifyingKey), String>
             if x.len() != 32 || y.len() != 32 {
                 return Err("P-256 coordinates must be 32 bytes each".into());
             }
-            let mut point = Vec::with_capacity(65);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            (Alg::Es256, Material::P256(point))
+            let point = [&[0x04][..], &x, &y].concat();
+            (Alg::Es256, p256_point_material(&point)?)
         }
         "OKP" => {
             if crv != Some("Ed25519") {

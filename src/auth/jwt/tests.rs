@@ -658,6 +658,28 @@ fn tampered_signature_is_refused() {
     assert!(matches!(f.refuse(&spliced), JwtError::BadSignature));
 }
 
+#[test]
+fn the_signature_is_checked_before_any_claim() {
+    let f = Fixture::new();
+    // Expired, wrong issuer and audience, no subject, even a payload that is not JSON: with a
+    // bad signature, the only answer is the bad signature.
+    let bad_claims = json!({"iss": "https://evil.test", "aud": "x", "exp": 1, "nbf": 1, "iat": 1});
+    for payload in [bad_claims.to_string(), "not json".to_string()] {
+        for kid in ALL_KIDS {
+            let h = header(kid, f.signers[kid].0.as_str()).to_string();
+            let token = f.sign_raw(kid, &h, &payload);
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            sig[0] ^= 0x80;
+            let tampered = format!("{input}.{}", b64(&sig));
+            assert!(
+                matches!(f.refuse(&tampered), JwtError::BadSignature),
+                "{kid}"
+            );
+        }
+    }
+}
+
 // ---- time ----
 
 #[test]
@@ -1159,6 +1181,11 @@ fn weak_and_malformed_key_files_are_refused_by_name() {
             "bad public key",
         ),
         (
+            entry("k", Alg::Es256, "off-curve.pem"),
+            spki_pem(&P256_SPKI_PREFIX, &[&[0x04][..], &[1; 64]].concat()).into(),
+            "not a point on the P-256 curve",
+        ),
+        (
             secret_entry("k", "short.key", SecretEncoding::Raw),
             vec![b'k'; 31],
             "shorter than 32 bytes",
@@ -1351,6 +1378,10 @@ fn bad_jwks_files_are_refused() {
         (
             json!({"keys": [{"kty": "EC", "kid": "e", "crv": "P-384", "x": "AA", "y": "AA"}]}),
             "P-256",
+        ),
+        (
+            json!({"keys": [{"kty": "EC", "kid": "e", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[1; 32])}]}),
+            "not a point on the P-256 curve",
         ),
         (json!({"keys": [{"kty": "XYZ", "kid": "x"}]}), "kty"),
         (json!({"keys": [ed.clone(), 3]}), "key 1"),
