@@ -12,6 +12,7 @@
 
 mod actor;
 pub mod error;
+pub mod jwt;
 pub mod key;
 pub mod policy;
 pub mod records;
