@@ -8,10 +8,14 @@
 //! [`Principal`] can only be made here: a handler that takes one has an authenticated caller.
 //! The identity model (tenants, roles beyond admin, queue ACLs, JWT) grows from this seam.
 
+pub mod accounts;
 mod actor;
 pub mod error;
 pub mod key;
 pub mod records;
+pub mod session;
+pub mod throttle;
+pub mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +84,18 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// An admin user signed in with a session token: the admin role, system scope, id
+    /// `user:<name>`.
+    #[must_use]
+    pub fn admin_user(name: &str) -> Principal {
+        Principal {
+            id: format!("user:{name}"),
+            name: name.to_string(),
+            roles: vec![Role::Admin],
+            tenant: None,
+        }
+    }
+
     /// The credential's stable id (the API key id); leases are bound to it.
     #[must_use]
     pub fn id(&self) -> &str {
@@ -101,6 +117,9 @@ impl Principal {
     /// How logs show this caller.
     #[must_use]
     pub fn display_id(&self) -> String {
+        if self.id.starts_with("user:") {
+            return self.id.clone();
+        }
         key::display_id(&self.id)
     }
 

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub mod sessions;
+pub use sessions::SessionsConfig;
+
 use crate::job::envelope::EnvelopeRules;
 use crate::queue::QueueConfig;
 
@@ -23,6 +26,7 @@ pub struct Config {
     pub testing: TestingConfig,
     pub log: LogConfig,
     pub audit: AuditSection,
+    pub sessions: SessionsConfig,
 }
 
 /// `[audit]`
@@ -235,6 +239,7 @@ impl Config {
         if !key_env_ok {
             bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
         }
+        self.sessions.validate()?;
         Ok(())
     }
 
@@ -315,5 +320,6 @@ mod tests {
         assert_eq!(c.secrets.dir, d.secrets.dir);
         assert_eq!(c.api.unknown_fields, d.api.unknown_fields);
         assert_eq!(c.testing.allow_reset, d.testing.allow_reset);
+        assert_eq!(c.sessions, d.sessions);
     }
 }
