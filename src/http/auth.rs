@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::error::ApiError;
 use crate::audit::Outcome;
+use crate::auth::session::{self, SessionVerifier};
 use crate::auth::{key, AuthHandle, Principal};
 
 /// The longest bearer token looked at; anything longer is refused unread.
@@ -35,6 +36,7 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let auth = req.app_data::<web::Data<AuthHandle>>().cloned();
+        let sessions = req.app_data::<web::Data<SessionVerifier>>().cloned();
         let token = bearer(req);
         let req = req.clone();
         Box::pin(async move {
@@ -54,7 +56,15 @@ impl FromRequest for Authenticated {
             // The public key id, if the token has the shape of a key, for the record.
             let key_id = key::parse(secrecy::ExposeSecret::expose_secret(&token))
                 .map(|k| key::display_id(k.id));
-            match auth.authenticate(token).await {
+            // Admin user sessions are checked by their own verifier: one HMAC, no argon2.
+            let is_session =
+                secrecy::ExposeSecret::expose_secret(&token).starts_with(session::ACCESS_PREFIX);
+            let result = match (is_session, sessions) {
+                (true, Some(sessions)) => sessions.authenticate(&token),
+                (true, None) => Err(crate::auth::AuthError::Unavailable),
+                (false, _) => auth.authenticate(token).await,
+            };
+            match result {
                 Ok(principal) => {
                     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "").increment(1);
                     Ok(Authenticated(principal))

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod dead_letter;
 pub mod jobs;
+pub mod sessions;
 pub mod system;
 pub mod workers;
 
