@@ -101,6 +101,7 @@ fn bootstrap_admin_user(
         return Ok(());
     };
     if users::any(store)? {
+        warn!("{ADMIN_PASSWORD_ENV} is set but users exist, so it is ignored; unset it");
         return Ok(());
     }
     let policy = users::PasswordPolicy::from(&config.sessions);

@@ -191,8 +191,16 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let totp = code(&uri, 0);
-    let (status, tokens) = login(&server, "alice", PASSWORD, &totp).await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let res = server
+        .client()
+        .post(server.url("/ojs/v1/auth/login"))
+        .json(&json!({"username": "alice", "password": PASSWORD, "totp": totp}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let tokens: Value = res.json().await.unwrap();
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(tokens["expires_in"], 900);
     assert_eq!(tokens["refresh_expires_in"], 604_800);
@@ -541,9 +549,10 @@ fn counter(metrics: &str, name: &str) -> f64 {
 async fn login_is_throttled_before_any_password_work() {
     let mut server = TestServer::start(ServerOptions::default());
     let uri = add_user(&mut server, "alice");
-    for i in 0..5 {
-        let (status, _) = login(&server, "alice", "Wrong-Password-123", &code(&uri, 0)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    // Four wrong passwords and one unknown user (checked against the decoy hash).
+    for user in ["alice", "nobody", "alice", "alice", "alice"] {
+        let (status, _) = login(&server, user, "Wrong-Password-123", &code(&uri, 0)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}");
     }
     let res = server
         .client()
@@ -563,7 +572,8 @@ async fn login_is_throttled_before_any_password_work() {
     assert_eq!(body["error"]["code"], "rate_limited");
     assert_eq!(body["error"]["retryable"], true);
 
-    // Five argon2 checks, not six: the refused attempt did no password work.
+    // Five argon2 checks (the unknown user's too), not six: the refused attempt did no
+    // password work.
     let metrics = server
         .client()
         .get(server.url("/metrics"))

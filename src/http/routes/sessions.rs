@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
@@ -61,9 +61,20 @@ fn source_ip(req: &HttpRequest) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
+/// A response carrying a credential: never cached.
+fn no_store(mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res.headers_mut()
+        .insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
+    res
+}
+
 fn tokens(issued: &Issued) -> HttpResponse {
     use secrecy::ExposeSecret;
-    json(
+    no_store(json(
         StatusCode::OK,
         &json!({
             "access_token": issued.access_token.expose_secret(),
@@ -72,7 +83,7 @@ fn tokens(issued: &Issued) -> HttpResponse {
             "refresh_token": issued.refresh_token.expose_secret(),
             "refresh_expires_in": issued.refresh_ttl_secs,
         }),
-    )
+    ))
 }
 
 /// Adds the claimed username to a record when it has the shape of one (a password typed into
@@ -208,7 +219,7 @@ pub async fn create_user(
         use secrecy::ExposeSecret;
         map.insert("otpauth_uri".into(), uri.expose_secret().into());
     }
-    Ok(json(StatusCode::CREATED, &out))
+    Ok(no_store(json(StatusCode::CREATED, &out)))
 }
 
 /// `POST /ojs/v1/admin/users/{name}/password` `{current_password?, new_password}`: the user
