@@ -14,8 +14,9 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
 use crate::audit::{self, AuditEvent, AuditHandle, Outcome};
+use crate::auth::accounts::Accounts;
 use crate::auth::records::{self, KeySpec};
-use crate::auth::AuthHandle;
+use crate::auth::{users, AuthHandle};
 use crate::config::Config;
 use crate::http;
 use crate::queue::QueueHandle;
@@ -23,6 +24,10 @@ use crate::store::Store;
 
 /// The file the bootstrap admin key is written to, inside the secrets folder.
 pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
+/// The environment variable that sets the first admin user's password.
+pub const ADMIN_PASSWORD_ENV: &str = "OJS_SECRET_ADMIN_PASSWORD";
+/// The file the first admin user's TOTP enrolment URI is written to, inside the secrets folder.
+pub const BOOTSTRAP_TOTP_FILE: &str = "bootstrap-admin-totp.uri";
 
 /// Creates the secrets folder with mode 0700, or checks an existing one is not open to others.
 pub fn prepare_secrets_dir(dir: &Path) -> anyhow::Result<()> {
@@ -88,6 +93,48 @@ fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On a start with no user and `OJS_SECRET_ADMIN_PASSWORD` set, creates the user `admin` with
+/// that password (which must meet the policy; the server refuses to start otherwise) and a
+/// fresh TOTP secret, whose enrolment URI is printed once and written to the secrets folder.
+/// There is never a default password: without the variable, no user is created.
+fn bootstrap_admin_user(
+    store: &Store,
+    config: &Config,
+    password: Option<secrecy::SecretString>,
+) -> anyhow::Result<()> {
+    let Some(password) = password else {
+        return Ok(());
+    };
+    if users::any(store)? {
+        warn!("{ADMIN_PASSWORD_ENV} is set but users exist, so it is ignored; unset it");
+        return Ok(());
+    }
+    let policy = users::PasswordPolicy::from(&config.sessions);
+    if let Err(violation) = policy.check("admin", &password) {
+        bail!(
+            "{ADMIN_PASSWORD_ENV} does not meet the password policy ({}); set a stronger one or \
+             unset it",
+            violation.missing.join("; ")
+        );
+    }
+    let hash = crate::auth::key::hash(&password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
+    drop(password);
+    let secret = users::new_totp_secret()?;
+    let uri = users::otpauth_uri(&secret, "admin")?;
+    users::insert(store, &users::new_record("admin", hash, Some(secret)))?;
+    let path = config.secrets.dir.join(BOOTSTRAP_TOTP_FILE);
+    write_secret_file(&path, &format!("{}\n", uri.expose_secret()))?;
+    println!(
+        "Admin user \"admin\" created from {ADMIN_PASSWORD_ENV}. Enrol its TOTP (shown once; \
+         also in {}, delete it once enrolled):\n{}",
+        path.display(),
+        uri.expose_secret()
+    );
+    info!(path = %path.display(), "admin user created from the environment");
+    Ok(())
+}
+
 fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{addr}\n"))?;
@@ -115,23 +162,37 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     // Opening the file, the first-start key (argon2) and the index rebuild all block: keep them
     // off the async threads.
     let setup = config.clone();
-    let (store, queue, queue_thread, audit, audit_thread) =
+    let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
+        .ok()
+        .map(secrecy::SecretString::from);
+    let (store, queue, queue_thread, audit, audit_thread, accounts) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_secrets_dir(&setup.secrets.dir)?;
             let store = Store::open(&setup.storage.data_dir)?;
             info!(path = %store.path().display(), "database open");
             bootstrap(&store, &setup)?;
+            bootstrap_admin_user(&store, &setup, admin_password)?;
+            let accounts = Accounts::open(store.clone(), &setup.sessions, &setup.secrets.dir)?;
             let key = audit::load_or_create_key(&setup.secrets.dir)?;
             let (audit, audit_thread) =
                 AuditHandle::spawn(&setup.audit_config(), key, Some(store.clone()))?;
             let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
-            Ok((store, queue, thread, audit, audit_thread))
+            Ok((store, queue, thread, audit, audit_thread, accounts))
         })
         .await??;
+    accounts.start_maintenance();
+    let jwt = match &config.auth.jwt {
+        Some(jwt) => Some(
+            crate::auth::jwt::JwtVerifier::load(jwt, &config.secrets.dir)
+                .context("cannot load the JWT verification keys ([auth.jwt])")?,
+        ),
+        None => None,
+    };
     let auth = AuthHandle::spawn(
         store.clone(),
         Arc::new(config.policy()?),
         config.auth.throttle.clone(),
+        jwt,
     )?;
 
     let listener = TcpListener::bind(config.server.listen)
@@ -159,6 +220,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         store,
         audit_log,
         started: Instant::now(),
+        accounts,
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();

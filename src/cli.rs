@@ -29,6 +29,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage admin user accounts (password + TOTP). Works while the server is stopped;
+    /// passwords are read from standard input, never from the command line.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -96,6 +102,49 @@ pub enum KeysCommand {
         /// Seconds the old key keeps working (default: `[auth] rotation_grace_secs`).
         #[arg(long)]
         grace_secs: Option<u64>,
+    },
+}
+
+/// `bulwark users ...`
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; its password is read from standard input (one line). Enrol its TOTP
+    /// next with `bulwark users totp NAME`: a user without TOTP cannot log in.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The username: 3 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter.
+        name: String,
+    },
+    /// Set a user's password, read from standard input. Ends every session of the user.
+    Passwd {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        name: String,
+    },
+    /// Enrol a new TOTP secret and print its otpauth:// URI (only it) on stdout, once. Ends
+    /// every session of the user; the next login with a valid code confirms the enrolment.
+    Totp {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        name: String,
+    },
+    /// List users (never their secrets).
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Disable a user: it can no longer log in, and its sessions end.
+    Disable {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        name: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        name: String,
     },
 }
 

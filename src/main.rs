@@ -8,8 +8,9 @@ use secrecy::ExposeSecret;
 
 use bulwark::audit::{AuditEvent, Outcome};
 use bulwark::auth::records::{self, KeyRecord, KeySpec};
+use bulwark::auth::users;
 use bulwark::auth::{Permission, QueuePattern};
-use bulwark::cli::{AuditCommand, Cli, Command, ConfigCommand, KeysCommand};
+use bulwark::cli::{AuditCommand, Cli, Command, ConfigCommand, KeysCommand, UsersCommand};
 use bulwark::clock::{now_ms, parse_rfc3339, parse_time_spec, rfc3339};
 use bulwark::config::Config;
 use bulwark::store::Store;
@@ -38,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(bulwark::app::serve(config, addr_file))
         }
         Command::Keys { command } => keys(command),
+        Command::Users { command } => users_command(command),
         Command::Audit {
             command: AuditCommand::Verify { file, head, config },
         } => audit_verify(file, head, config),
@@ -278,5 +280,116 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!("{}", token.expose_secret());
             Ok(())
         }
+    }
+}
+
+/// Reads one line (a password) from standard input; the line end is not part of it.
+fn read_password() -> anyhow::Result<secrecy::SecretString> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password (one line; input is shown, so prefer piping it in): ");
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(secrecy::SecretString::from(password.to_string()))
+}
+
+fn new_password_hash(config: &Config, name: &str) -> anyhow::Result<String> {
+    let password = read_password()?;
+    if let Err(v) = users::PasswordPolicy::from(&config.sessions).check(name, &password) {
+        bail!(
+            "the password does not meet the policy: {}",
+            v.missing.join("; ")
+        );
+    }
+    bulwark::auth::key::hash(&password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+fn set_disabled(
+    config: Option<std::path::PathBuf>,
+    name: &str,
+    disabled: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let store = Store::open(&config.storage.data_dir)
+        .context("stop the server first: users are managed offline")?;
+    users::set_disabled(&store, name, disabled).map_err(|e| match e {
+        users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
+        other => other.into(),
+    })?;
+    println!("{name} {}", if disabled { "disabled" } else { "enabled" });
+    Ok(())
+}
+
+fn users_command(command: UsersCommand) -> anyhow::Result<()> {
+    let open = |config: Option<std::path::PathBuf>| -> anyhow::Result<(Config, Store)> {
+        let config = Config::load(config.as_deref())?;
+        let store = Store::open(&config.storage.data_dir)
+            .context("stop the server first: users are managed offline")?;
+        Ok((config, store))
+    };
+    match command {
+        UsersCommand::Create { config, name } => {
+            if !users::valid_username(&name) {
+                bail!("{}", users::UserError::InvalidUsername);
+            }
+            let (config, store) = open(config)?;
+            let hash = new_password_hash(&config, &name)?;
+            users::insert(&store, &users::new_record(&name, hash, None))?;
+            println!("created user {name}; enrol its TOTP with: bulwark users totp {name}");
+            Ok(())
+        }
+        UsersCommand::Passwd { config, name } => {
+            let (config, store) = open(config)?;
+            if users::get(&store, &name)?.is_none() {
+                bail!("no user {name:?}");
+            }
+            let hash = new_password_hash(&config, &name)?;
+            users::set_password(&store, &name, hash)?;
+            println!("password of {name} changed; its sessions have ended");
+            Ok(())
+        }
+        UsersCommand::Totp { config, name } => {
+            let (_, store) = open(config)?;
+            let secret = users::new_totp_secret()?;
+            let uri = users::otpauth_uri(&secret, &name)?;
+            users::set_totp(&store, &name, secret).map_err(|e| match e {
+                users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
+                other => other.into(),
+            })?;
+            println!("{}", uri.expose_secret());
+            Ok(())
+        }
+        UsersCommand::List { config } => {
+            let (_, store) = open(config)?;
+            println!(
+                "{:<24} {:<8} {:<10} {:<9} {:<26} updated",
+                "username", "totp", "confirmed", "disabled", "created"
+            );
+            for u in users::list(&store)? {
+                let s = users::UserSummary::from(&u);
+                println!(
+                    "{:<24} {:<8} {:<10} {:<9} {:<26} {}",
+                    s.username,
+                    if s.totp_enrolled { "enrolled" } else { "none" },
+                    s.totp_confirmed,
+                    s.disabled,
+                    s.created_at,
+                    s.updated_at
+                );
+            }
+            Ok(())
+        }
+        UsersCommand::Disable { config, name } => set_disabled(config, &name, true),
+        UsersCommand::Enable { config, name } => set_disabled(config, &name, false),
     }
 }

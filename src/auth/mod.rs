@@ -10,13 +10,17 @@
 //! [`Principal`] can only be made here: a handler that takes one has an authenticated caller.
 //! What it may do is decided by [`policy`].
 
+pub mod accounts;
 mod actor;
 pub mod error;
 pub mod jwt;
 pub mod key;
+pub mod login_throttle;
 pub mod policy;
 pub mod records;
+pub mod session;
 pub mod throttle;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -61,6 +65,29 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// An admin user (its audit identity, before or without a session): the built-in admin
+    /// role, system scope, principal `user:<name>`.
+    #[must_use]
+    pub fn admin_user(name: &str) -> Self {
+        Self::session_admin(name, "", None)
+    }
+
+    /// An admin user signed in with session `session`, valid until `expires_at`.
+    #[must_use]
+    pub fn session_admin(name: &str, session: &str, expires_at: Option<Millis>) -> Self {
+        Self::external(
+            format!("user:{name}"),
+            None,
+            Credential::Session {
+                session: session.to_string(),
+            },
+            vec!["admin".to_string()],
+            None,
+            expires_at,
+            &Policy::default(),
+        )
+    }
+
     /// A principal authenticated by an API key record.
     #[must_use]
     pub fn from_key(record: &KeyRecord, policy: &Policy) -> Self {
@@ -234,6 +261,7 @@ pub struct AuthHandle {
     cache: Arc<ArcSwap<Cache>>,
     mac: Arc<hmac::Key>,
     policy: Arc<Policy>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     store: Store,
 }
 
@@ -243,6 +271,7 @@ impl AuthHandle {
         store: Store,
         policy: Arc<Policy>,
         throttle: throttle::ThrottleConfig,
+        jwt: Option<jwt::JwtVerifier>,
     ) -> Result<Self, AuthError> {
         let rng = ring::rand::SystemRandom::new();
         let mac =
@@ -264,6 +293,7 @@ impl AuthHandle {
             cache,
             mac: Arc::new(mac),
             policy,
+            jwt: jwt.map(Arc::new),
             store,
         })
     }
@@ -316,6 +346,50 @@ impl AuthHandle {
         let principal = rx.await.map_err(|_| AuthError::Unavailable)??;
         principal.touch(now);
         Ok(principal)
+    }
+
+    /// Who presents this JWT: verified on every request (signature with the key its `kid`
+    /// names, then exp, nbf, iat, iss, aud and lifetime), mapped to a principal of the tenant,
+    /// roles and queues its claims name. A token without a tenant claim, with unknown roles, or
+    /// with both producer and worker roles is refused.
+    pub fn authenticate_jwt(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let verifier = self
+            .jwt
+            .as_ref()
+            .ok_or(AuthError::InvalidToken("jwt_disabled"))?;
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let verified = verifier
+            .verify(token, now_secs)
+            .map_err(|e| AuthError::InvalidToken(e.reason()))?;
+        let tenant = verified
+            .tenant
+            .filter(|t| records::is_valid_tenant(t))
+            .ok_or(AuthError::InvalidToken("tenant_claim"))?;
+        if !records::is_valid_name(&verified.subject) {
+            return Err(AuthError::InvalidToken("subject_claim"));
+        }
+        self.policy
+            .check_roles(&verified.roles)
+            .map_err(|_| AuthError::InvalidToken("roles_claim"))?;
+        let queues = verified
+            .queues
+            .map(|qs| {
+                qs.iter()
+                    .map(|q| QueuePattern::parse(q))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(AuthError::InvalidToken("queues_claim"))
+            })
+            .transpose()?;
+        let expires_at = i64::try_from(verified.expires_at.saturating_mul(1000)).ok();
+        Ok(Arc::new(Principal::external(
+            verified.subject,
+            Some(tenant),
+            Credential::Jwt { kid: verified.kid },
+            verified.roles,
+            queues,
+            expires_at,
+            &self.policy,
+        )))
     }
 
     /// Forgets every cached verification of these keys; returns once no request can be

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub mod sessions;
+pub use sessions::SessionsConfig;
+
+use crate::auth::jwt::JwtConfig;
 use crate::auth::policy::{Policy, RoleDef};
 use crate::auth::throttle::ThrottleConfig;
 use crate::job::envelope::EnvelopeRules;
@@ -26,6 +30,7 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditSection,
     pub auth: AuthSection,
+    pub sessions: SessionsConfig,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -38,6 +43,8 @@ pub struct AuthSection {
     pub throttle: ThrottleConfig,
     /// Custom roles (`[[auth.roles]]`), beside the built-in ones.
     pub roles: Vec<RoleDef>,
+    /// JWT bearer tokens (`[auth.jwt]`); off when the section is absent.
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for AuthSection {
@@ -46,6 +53,7 @@ impl Default for AuthSection {
             rotation_grace_secs: 24 * 3600,
             throttle: ThrottleConfig::default(),
             roles: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -261,6 +269,10 @@ impl Config {
             bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
         }
         self.policy()?;
+        self.sessions.validate()?;
+        if let Some(jwt) = &self.auth.jwt {
+            jwt.validate().context("invalid [auth.jwt]")?;
+        }
         Ok(())
     }
 
@@ -346,6 +358,7 @@ mod tests {
         assert_eq!(c.secrets.dir, d.secrets.dir);
         assert_eq!(c.api.unknown_fields, d.api.unknown_fields);
         assert_eq!(c.testing.allow_reset, d.testing.allow_reset);
+        assert_eq!(c.sessions, d.sessions);
         assert_eq!(c.auth.rotation_grace_secs, d.auth.rotation_grace_secs);
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());

@@ -146,6 +146,42 @@ pub const ROUTES: &[Route] = &[
         "rotate an API key",
     ),
     route(
+        "POST",
+        "/ojs/v1/auth/login",
+        Public,
+        "admin login (password + TOTP)",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/auth/refresh",
+        Public,
+        "exchange a refresh token",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/auth/logout",
+        Public,
+        "end a session family",
+    ),
+    route(
+        "GET",
+        "/ojs/v1/admin/users",
+        System(Admin),
+        "list admin users",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/admin/users",
+        System(Admin),
+        "create an admin user",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/admin/users/{name}/password",
+        System(Admin),
+        "change a password",
+    ),
+    route(
         "GET",
         "/ojs/v1/admin/audit",
         System(Admin),

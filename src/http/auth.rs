@@ -20,7 +20,8 @@ use super::access::{self, Need};
 use super::error::ApiError;
 use crate::audit::Outcome;
 use crate::auth::records::is_valid_tenant;
-use crate::auth::{key, AuthError, AuthHandle, Permission, Principal, Reach};
+use crate::auth::session::{self, SessionVerifier};
+use crate::auth::{jwt, key, AuthError, AuthHandle, Permission, Principal, Reach};
 use crate::job::{Job, Visibility};
 use crate::queue::Holder;
 
@@ -260,7 +261,19 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     };
     // The public key id, if the token has the shape of a key, for the record.
     let key_id = key::parse(token.expose_secret()).map(|k| key::display_id(k.id));
-    let principal = match auth.authenticate(token, peer).await {
+    // Three kinds of bearer token: admin sessions (one HMAC), JWTs (one signature check) and
+    // API keys (argon2 once per key per process).
+    let result = if token.expose_secret().starts_with(session::ACCESS_PREFIX) {
+        match req.app_data::<web::Data<SessionVerifier>>() {
+            Some(sessions) => sessions.authenticate(&token),
+            None => Err(AuthError::Unavailable),
+        }
+    } else if jwt::looks_like_jwt(token.expose_secret()) {
+        auth.authenticate_jwt(token.expose_secret())
+    } else {
+        auth.authenticate(token, peer).await
+    };
+    let principal = match result {
         Ok(principal) => principal,
         Err(e) => {
             info!(source_ip = ?peer, reason = %e, "authentication failed");

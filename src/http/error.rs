@@ -8,6 +8,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 use tracing::{error, warn};
 
+use crate::auth::accounts::AccountError;
+use crate::auth::users::UserError;
 use crate::auth::{AuthError, Permission};
 use crate::error::ErrorKind;
 use crate::job::envelope::{Invalid, InvalidKind};
@@ -273,6 +275,37 @@ impl From<AuthError> for ApiError {
             (_, ErrorKind::Unauthenticated) => Self::unauthenticated(),
             _ => {
                 warn!(error = %e, "auth store unavailable");
+                Self::unavailable()
+            }
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Throttled(t) => Self::rate_limited(
+                "too many login attempts; try again later",
+                t.retry_after_secs,
+            ),
+            AccountError::Refused(_) | AccountError::RefreshReuse { .. } => Self::unauthenticated(),
+            AccountError::User(UserError::InvalidUsername) => {
+                Self::invalid("username", UserError::InvalidUsername.to_string())
+            }
+            AccountError::User(UserError::Policy(v)) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "the password does not meet the password policy",
+            )
+            .with_details(json!({ "field": "password", "missing": v.missing })),
+            AccountError::User(UserError::Exists) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a user with this name already exists",
+            ),
+            AccountError::User(UserError::NotFound) => Self::not_found("user"),
+            other => {
+                warn!(error = %other, "accounts service unavailable");
                 Self::unavailable()
             }
         }

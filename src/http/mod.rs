@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::queue::QueueHandle;
 use body::BodyLimit;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, keys, system, workers};
+use routes::{admin, dead_letter, jobs, keys, sessions, system, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
@@ -37,6 +37,8 @@ pub struct Shared {
     pub store: crate::store::Store,
     pub audit_log: std::path::PathBuf,
     pub started: Instant,
+    /// Admin user accounts and their sessions.
+    pub accounts: crate::auth::accounts::Accounts,
 }
 
 /// Registers every route on an actix `ServiceConfig`.
@@ -47,6 +49,8 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
         cfg.app_data(web::Data::new(shared.queue.clone()))
             .app_data(web::Data::new(shared.auth.clone()))
             .app_data(web::Data::new(shared.audit.clone()))
+            .app_data(web::Data::new(shared.accounts.clone()))
+            .app_data(web::Data::new(shared.accounts.sessions()))
             .app_data(web::Data::new(shared.metrics.clone()))
             .app_data(web::Data::new(routes::admin::AuditSource {
                 store: shared.store.clone(),
@@ -104,6 +108,18 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .service(resource("/ojs/v1/admin/keys/{id}").route(web::delete().to(keys::revoke)))
             .service(
                 resource("/ojs/v1/admin/keys/{id}/rotate").route(web::post().to(keys::rotate)),
+            );
+        cfg.service(resource("/ojs/v1/auth/login").route(web::post().to(sessions::login)))
+            .service(resource("/ojs/v1/auth/refresh").route(web::post().to(sessions::refresh)))
+            .service(resource("/ojs/v1/auth/logout").route(web::post().to(sessions::logout)))
+            .service(
+                resource("/ojs/v1/admin/users")
+                    .route(web::get().to(sessions::list_users))
+                    .route(web::post().to(sessions::create_user)),
+            )
+            .service(
+                resource("/ojs/v1/admin/users/{name}/password")
+                    .route(web::post().to(sessions::change_password)),
             );
         if config.testing.allow_reset {
             cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));

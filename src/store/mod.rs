@@ -39,6 +39,8 @@ impl Store {
             txn.open_table(tables::API_KEYS)?;
             txn.open_table(tables::AUDIT_INDEX)?;
             txn.open_multimap_table(tables::AUDIT_BY)?;
+            txn.open_table(tables::USERS)?;
+            txn.open_table(tables::REFRESH_TOKENS)?;
         }
         txn.commit()?;
         Ok(Self {

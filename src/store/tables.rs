@@ -15,3 +15,10 @@ pub const AUDIT_INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("audit
 /// Audit sequence numbers by `type:<event type>`, `principal:<id>` and `tenant:<tenant>`.
 pub const AUDIT_BY: redb::MultimapTableDefinition<&str, u64> =
     redb::MultimapTableDefinition::new("audit_by");
+
+/// Admin user records by username. Written by the accounts service (and the offline CLI).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+
+/// Refresh token records by the SHA-256 digest of the token (the token itself is never stored).
+/// Written by the accounts service (and the offline CLI, which revokes them).
+pub const REFRESH_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_tokens");

@@ -1,0 +1,843 @@
+//! The accounts service: login (password + TOTP), refresh, logout, and user management while
+//! the server runs. The HTTP routes call it; it owns the login throttle, the session verifier's
+//! published snapshot, and the password workers.
+//!
+//! Argon2 runs only on the blocking pool, at most [`PASSWORD_WORKERS`] at a time, each reusing a
+//! 19 MiB working memory; a login is throttled before any of it. Every read-check-write (a TOTP
+//! step, a refresh rotation) happens inside one redb write transaction, and redb runs one writer
+//! at a time, so two requests cannot both spend the same code or token.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use super::key::{self, Verifier};
+use super::login_throttle::{LoginThrottle, Throttled};
+use super::session::{self, Claims, Decision, Gate, Gates, RefreshRecord, SessionVerifier};
+use super::users::{self, PasswordPolicy, PolicyViolation, UserError, UserRecord, UserSummary};
+use crate::clock::now_ms;
+use crate::config::SessionsConfig;
+use crate::error::ErrorKind;
+use crate::store::{Store, StoreError};
+
+/// `bulwark_password_verifications_total{result}`: argon2 password checks (logins and password
+/// changes), so a test or an operator can see that throttled attempts cost none.
+pub const PASSWORD_VERIFICATIONS: &str = "bulwark_password_verifications_total";
+/// `bulwark_login_attempts_total{outcome}`: success, failure, throttled.
+pub const LOGIN_ATTEMPTS: &str = "bulwark_login_attempts_total";
+/// `bulwark_token_refreshes_total{outcome}`: success, failure, reuse.
+pub const TOKEN_REFRESHES: &str = "bulwark_token_refreshes_total";
+
+/// Argon2 computations at once (each holds 19 MiB).
+const PASSWORD_WORKERS: usize = 2;
+/// Password checks waiting for a worker before more are refused with 503.
+const PASSWORD_QUEUE: usize = 64;
+/// How often the throttle maps and revoked-session list are trimmed.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// Expired refresh records are deleted every this many maintenance rounds.
+const PURGE_EVERY_ROUNDS: u32 = 10;
+
+/// What can go wrong with an accounts operation. Every authentication failure looks the same
+/// to the client; the variant and its reason are for the audit record.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("too many login attempts")]
+    Throttled(Throttled),
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("a spent refresh token was presented again; its family is revoked")]
+    RefreshReuse { username: String, family: String },
+    #[error("{0}")]
+    User(#[from] UserError),
+    #[error("the accounts service is unavailable")]
+    Unavailable,
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        Self::User(UserError::Store(e))
+    }
+}
+
+impl From<PolicyViolation> for AccountError {
+    fn from(e: PolicyViolation) -> Self {
+        Self::User(UserError::Policy(e))
+    }
+}
+
+impl AccountError {
+    /// The coarse class the HTTP layer maps to a status.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Throttled(_) => ErrorKind::TooManyRequests,
+            Self::Refused(_) | Self::RefreshReuse { .. } => ErrorKind::Unauthenticated,
+            Self::User(UserError::InvalidUsername | UserError::Policy(_)) => ErrorKind::BadRequest,
+            Self::User(UserError::Exists) => ErrorKind::Conflict,
+            Self::User(UserError::NotFound) => ErrorKind::NotFound,
+            Self::User(UserError::Store(_) | UserError::Crypto) | Self::Unavailable => {
+                ErrorKind::Unavailable
+            }
+        }
+    }
+}
+
+/// Tokens handed out by a login or a refresh. Shown to the client once, never logged.
+pub struct Issued {
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub username: String,
+    /// The session (refresh family) id.
+    pub family: String,
+    /// Whether this login confirmed the user's TOTP enrolment.
+    pub confirmed_totp: bool,
+}
+
+/// The result of a password check.
+enum PasswordCheck {
+    UnknownUser,
+    WrongPassword,
+    Matches(Box<UserRecord>),
+}
+
+/// Runs argon2 on the blocking pool, a bounded number at a time.
+struct PasswordPool {
+    permits: Arc<Semaphore>,
+    verifiers: Mutex<Vec<Verifier>>,
+    waiting: AtomicUsize,
+}
+
+impl PasswordPool {
+    fn new() -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(PASSWORD_WORKERS)),
+            verifiers: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Verifier) -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= PASSWORD_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            warn!("password check queue full, refusing");
+            return Err(AccountError::Unavailable);
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let permit = permit.map_err(|_| AccountError::Unavailable)?;
+        let mut verifier = self
+            .verifiers
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default();
+        let (verifier, result) = tokio::task::spawn_blocking(move || {
+            let result = work(&mut verifier);
+            (verifier, result)
+        })
+        .await
+        .map_err(|_| AccountError::Unavailable)?;
+        if let Ok(mut v) = self.verifiers.lock() {
+            v.push(verifier);
+        }
+        drop(permit);
+        Ok(result)
+    }
+}
+
+struct Inner {
+    store: Store,
+    sessions: SessionVerifier,
+    config: SessionsConfig,
+    throttle: LoginThrottle,
+    pool: PasswordPool,
+    /// A hash of a password nobody has, so an unknown user costs the same argon2 work as a
+    /// wrong password.
+    decoy: String,
+}
+
+/// A cheap, cloneable handle to the accounts service.
+#[derive(Clone)]
+pub struct Accounts {
+    inner: Arc<Inner>,
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AccountError> + Send + 'static,
+) -> Result<T, AccountError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| AccountError::Unavailable)?
+}
+
+fn gate(r: &UserRecord) -> Gate {
+    Gate {
+        credential_version: r.credential_version,
+        disabled: r.disabled,
+    }
+}
+
+fn secs(ms: i64) -> i64 {
+    ms / 1000
+}
+
+fn ttl_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+impl Accounts {
+    /// Loads the session key (creating it on first start) and every user's gate. Blocking:
+    /// call it from start-up's blocking section.
+    pub fn open(
+        store: Store,
+        config: &SessionsConfig,
+        secrets_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let key = session::load_or_create_key(secrets_dir).map_err(anyhow::Error::msg)?;
+        let mut gates = Gates::default();
+        for record in users::list(&store)? {
+            gates.users.insert(record.username.clone(), gate(&record));
+        }
+        let decoy = decoy_hash()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                sessions: SessionVerifier::new(key, gates),
+                config: config.clone(),
+                throttle: LoginThrottle::new(
+                    config.login_per_minute_per_ip,
+                    config.login_per_minute_per_user,
+                ),
+                pool: PasswordPool::new(),
+                decoy,
+            }),
+        })
+    }
+
+    /// The session verifier the auth extractor uses.
+    #[must_use]
+    pub fn sessions(&self) -> SessionVerifier {
+        self.inner.sessions.clone()
+    }
+
+    /// Starts the periodic clean-up (throttle maps, revoked sessions, expired refresh tokens)
+    /// on the current runtime. It ends when the last handle is dropped.
+    pub fn start_maintenance(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+            tick.tick().await;
+            let mut round: u32 = 0;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.throttle.retain_recent();
+                inner.sessions.prune(secs(now_ms()));
+                round = round.wrapping_add(1);
+                if round % PURGE_EVERY_ROUNDS == 0 {
+                    let store = inner.store.clone();
+                    let purged = blocking(move || {
+                        let txn = store.db().begin_write().map_err(StoreError::from)?;
+                        let n = session::purge_expired(&txn, now_ms())?;
+                        txn.commit().map_err(StoreError::from)?;
+                        Ok(n)
+                    })
+                    .await;
+                    match purged {
+                        Ok(n) => debug!(purged = n, "expired refresh tokens deleted"),
+                        Err(e) => warn!(error = %e, "refresh token purge failed"),
+                    }
+                }
+            }
+        });
+    }
+
+    fn issue_access(
+        &self,
+        username: &str,
+        family: &str,
+        cv: u32,
+    ) -> Result<SecretString, AccountError> {
+        let now = secs(now_ms());
+        let ttl = i64::try_from(self.inner.config.access_ttl_secs).unwrap_or(900);
+        self.inner
+            .sessions
+            .sign(&Claims {
+                sub: username.to_string(),
+                sid: family.to_string(),
+                iat: now,
+                exp: now.saturating_add(ttl),
+                cv,
+            })
+            .map_err(|_| AccountError::Unavailable)
+    }
+
+    /// Checks a password against a user's record (or the decoy) on the password workers.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: SecretString,
+    ) -> Result<PasswordCheck, AccountError> {
+        let store = self.inner.store.clone();
+        let name = username.to_string();
+        let inner = self.inner.clone();
+        let check = self
+            .inner
+            .pool
+            .run(move |verifier| -> Result<PasswordCheck, StoreError> {
+                let record = if users::valid_username(&name) {
+                    users::get(&store, &name)?
+                } else {
+                    None
+                };
+                let result = match record {
+                    None => {
+                        let _ = verifier.verify(&password, &inner.decoy);
+                        PasswordCheck::UnknownUser
+                    }
+                    Some(r) => {
+                        if verifier.verify(&password, &r.password_hash) {
+                            PasswordCheck::Matches(Box::new(r))
+                        } else {
+                            PasswordCheck::WrongPassword
+                        }
+                    }
+                };
+                Ok(result)
+            })
+            .await??;
+        let label = match &check {
+            PasswordCheck::Matches(_) => "accepted",
+            _ => "refused",
+        };
+        metrics::counter!(PASSWORD_VERIFICATIONS, "result" => label).increment(1);
+        Ok(check)
+    }
+
+    /// Logs a user in: throttle, password (argon2), disabled flag, TOTP (each step accepted
+    /// once; the first valid code confirms enrolment), then a new session and refresh family.
+    pub async fn login(
+        &self,
+        source: IpAddr,
+        username: &str,
+        password: SecretString,
+        code: SecretString,
+    ) -> Result<Issued, AccountError> {
+        let outcome = self.login_inner(source, username, password, code).await;
+        let label = match &outcome {
+            Ok(_) => "success",
+            Err(AccountError::Throttled(_)) => "throttled",
+            Err(_) => "failure",
+        };
+        metrics::counter!(LOGIN_ATTEMPTS, "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn login_inner(
+        &self,
+        source: IpAddr,
+        username: &str,
+        password: SecretString,
+        code: SecretString,
+    ) -> Result<Issued, AccountError> {
+        self.inner
+            .throttle
+            .check(source, username)
+            .map_err(AccountError::Throttled)?;
+        if password.expose_secret().len() > 4 * users::MAX_PASSWORD_CHARS {
+            return Err(AccountError::Refused("password too long"));
+        }
+        let record = match self.check_password(username, password).await? {
+            PasswordCheck::UnknownUser => return Err(AccountError::Refused("unknown user")),
+            PasswordCheck::WrongPassword => return Err(AccountError::Refused("wrong password")),
+            PasswordCheck::Matches(r) => r,
+        };
+        if record.disabled {
+            return Err(AccountError::Refused("user disabled"));
+        }
+        if record.totp_secret.is_none() {
+            return Err(AccountError::Refused("totp not enrolled"));
+        }
+        let store = self.inner.store.clone();
+        let refresh_ttl = self.inner.config.refresh_ttl_secs;
+        let name = record.username.clone();
+        let checked_cv = record.credential_version;
+        let (refresh_token, family, cv, confirmed) = blocking(move || {
+            let now = now_ms();
+            let txn = store.db().begin_write().map_err(StoreError::from)?;
+            let mut current =
+                users::get_in(&txn, &name)?.ok_or(AccountError::Refused("unknown user"))?;
+            if current.credential_version != checked_cv || current.disabled {
+                return Err(AccountError::Refused("credentials changed during login"));
+            }
+            let secret = current
+                .totp_secret
+                .clone()
+                .ok_or(AccountError::Refused("totp not enrolled"))?;
+            let now_secs = u64::try_from(secs(now)).unwrap_or(0);
+            let Some(step) = users::check_totp(&secret, &code, now_secs, current.last_totp_step)
+            else {
+                return Err(AccountError::Refused(
+                    if users::check_totp(&secret, &code, now_secs, None).is_some() {
+                        "replayed totp code"
+                    } else {
+                        "wrong totp code"
+                    },
+                ));
+            };
+            let confirmed = !current.totp_confirmed;
+            current.last_totp_step = Some(step);
+            current.totp_confirmed = true;
+            current.updated_at = now;
+            users::put_in(&txn, &current)?;
+            let family = session::new_family_id().map_err(|_| AccountError::Unavailable)?;
+            let (token, digest) =
+                session::new_refresh_token().map_err(|_| AccountError::Unavailable)?;
+            session::put_refresh(
+                &txn,
+                &digest,
+                &RefreshRecord {
+                    family: family.clone(),
+                    username: name.clone(),
+                    credential_version: current.credential_version,
+                    issued_at: now,
+                    expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
+                    used_at: None,
+                    revoked_at: None,
+                },
+            )?;
+            txn.commit().map_err(StoreError::from)?;
+            Ok((token, family, current.credential_version, confirmed))
+        })
+        .await?;
+        let access_token = self.issue_access(&record.username, &family, cv)?;
+        Ok(Issued {
+            access_token,
+            refresh_token,
+            access_ttl_secs: self.inner.config.access_ttl_secs,
+            refresh_ttl_secs: refresh_ttl,
+            username: record.username.clone(),
+            family,
+            confirmed_totp: confirmed,
+        })
+    }
+
+    /// Exchanges a refresh token for a new session token and the next refresh token of its
+    /// family. A spent token presented again revokes the family and its sessions.
+    pub async fn refresh(&self, token: SecretString) -> Result<Issued, AccountError> {
+        let outcome = self.refresh_inner(token).await;
+        let label = match &outcome {
+            Ok(_) => "success",
+            Err(AccountError::RefreshReuse { .. }) => "reuse",
+            Err(_) => "failure",
+        };
+        metrics::counter!(TOKEN_REFRESHES, "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn refresh_inner(&self, token: SecretString) -> Result<Issued, AccountError> {
+        let digest = session::refresh_digest(&token)
+            .ok_or(AccountError::Refused("malformed refresh token"))?;
+        drop(token);
+        let store = self.inner.store.clone();
+        let refresh_ttl = self.inner.config.refresh_ttl_secs;
+        let result = blocking(move || {
+            let now = now_ms();
+            let txn = store.db().begin_write().map_err(StoreError::from)?;
+            let mut record = session::get_refresh(&txn, &digest)?
+                .ok_or(AccountError::Refused("unknown refresh token"))?;
+            let user = users::get_in(&txn, &record.username)?;
+            match session::decide(&record, now, user.as_ref().map(gate)) {
+                Decision::Refuse(reason) => Err(AccountError::Refused(reason)),
+                Decision::Reuse => {
+                    session::revoke_family(&txn, &record.family, now)?;
+                    txn.commit().map_err(StoreError::from)?;
+                    Err(AccountError::RefreshReuse {
+                        username: record.username,
+                        family: record.family,
+                    })
+                }
+                Decision::Rotate => {
+                    record.used_at = Some(now);
+                    session::put_refresh(&txn, &digest, &record)?;
+                    let (next, next_digest) =
+                        session::new_refresh_token().map_err(|_| AccountError::Unavailable)?;
+                    let next_record = RefreshRecord {
+                        issued_at: now,
+                        expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
+                        used_at: None,
+                        revoked_at: None,
+                        ..record.clone()
+                    };
+                    session::put_refresh(&txn, &next_digest, &next_record)?;
+                    txn.commit().map_err(StoreError::from)?;
+                    Ok((next, record))
+                }
+            }
+        })
+        .await;
+        let (refresh_token, record) = match result {
+            Ok(ok) => ok,
+            Err(AccountError::RefreshReuse { username, family }) => {
+                self.revoke_session(&family);
+                return Err(AccountError::RefreshReuse { username, family });
+            }
+            Err(e) => return Err(e),
+        };
+        let access_token =
+            self.issue_access(&record.username, &record.family, record.credential_version)?;
+        Ok(Issued {
+            access_token,
+            refresh_token,
+            access_ttl_secs: self.inner.config.access_ttl_secs,
+            refresh_ttl_secs: refresh_ttl,
+            username: record.username,
+            family: record.family,
+            confirmed_totp: false,
+        })
+    }
+
+    fn revoke_session(&self, family: &str) {
+        let until = secs(now_ms()).saturating_add(
+            i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600),
+        );
+        self.inner.sessions.revoke_session(family, until);
+    }
+
+    /// Ends a session: revokes the refresh family of `token` and its session tokens. Returns
+    /// the user and the family.
+    pub async fn logout(&self, token: SecretString) -> Result<(String, String), AccountError> {
+        let digest = session::refresh_digest(&token)
+            .ok_or(AccountError::Refused("malformed refresh token"))?;
+        drop(token);
+        let store = self.inner.store.clone();
+        let (username, family) = blocking(move || {
+            let now = now_ms();
+            let txn = store.db().begin_write().map_err(StoreError::from)?;
+            let record = session::get_refresh(&txn, &digest)?
+                .ok_or(AccountError::Refused("unknown refresh token"))?;
+            if record.revoked_at.is_some() {
+                return Err(AccountError::Refused("refresh token revoked"));
+            }
+            if record.expires_at <= now {
+                return Err(AccountError::Refused("refresh token expired"));
+            }
+            session::revoke_family(&txn, &record.family, now)?;
+            txn.commit().map_err(StoreError::from)?;
+            Ok((record.username, record.family))
+        })
+        .await?;
+        self.revoke_session(&family);
+        Ok((username, family))
+    }
+
+    /// Creates a user with a policy-checked password and a fresh TOTP secret; returns the
+    /// user and the `otpauth://` URI (to show once).
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: SecretString,
+    ) -> Result<(UserSummary, SecretString), AccountError> {
+        if !users::valid_username(username) {
+            return Err(UserError::InvalidUsername.into());
+        }
+        PasswordPolicy::from(&self.inner.config).check(username, &password)?;
+        let hash = self
+            .inner
+            .pool
+            .run(move |_| key::hash(&password))
+            .await?
+            .map_err(|_| UserError::Crypto)?;
+        let secret = users::new_totp_secret()?;
+        let uri = users::otpauth_uri(&secret, username)?;
+        let record = users::new_record(username, hash, Some(secret));
+        let store = self.inner.store.clone();
+        let record = blocking(move || {
+            users::insert(&store, &record)?;
+            Ok(record)
+        })
+        .await?;
+        self.inner.sessions.publish_user(username, gate(&record));
+        Ok((UserSummary::from(&record), uri))
+    }
+
+    /// Changes a user's password. With `current`, the user is changing their own: it is
+    /// throttled like a login and checked first. Every session and refresh token of the user
+    /// dies.
+    pub async fn change_password(
+        &self,
+        source: IpAddr,
+        username: &str,
+        current: Option<SecretString>,
+        new: SecretString,
+    ) -> Result<UserSummary, AccountError> {
+        if !users::valid_username(username) {
+            return Err(UserError::NotFound.into());
+        }
+        if let Some(current) = current {
+            self.inner
+                .throttle
+                .check(source, username)
+                .map_err(AccountError::Throttled)?;
+            match self.check_password(username, current).await? {
+                PasswordCheck::Matches(_) => {}
+                PasswordCheck::UnknownUser => return Err(UserError::NotFound.into()),
+                PasswordCheck::WrongPassword => {
+                    return Err(AccountError::Refused("wrong current password"))
+                }
+            }
+        } else {
+            let store = self.inner.store.clone();
+            let name = username.to_string();
+            blocking(move || users::get(&store, &name)?.ok_or(UserError::NotFound.into())).await?;
+        }
+        PasswordPolicy::from(&self.inner.config).check(username, &new)?;
+        let hash = self
+            .inner
+            .pool
+            .run(move |_| key::hash(&new))
+            .await?
+            .map_err(|_| UserError::Crypto)?;
+        let store = self.inner.store.clone();
+        let name = username.to_string();
+        let record = blocking(move || Ok(users::set_password(&store, &name, hash)?)).await?;
+        self.inner.sessions.publish_user(username, gate(&record));
+        Ok(UserSummary::from(&record))
+    }
+
+    /// Every user, without secrets.
+    pub async fn list_users(&self) -> Result<Vec<UserSummary>, AccountError> {
+        let store = self.inner.store.clone();
+        blocking(move || Ok(users::list(&store)?.iter().map(UserSummary::from).collect())).await
+    }
+}
+
+/// The PHC string of a random password nobody knows.
+fn decoy_hash() -> anyhow::Result<String> {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    if let Some(d) = DECOY.get() {
+        return Ok(d.clone());
+    }
+    let token = key::generate("decoy").map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let hash = key::hash(&token.token).map_err(|e| anyhow::anyhow!("decoy hash: {e}"))?;
+    Ok(DECOY.get_or_init(|| hash).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn setup(per_minute: u32) -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        let config = SessionsConfig {
+            login_per_minute_per_ip: per_minute,
+            login_per_minute_per_user: per_minute,
+            ..SessionsConfig::default()
+        };
+        let accounts = Accounts::open(store, &config, &secrets).unwrap();
+        (dir, accounts)
+    }
+
+    fn s(text: &str) -> SecretString {
+        SecretString::from(text.to_string())
+    }
+
+    fn code_for(uri: &SecretString, at: u64) -> SecretString {
+        let totp = totp_rs::Totp::from_url(uri.expose_secret()).unwrap();
+        s(&totp.generate(at).to_string())
+    }
+
+    fn now_secs() -> u64 {
+        u64::try_from(now_ms() / 1000).unwrap()
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn login_refresh_reuse_and_password_change() {
+        let (_dir, accounts) = setup(100).await;
+        let (user, uri) = accounts
+            .create_user("alice", s("Correct-Horse-9"))
+            .await
+            .unwrap();
+        assert!(user.totp_enrolled && !user.totp_confirmed);
+        assert!(matches!(
+            accounts.create_user("alice", s("Correct-Horse-9")).await,
+            Err(AccountError::User(UserError::Exists))
+        ));
+        // Wrong password, then the right one. (The current step's code: a replay of it stays
+        // inside the skew window even if the clock moves on a step meanwhile.)
+        let err = accounts
+            .login(
+                IP,
+                "alice",
+                s("wrong-Password-1"),
+                code_for(&uri, now_secs()),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, AccountError::Refused("wrong password")));
+        let issued = accounts
+            .login(
+                IP,
+                "alice",
+                s("Correct-Horse-9"),
+                code_for(&uri, now_secs()),
+            )
+            .await
+            .unwrap();
+        assert!(issued.confirmed_totp);
+        let sessions = accounts.sessions();
+        let now = secs(now_ms());
+        let claims = sessions
+            .verify(issued.access_token.expose_secret(), now)
+            .unwrap();
+        assert_eq!(claims.sub, "alice");
+        // The same code again is a replay.
+        let err = accounts
+            .login(
+                IP,
+                "alice",
+                s("Correct-Horse-9"),
+                code_for(&uri, now_secs()),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, AccountError::Refused("replayed totp code")),
+            "{err:?}"
+        );
+
+        // Rotation: the first token is spent, the second works once.
+        let second = accounts
+            .refresh(s(issued.refresh_token.expose_secret()))
+            .await
+            .unwrap();
+        assert_eq!(second.family, issued.family);
+        assert_ne!(
+            second.refresh_token.expose_secret(),
+            issued.refresh_token.expose_secret()
+        );
+        // Reuse of the first revokes the family: the second no longer works either, nor do
+        // the family's session tokens.
+        let err = accounts
+            .refresh(s(issued.refresh_token.expose_secret()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, AccountError::RefreshReuse { .. }));
+        assert!(matches!(
+            accounts
+                .refresh(s(second.refresh_token.expose_secret()))
+                .await,
+            Err(AccountError::Refused(_))
+        ));
+        assert!(sessions
+            .verify(second.access_token.expose_secret(), now)
+            .is_err());
+
+        // Password change by the user: wrong current password refused; then sessions and
+        // refresh tokens of other families die.
+        let code = code_for(&uri, now_secs() + 30);
+        let third = accounts
+            .login(IP, "alice", s("Correct-Horse-9"), code)
+            .await
+            .unwrap();
+        assert!(matches!(
+            accounts
+                .change_password(IP, "alice", Some(s("nope-Nope-123")), s("Battery-Staple-8"))
+                .await,
+            Err(AccountError::Refused(_))
+        ));
+        let violation = accounts
+            .change_password(IP, "alice", Some(s("Correct-Horse-9")), s("short"))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            violation,
+            AccountError::User(UserError::Policy(_))
+        ));
+        let changed = accounts
+            .change_password(
+                IP,
+                "alice",
+                Some(s("Correct-Horse-9")),
+                s("Battery-Staple-8"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed.credential_version, 2);
+        assert!(sessions
+            .verify(third.access_token.expose_secret(), now)
+            .is_err());
+        assert!(matches!(
+            accounts
+                .refresh(s(third.refresh_token.expose_secret()))
+                .await,
+            Err(AccountError::Refused(_))
+        ));
+        let listed = accounts.list_users().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].totp_confirmed);
+    }
+
+    #[tokio::test]
+    async fn unknown_users_cost_a_password_check_and_logout_revokes() {
+        let (_dir, accounts) = setup(5).await;
+        let err = accounts
+            .login(IP, "nobody", s("Correct-Horse-9"), s("123456"))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, AccountError::Refused("unknown user")));
+        let (_, uri) = accounts
+            .create_user("bob", s("Correct-Horse-9"))
+            .await
+            .unwrap();
+        let issued = accounts
+            .login(IP, "bob", s("Correct-Horse-9"), code_for(&uri, now_secs()))
+            .await
+            .unwrap();
+        let (user, family) = accounts
+            .logout(s(issued.refresh_token.expose_secret()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (user.as_str(), family.as_str()),
+            ("bob", issued.family.as_str())
+        );
+        assert!(accounts
+            .sessions()
+            .verify(issued.access_token.expose_secret(), secs(now_ms()))
+            .is_err());
+        assert!(accounts
+            .refresh(s(issued.refresh_token.expose_secret()))
+            .await
+            .is_err());
+        // Three more attempts from the same source pass the throttle; the sixth is refused.
+        for _ in 0..3 {
+            let _ = accounts.login(IP, "carol", s("x"), s("000000")).await;
+        }
+        assert!(matches!(
+            accounts.login(IP, "carol", s("x"), s("000000")).await,
+            Err(AccountError::Throttled(_))
+        ));
+    }
+}

@@ -1,0 +1,696 @@
+//! Session tokens and refresh tokens for admin users.
+//!
+//! A session (access) token reads `bws_<claims>.<tag>`: `claims` is base64url JSON (username,
+//! session id, issue and expiry times in seconds, credential version) and `tag` the base64url
+//! HMAC-SHA256 of `bws_<claims>` under the server's session key (`secrets/session-signing.key`).
+//! Checking one costs an HMAC, a constant-time compare and a look-up in an in-memory snapshot of
+//! every user's credential version and disabled flag ([`Gates`]): no argon2, no database read.
+//! Whoever changes a user publishes the new snapshot.
+//!
+//! A refresh token reads `bwr_<43 base64url chars>` (256 random bits). Only its SHA-256 digest
+//! is stored, with its family (one per login), user, expiry and whether it has been used. Each
+//! refresh spends the token and issues the next of the same family; presenting a spent token
+//! again revokes the whole family (someone else has a copy), and the family's sessions with it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use redb::{ReadableTable, WriteTransaction};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::AuthError;
+use crate::clock::Millis;
+use crate::store::{codec, tables, StoreError};
+
+/// Prefix of session tokens (the auth extractor routes on it).
+pub const ACCESS_PREFIX: &str = "bws_";
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "bwr_";
+/// The session signing key inside the secrets folder.
+pub const KEY_FILE: &str = "session-signing.key";
+/// Longest session token looked at.
+const MAX_TOKEN_LEN: usize = 512;
+/// Clock skew tolerated on a token's issue time, in seconds.
+const LEEWAY_SECS: i64 = 30;
+/// Random bytes in a refresh token and in a session/family id.
+const REFRESH_BYTES: usize = 32;
+const FAMILY_BYTES: usize = 16;
+
+/// What a session token says. Times are seconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// The username.
+    pub sub: String,
+    /// The session id: the refresh token family of the login.
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    /// The user's credential version at login.
+    pub cv: u32,
+}
+
+/// What the server knows about a user on the request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub credential_version: u32,
+    pub disabled: bool,
+}
+
+/// The published snapshot: every user's gate, and sessions revoked before their expiry (by
+/// logout or refresh reuse), with the time until which they must stay refused.
+#[derive(Clone, Debug, Default)]
+pub struct Gates {
+    pub users: HashMap<String, Gate>,
+    pub revoked: HashMap<String, i64>,
+}
+
+/// Why a session token was refused (for logs and audit; the client sees one 401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("malformed session token")]
+    Malformed,
+    #[error("bad session token signature")]
+    BadSignature,
+    #[error("session expired")]
+    Expired,
+    #[error("session revoked")]
+    Revoked,
+    #[error("unknown or disabled user")]
+    UnknownUser,
+}
+
+impl From<SessionError> for AuthError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Malformed => Self::Malformed,
+            SessionError::BadSignature => Self::WrongSecret,
+            SessionError::Expired => Self::Expired,
+            SessionError::Revoked => Self::Revoked,
+            SessionError::UnknownUser => Self::UnknownKey,
+        }
+    }
+}
+
+/// Signs and verifies session tokens. Cheap to clone; every clone sees the same snapshot.
+#[derive(Clone)]
+pub struct SessionVerifier {
+    key: Arc<hmac::Key>,
+    gates: Arc<ArcSwap<Gates>>,
+}
+
+impl SessionVerifier {
+    /// A verifier with `key` and an initial snapshot.
+    #[must_use]
+    pub fn new(key: hmac::Key, gates: Gates) -> Self {
+        Self {
+            key: Arc::new(key),
+            gates: Arc::new(ArcSwap::from_pointee(gates)),
+        }
+    }
+
+    fn tag(&self, signed: &str) -> hmac::Tag {
+        hmac::sign(&self.key, signed.as_bytes())
+    }
+
+    /// Makes a session token for `claims`.
+    pub fn sign(&self, claims: &Claims) -> Result<SecretString, SessionError> {
+        let json = serde_json::to_vec(claims).map_err(|_| SessionError::Malformed)?;
+        let signed = format!("{ACCESS_PREFIX}{}", URL_SAFE_NO_PAD.encode(json));
+        let tag = URL_SAFE_NO_PAD.encode(self.tag(&signed).as_ref());
+        Ok(SecretString::from(format!("{signed}.{tag}")))
+    }
+
+    /// Checks a session token at `now_secs`: signature, times, then the user's current gate and
+    /// the revoked sessions. Returns the claims.
+    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, SessionError> {
+        if token.len() > MAX_TOKEN_LEN || !token.starts_with(ACCESS_PREFIX) {
+            return Err(SessionError::Malformed);
+        }
+        let (signed, tag) = token.rsplit_once('.').ok_or(SessionError::Malformed)?;
+        let presented = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| SessionError::Malformed)?;
+        let expected = self.tag(signed);
+        if !bool::from(presented.as_slice().ct_eq(expected.as_ref())) {
+            return Err(SessionError::BadSignature);
+        }
+        let payload = signed
+            .strip_prefix(ACCESS_PREFIX)
+            .ok_or(SessionError::Malformed)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| SessionError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&json).map_err(|_| SessionError::Malformed)?;
+        let lifetime = claims.exp.saturating_sub(claims.iat);
+        if lifetime <= 0
+            || lifetime > i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(0)
+        {
+            return Err(SessionError::Malformed);
+        }
+        if claims.exp <= now_secs || claims.iat > now_secs.saturating_add(LEEWAY_SECS) {
+            return Err(SessionError::Expired);
+        }
+        let gates = self.gates.load();
+        let gate = gates
+            .users
+            .get(&claims.sub)
+            .ok_or(SessionError::UnknownUser)?;
+        if gate.disabled {
+            return Err(SessionError::UnknownUser);
+        }
+        if gate.credential_version != claims.cv || gates.revoked.contains_key(&claims.sid) {
+            return Err(SessionError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// The auth extractor's entry: a principal for a valid session token.
+    pub fn authenticate(&self, token: &SecretString) -> Result<Arc<super::Principal>, AuthError> {
+        let now = crate::clock::now_ms() / 1000;
+        let claims = self.verify(token.expose_secret(), now)?;
+        Ok(Arc::new(super::Principal::session_admin(
+            &claims.sub,
+            &claims.sid,
+            Some(claims.exp.saturating_mul(1000)),
+        )))
+    }
+
+    /// Publishes a user's current gate (after creation or a credential change).
+    pub fn publish_user(&self, username: &str, gate: Gate) {
+        self.gates.rcu(|current| {
+            let mut next = Gates::clone(current);
+            next.users.insert(username.to_string(), gate);
+            next
+        });
+    }
+
+    /// Refuses a session from now until `until_secs` (its longest possible expiry).
+    pub fn revoke_session(&self, sid: &str, until_secs: i64) {
+        self.gates.rcu(|current| {
+            let mut next = Gates::clone(current);
+            next.revoked.insert(sid.to_string(), until_secs);
+            next
+        });
+    }
+
+    /// Forgets revocations of sessions that have expired anyway.
+    pub fn prune(&self, now_secs: i64) {
+        if self
+            .gates
+            .load()
+            .revoked
+            .values()
+            .all(|until| *until > now_secs)
+        {
+            return;
+        }
+        self.gates.rcu(|current| {
+            let mut next = Gates::clone(current);
+            next.revoked.retain(|_, until| *until > now_secs);
+            next
+        });
+    }
+}
+
+/// Reads the session signing key from the secrets folder, creating it (32 random bytes, hex,
+/// mode 0600) on first start. A key file readable by group or others is refused.
+pub fn load_or_create_key(secrets_dir: &Path) -> Result<hmac::Key, String> {
+    let path = secrets_dir.join(KEY_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            SystemRandom::new()
+                .fill(bytes.as_mut())
+                .map_err(|_| "no randomness".to_string())?;
+            let hex: Zeroizing<String> =
+                Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect());
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut file, format!("{}\n", hex.as_str()).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let meta =
+        std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let hex = text.trim();
+    let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
+        (0..hex.len() / 2)
+            .map(|i| {
+                hex.get(2 * i..2 * i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .filter(|b| b.len() == 32 && hex.len() == 64)
+            .ok_or_else(|| format!("{} must hold 64 hex digits", path.display()))?,
+    );
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+}
+
+/// A new random id (session/family), 32 hex digits.
+pub fn new_family_id() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; FAMILY_BYTES];
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How logs and audit records show a session: its first eight hex digits.
+#[must_use]
+pub fn display_family(family: &str) -> String {
+    format!("bws_{}…", family.get(..8).unwrap_or(family))
+}
+
+/// The SHA-256 digest under which a refresh token is stored.
+pub type TokenDigest = [u8; 32];
+
+/// A new refresh token and its digest.
+pub fn new_refresh_token() -> Result<(SecretString, TokenDigest), ring::error::Unspecified> {
+    let mut bytes = Zeroizing::new([0u8; REFRESH_BYTES]);
+    SystemRandom::new().fill(bytes.as_mut())?;
+    let token = SecretString::from(format!(
+        "{REFRESH_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(bytes.as_ref())
+    ));
+    let digest = refresh_digest(&token).ok_or(ring::error::Unspecified)?;
+    Ok((token, digest))
+}
+
+/// The digest of a presented refresh token, or `None` if it does not have the right shape.
+#[must_use]
+pub fn refresh_digest(token: &SecretString) -> Option<TokenDigest> {
+    let text = token.expose_secret();
+    let body = text.strip_prefix(REFRESH_PREFIX)?;
+    let shape_ok = body.len() == 43
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !shape_ok {
+        return None;
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Some(out)
+}
+
+/// A stored refresh token (its digest is the key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    pub family: String,
+    pub username: String,
+    /// The user's credential version when the family was issued.
+    pub credential_version: u32,
+    pub issued_at: Millis,
+    pub expires_at: Millis,
+    /// Set when the token was exchanged for the next one.
+    pub used_at: Option<Millis>,
+    /// Set when the family was revoked (logout, reuse, credential change).
+    pub revoked_at: Option<Millis>,
+}
+
+/// What presenting a refresh token leads to. Pure: [`decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Spend it and issue the next token of the family.
+    Rotate,
+    /// A spent token came back: revoke the family.
+    Reuse,
+    /// Refuse, and change nothing.
+    Refuse(&'static str),
+}
+
+/// Decides what a presented refresh token does, given the user's current gate.
+#[must_use]
+pub fn decide(record: &RefreshRecord, now: Millis, gate: Option<Gate>) -> Decision {
+    if record.revoked_at.is_some() {
+        return Decision::Refuse("refresh token revoked");
+    }
+    if record.used_at.is_some() {
+        return Decision::Reuse;
+    }
+    if record.expires_at <= now {
+        return Decision::Refuse("refresh token expired");
+    }
+    match gate {
+        None => Decision::Refuse("unknown user"),
+        Some(g) if g.disabled => Decision::Refuse("user disabled"),
+        Some(g) if g.credential_version != record.credential_version => {
+            Decision::Refuse("credentials changed")
+        }
+        Some(_) => Decision::Rotate,
+    }
+}
+
+/// Reads a refresh record inside a write transaction.
+pub fn get_refresh(
+    txn: &WriteTransaction,
+    digest: &TokenDigest,
+) -> Result<Option<RefreshRecord>, StoreError> {
+    let table = txn.open_table(tables::REFRESH_TOKENS)?;
+    let got = table.get(digest.as_slice())?;
+    got.map(|g| codec::decode(g.value())).transpose()
+}
+
+/// Writes a refresh record inside a write transaction.
+pub fn put_refresh(
+    txn: &WriteTransaction,
+    digest: &TokenDigest,
+    record: &RefreshRecord,
+) -> Result<(), StoreError> {
+    let bytes = codec::encode(record)?;
+    let mut table = txn.open_table(tables::REFRESH_TOKENS)?;
+    table.insert(digest.as_slice(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// Marks every live token matching `which` revoked; returns how many.
+fn revoke_where(
+    txn: &WriteTransaction,
+    now: Millis,
+    which: impl Fn(&RefreshRecord) -> bool,
+) -> Result<usize, StoreError> {
+    let mut table = txn.open_table(tables::REFRESH_TOKENS)?;
+    let mut hits = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record: RefreshRecord = codec::decode(value.value())?;
+        if record.revoked_at.is_none() && which(&record) {
+            hits.push((key.value().to_vec(), record));
+        }
+    }
+    for (key, mut record) in hits.iter().cloned() {
+        record.revoked_at = Some(now);
+        let bytes = codec::encode(&record)?;
+        table.insert(key.as_slice(), bytes.as_slice())?;
+    }
+    Ok(hits.len())
+}
+
+/// Revokes every token of a family.
+pub fn revoke_family(
+    txn: &WriteTransaction,
+    family: &str,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    revoke_where(txn, now, |r| r.family == family)
+}
+
+/// Revokes every token of a user (password change, TOTP re-enrolment, disabling).
+pub fn revoke_user_tokens(
+    txn: &WriteTransaction,
+    username: &str,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    revoke_where(txn, now, |r| r.username == username)
+}
+
+/// Deletes records past their expiry (spent and revoked ones included); returns how many.
+pub fn purge_expired(txn: &WriteTransaction, now: Millis) -> Result<usize, StoreError> {
+    let mut table = txn.open_table(tables::REFRESH_TOKENS)?;
+    let removed = table.extract_if(|_, value| {
+        codec::decode::<RefreshRecord>(value).map_or(true, |r| r.expires_at <= now)
+    })?;
+    let mut count = 0;
+    for entry in removed {
+        entry?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> SessionVerifier {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
+        let mut gates = Gates::default();
+        gates.users.insert(
+            "alice".into(),
+            Gate {
+                credential_version: 1,
+                disabled: false,
+            },
+        );
+        SessionVerifier::new(key, gates)
+    }
+
+    fn claims(now: i64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            sid: "00112233445566778899aabbccddeeff".into(),
+            iat: now,
+            exp: now + 900,
+            cv: 1,
+        }
+    }
+
+    #[test]
+    fn tokens_verify_and_tampering_is_refused() {
+        let v = verifier();
+        let now = 1_700_000_000;
+        let token = v.sign(&claims(now)).unwrap();
+        let text = token.expose_secret();
+        assert!(text.starts_with(ACCESS_PREFIX));
+        assert!(text.len() < 300, "{}", text.len());
+        assert_eq!(v.verify(text, now + 10).unwrap(), claims(now));
+        // Expired, and issued in the future.
+        assert_eq!(v.verify(text, now + 900), Err(SessionError::Expired));
+        assert_eq!(v.verify(text, now - 60), Err(SessionError::Expired));
+        // Another key's token.
+        let other = SessionVerifier::new(
+            hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]),
+            Gates::default(),
+        );
+        let forged = other.sign(&claims(now)).unwrap();
+        assert_eq!(
+            v.verify(forged.expose_secret(), now),
+            Err(SessionError::BadSignature)
+        );
+        // Changed claims with the old tag.
+        let (signed, tag) = text.rsplit_once('.').unwrap();
+        let mut raised = claims(now);
+        raised.exp = now + 3000;
+        let raised_json = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&raised).unwrap());
+        assert_eq!(
+            v.verify(&format!("{ACCESS_PREFIX}{raised_json}.{tag}"), now),
+            Err(SessionError::BadSignature)
+        );
+        // A flipped tag character, a missing tag, garbage.
+        let mut flipped = tag.to_string();
+        let last = flipped.pop().unwrap();
+        flipped.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.verify(&format!("{signed}.{flipped}"), now).is_err());
+        assert_eq!(v.verify(signed, now), Err(SessionError::Malformed));
+        assert_eq!(v.verify("bws_", now), Err(SessionError::Malformed));
+        assert_eq!(
+            v.verify(&"bws_A".repeat(200), now),
+            Err(SessionError::Malformed)
+        );
+        // A validly signed token longer than an hour is refused.
+        let mut long = claims(now);
+        long.exp = now + 3601;
+        let long = v.sign(&long).unwrap();
+        assert_eq!(
+            v.verify(long.expose_secret(), now),
+            Err(SessionError::Malformed)
+        );
+    }
+
+    #[test]
+    fn gates_revoke_sessions_without_a_database() {
+        let v = verifier();
+        let now = 1_700_000_000;
+        let token = v.sign(&claims(now)).unwrap();
+        let text = token.expose_secret();
+        v.publish_user(
+            "alice",
+            Gate {
+                credential_version: 2,
+                disabled: false,
+            },
+        );
+        assert_eq!(v.verify(text, now), Err(SessionError::Revoked));
+        v.publish_user(
+            "alice",
+            Gate {
+                credential_version: 1,
+                disabled: true,
+            },
+        );
+        assert_eq!(v.verify(text, now), Err(SessionError::UnknownUser));
+        v.publish_user(
+            "alice",
+            Gate {
+                credential_version: 1,
+                disabled: false,
+            },
+        );
+        assert!(v.verify(text, now).is_ok());
+        v.revoke_session(&claims(now).sid, now + 900);
+        assert_eq!(v.verify(text, now), Err(SessionError::Revoked));
+        v.prune(now + 901);
+        assert!(v.gates.load().revoked.is_empty());
+        let mut bob = claims(now);
+        bob.sub = "bob".into();
+        let bob = v.sign(&bob).unwrap();
+        assert_eq!(
+            v.verify(bob.expose_secret(), now),
+            Err(SessionError::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_have_a_shape_and_distinct_digests() {
+        let (a, da) = new_refresh_token().unwrap();
+        let (b, db) = new_refresh_token().unwrap();
+        assert_ne!(da, db);
+        assert_eq!(refresh_digest(&a), Some(da));
+        assert_eq!(refresh_digest(&b), Some(db));
+        for bad in [
+            "",
+            "bwr_",
+            "bwr_short",
+            &format!("bws_{}", "A".repeat(43)),
+            &format!("bwr_{}!", "A".repeat(42)),
+        ] {
+            assert_eq!(
+                refresh_digest(&SecretString::from(bad.to_string())),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(new_family_id().unwrap().len(), 32);
+        assert_eq!(display_family("0011223344556677"), "bws_00112233…");
+    }
+
+    #[test]
+    fn refresh_decisions() {
+        let gate = Some(Gate {
+            credential_version: 1,
+            disabled: false,
+        });
+        let fresh = RefreshRecord {
+            family: "f".into(),
+            username: "alice".into(),
+            credential_version: 1,
+            issued_at: 0,
+            expires_at: 1000,
+            used_at: None,
+            revoked_at: None,
+        };
+        assert_eq!(decide(&fresh, 10, gate), Decision::Rotate);
+        let used = RefreshRecord {
+            used_at: Some(5),
+            ..fresh.clone()
+        };
+        assert_eq!(decide(&used, 10, gate), Decision::Reuse);
+        // Reuse is detected even after expiry: the family is still revoked.
+        assert_eq!(decide(&used, 2000, gate), Decision::Reuse);
+        let revoked = RefreshRecord {
+            revoked_at: Some(5),
+            ..used.clone()
+        };
+        assert!(matches!(decide(&revoked, 10, gate), Decision::Refuse(_)));
+        assert!(matches!(decide(&fresh, 1000, gate), Decision::Refuse(_)));
+        assert!(matches!(decide(&fresh, 10, None), Decision::Refuse(_)));
+        let changed = Some(Gate {
+            credential_version: 2,
+            disabled: false,
+        });
+        assert!(matches!(decide(&fresh, 10, changed), Decision::Refuse(_)));
+        let disabled = Some(Gate {
+            credential_version: 1,
+            disabled: true,
+        });
+        assert!(matches!(decide(&fresh, 10, disabled), Decision::Refuse(_)));
+    }
+
+    #[test]
+    fn family_and_user_revocation_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let record = |family: &str, user: &str, expires_at| RefreshRecord {
+            family: family.into(),
+            username: user.into(),
+            credential_version: 1,
+            issued_at: 0,
+            expires_at,
+            used_at: None,
+            revoked_at: None,
+        };
+        let txn = store.db().begin_write().unwrap();
+        put_refresh(&txn, &[1; 32], &record("f1", "alice", 100)).unwrap();
+        put_refresh(&txn, &[2; 32], &record("f1", "alice", 100)).unwrap();
+        put_refresh(&txn, &[3; 32], &record("f2", "alice", 100)).unwrap();
+        put_refresh(&txn, &[4; 32], &record("f3", "bob", 10)).unwrap();
+        assert_eq!(revoke_family(&txn, "f1", 50).unwrap(), 2);
+        assert_eq!(revoke_family(&txn, "f1", 50).unwrap(), 0);
+        assert!(get_refresh(&txn, &[3; 32])
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none());
+        assert_eq!(revoke_user_tokens(&txn, "alice", 60).unwrap(), 1);
+        assert_eq!(
+            get_refresh(&txn, &[1; 32]).unwrap().unwrap().revoked_at,
+            Some(50)
+        );
+        assert!(get_refresh(&txn, &[4; 32])
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none());
+        assert_eq!(purge_expired(&txn, 50).unwrap(), 1);
+        assert!(get_refresh(&txn, &[4; 32]).unwrap().is_none());
+        assert!(get_refresh(&txn, &[9; 32]).unwrap().is_none());
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn the_key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_key(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = load_or_create_key(dir.path()).unwrap();
+        assert_eq!(hmac::sign(&a, b"x").as_ref(), hmac::sign(&b, b"x").as_ref());
+        std::fs::set_permissions(
+            dir.path().join(KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(load_or_create_key(dir.path()).is_err());
+    }
+}

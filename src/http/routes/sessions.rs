@@ -1,0 +1,278 @@
+//! Admin user sessions: `/ojs/v1/auth/{login,refresh,logout}` (no credential needed: the body
+//! carries it) and user management under `/ojs/v1/admin/users`.
+//!
+//! Every login, throttle, refresh, reuse, logout, user creation and password change is audited;
+//! records name the user and a truncated session id, never a password, code or token. A login
+//! failure gets the same 401 body whatever the cause; the cause goes to the audit record.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use secrecy::SecretString;
+use serde_json::{json, Map, Value};
+
+use super::json;
+use crate::audit::Outcome;
+use crate::auth::accounts::{AccountError, Accounts, Issued};
+use crate::auth::session::display_family;
+use crate::auth::users::valid_username;
+use crate::auth::Principal;
+use crate::http::audit;
+use crate::http::auth::Authenticated;
+use crate::http::body::OjsJson;
+use crate::http::error::ApiError;
+
+/// The body as an object with only `allowed` fields.
+fn object(body: OjsJson, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let Value::Object(map) = body.0 else {
+        return Err(ApiError::invalid_payload(
+            "the request body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            unknown,
+            format!("unknown field; expected only: {}", allowed.join(", ")),
+        ));
+    }
+    Ok(map)
+}
+
+/// A required string field. Its value is never quoted back.
+fn string(map: &mut Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    match map.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a string"),
+        )),
+        None => Err(ApiError::invalid(field, format!("{field} is required"))),
+    }
+}
+
+/// A required secret field (password, code, token).
+fn secret(map: &mut Map<String, Value>, field: &str) -> Result<SecretString, ApiError> {
+    string(map, field).map(SecretString::from)
+}
+
+fn source_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// A response carrying a credential: never cached.
+fn no_store(mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res.headers_mut()
+        .insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
+    res
+}
+
+fn tokens(issued: &Issued) -> HttpResponse {
+    use secrecy::ExposeSecret;
+    no_store(json(
+        StatusCode::OK,
+        &json!({
+            "access_token": issued.access_token.expose_secret(),
+            "token_type": "Bearer",
+            "expires_in": issued.access_ttl_secs,
+            "refresh_token": issued.refresh_token.expose_secret(),
+            "refresh_expires_in": issued.refresh_ttl_secs,
+        }),
+    ))
+}
+
+/// Adds the claimed username to a record when it has the shape of one (a password typed into
+/// the username field does not, as a rule, and is then left out).
+fn with_claimed(event: crate::audit::AuditEvent, username: &str) -> crate::audit::AuditEvent {
+    if valid_username(username) {
+        event.detail("username", username)
+    } else {
+        event.detail("username", "(malformed)")
+    }
+}
+
+/// `POST /ojs/v1/auth/login` `{username, password, totp}`: a session token and a refresh token.
+pub async fn login(
+    req: HttpRequest,
+    accounts: web::Data<Accounts>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = object(body, &["username", "password", "totp"])?;
+    let username = string(&mut body, "username")?;
+    let password = secret(&mut body, "password")?;
+    let code = secret(&mut body, "totp")?;
+    match accounts
+        .login(source_ip(&req), &username, password, code)
+        .await
+    {
+        Ok(issued) => {
+            let user = Principal::admin_user(&issued.username);
+            let event = audit::event(&req, "auth.login", Outcome::Success, Some(&user))
+                .detail("session", display_family(&issued.family))
+                .detail("totp_confirmed", issued.confirmed_totp);
+            // No record, no session.
+            audit::record_or_refuse(&req, event).await?;
+            Ok(tokens(&issued))
+        }
+        Err(AccountError::Throttled(t)) => {
+            let event = audit::event(&req, "auth.login_throttled", Outcome::Denied, None)
+                .detail("limit", t.scope.as_str())
+                .detail("retry_after_secs", t.retry_after_secs);
+            audit::emit(&req, with_claimed(event, &username)).await;
+            Err(AccountError::Throttled(t).into())
+        }
+        Err(e) => {
+            let event = audit::event(&req, "auth.login", Outcome::Failure, None)
+                .detail("reason", e.to_string());
+            audit::emit(&req, with_claimed(event, &username)).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /ojs/v1/auth/refresh` `{refresh_token}`: a new session token and the next refresh
+/// token; the presented one is spent.
+pub async fn refresh(
+    req: HttpRequest,
+    accounts: web::Data<Accounts>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = object(body, &["refresh_token"])?;
+    let token = secret(&mut body, "refresh_token")?;
+    match accounts.refresh(token).await {
+        Ok(issued) => {
+            let user = Principal::admin_user(&issued.username);
+            let event = audit::event(&req, "auth.refresh", Outcome::Success, Some(&user))
+                .detail("session", display_family(&issued.family));
+            audit::record_or_refuse(&req, event).await?;
+            Ok(tokens(&issued))
+        }
+        Err(AccountError::RefreshReuse { username, family }) => {
+            let user = Principal::admin_user(&username);
+            let event = audit::event(&req, "auth.refresh_reuse", Outcome::Failure, Some(&user))
+                .detail("session", display_family(&family))
+                .detail("action", "session revoked");
+            audit::emit(&req, event).await;
+            Err(AccountError::RefreshReuse { username, family }.into())
+        }
+        Err(e) => {
+            let event = audit::event(&req, "auth.refresh", Outcome::Failure, None)
+                .detail("reason", e.to_string());
+            audit::emit(&req, event).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /ojs/v1/auth/logout` `{refresh_token}`: revokes the session (its refresh family and
+/// session tokens). 204.
+pub async fn logout(
+    req: HttpRequest,
+    accounts: web::Data<Accounts>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = object(body, &["refresh_token"])?;
+    let token = secret(&mut body, "refresh_token")?;
+    match accounts.logout(token).await {
+        Ok((username, family)) => {
+            let user = Principal::admin_user(&username);
+            let event = audit::event(&req, "auth.logout", Outcome::Success, Some(&user))
+                .detail("session", display_family(&family));
+            audit::emit(&req, event).await;
+            Ok(HttpResponse::NoContent().finish())
+        }
+        Err(e) => {
+            let event = audit::event(&req, "auth.logout", Outcome::Failure, None)
+                .detail("reason", e.to_string());
+            audit::emit(&req, event).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /ojs/v1/admin/users` `{username, password}` (admin): creates a user and returns its
+/// TOTP enrolment URI, once. The first login with a valid code confirms the enrolment.
+pub async fn create_user(
+    req: HttpRequest,
+    caller: Authenticated,
+    accounts: web::Data<Accounts>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = object(body, &["username", "password"])?;
+    let username = string(&mut body, "username")?;
+    let password = secret(&mut body, "password")?;
+    if !valid_username(&username) {
+        return Err(AccountError::User(crate::auth::users::UserError::InvalidUsername).into());
+    }
+    let event = audit::event(
+        &req,
+        "user.created",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("username", username.as_str());
+    let (user, uri) =
+        audit::guarded(&req, event, accounts.create_user(&username, password)).await?;
+    let mut out = serde_json::to_value(&user).map_err(|_| ApiError::unavailable())?;
+    if let Value::Object(map) = &mut out {
+        use secrecy::ExposeSecret;
+        map.insert("otpauth_uri".into(), uri.expose_secret().into());
+    }
+    Ok(no_store(json(StatusCode::CREATED, &out)))
+}
+
+/// `POST /ojs/v1/admin/users/{name}/password` `{current_password?, new_password}`: the user
+/// themself (with their current password) or an admin (without). Every session and refresh
+/// token of the user dies.
+pub async fn change_password(
+    req: HttpRequest,
+    caller: Authenticated,
+    accounts: web::Data<Accounts>,
+    path: web::Path<String>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let username = path.into_inner();
+    let mut body = object(body, &["current_password", "new_password"])?;
+    let is_self = caller.principal.id() == format!("user:{username}");
+    let current = if is_self {
+        Some(secret(&mut body, "current_password").map_err(|_| {
+            ApiError::invalid(
+                "current_password",
+                "current_password is required to change your own password",
+            )
+        })?)
+    } else {
+        body.remove("current_password");
+        None
+    };
+    let new = secret(&mut body, "new_password")?;
+    let event = audit::event(
+        &req,
+        "user.password_changed",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("username", username.as_str())
+    .detail("by", if is_self { "self" } else { "admin" });
+    let user = audit::guarded(
+        &req,
+        event,
+        accounts.change_password(source_ip(&req), &username, current, new),
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &user))
+}
+
+/// `GET /ojs/v1/admin/users` (admin): every user, without hashes or secrets.
+pub async fn list_users(
+    _caller: Authenticated,
+    accounts: web::Data<Accounts>,
+) -> Result<HttpResponse, ApiError> {
+    let users = accounts.list_users().await?;
+    Ok(json(StatusCode::OK, &json!({ "users": users })))
+}
