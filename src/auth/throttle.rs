@@ -33,7 +33,7 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
             verifications_per_minute: 30,
-            burst: 10,
+            burst: 20,
             max_tracked: 100_000,
         }
     }

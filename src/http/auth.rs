@@ -23,7 +23,7 @@ use crate::auth::records::is_valid_tenant;
 use crate::auth::session::{self, SessionVerifier};
 use crate::auth::{jwt, key, AuthError, AuthHandle, Permission, Principal, Reach};
 use crate::job::{Job, Visibility};
-use crate::queue::Holder;
+use crate::queue::{Holder, QueueError};
 
 /// The longest bearer token looked at; anything longer is refused unread.
 const MAX_TOKEN_LEN: usize = 8192;
@@ -234,6 +234,35 @@ impl Authenticated {
             }
         }
         Ok(())
+    }
+
+    /// Passes a queue answer through, auditing an attempt on another tenant's job (which the
+    /// client sees as the same 404 as a job that does not exist).
+    pub async fn scoped<T>(&self, result: Result<T, QueueError>) -> Result<T, ApiError> {
+        if let Err(QueueError::OtherTenant) = &result {
+            self.audit_hidden("other_tenant").await;
+        }
+        result.map_err(ApiError::from)
+    }
+
+    /// Audits a refusal the client sees as 404 (a resource of another tenant).
+    pub async fn audit_hidden(&self, reason: &'static str) {
+        let event = super::audit::event(
+            &self.req,
+            "authz.denied",
+            Outcome::Denied,
+            Some(&self.principal),
+        )
+        .detail("reason", reason)
+        .detail(
+            "route",
+            format!(
+                "{} {}",
+                self.req.method(),
+                self.req.match_pattern().unwrap_or_default()
+            ),
+        );
+        super::audit::emit(&self.req, event).await;
     }
 
     /// Refuses with 403 (audited) for a reason found by the handler.

@@ -63,7 +63,8 @@ impl Batch<'_> {
     fn load_scoped(&self, id: JobId, tenant: Option<&str>) -> Result<Job, QueueError> {
         match self.load(id)? {
             Some(job) if job.tenant.as_deref() == tenant => Ok(job),
-            _ => Err(QueueError::NotFound),
+            Some(_) => Err(QueueError::OtherTenant),
+            None => Err(QueueError::NotFound),
         }
     }
 

@@ -9,6 +9,10 @@ use crate::store::StoreError;
 pub enum QueueError {
     #[error("job not found")]
     NotFound,
+    /// The job belongs to another tenant. Callers must answer exactly as for [`Self::NotFound`];
+    /// the difference is for the audit trail only.
+    #[error("job not found")]
+    OtherTenant,
     #[error("a job with this id already exists")]
     Duplicate,
     /// The operation does not apply to the job's current state.
@@ -35,7 +39,7 @@ impl QueueError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotFound | Self::NotInDeadLetter => ErrorKind::NotFound,
+            Self::NotFound | Self::OtherTenant | Self::NotInDeadLetter => ErrorKind::NotFound,
             Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
         }

@@ -75,7 +75,9 @@ pub async fn retry(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = queue.get(id, caller.tenant.clone()).await?;
+    let found = caller
+        .scoped(queue.get(id, caller.tenant.clone()).await)
+        .await?;
     caller.allow_job(Permission::Admin, &found).await?;
     let event = audit::event(
         &req,
@@ -101,7 +103,9 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = queue.get(id, caller.tenant.clone()).await?;
+    let found = caller
+        .scoped(queue.get(id, caller.tenant.clone()).await)
+        .await?;
     caller.allow_job(Permission::Admin, &found).await?;
     let event = audit::event(
         &req,

@@ -123,7 +123,9 @@ pub async fn info(
     queue: web::Data<QueueHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = queue.get(job_id(&id)?, caller.tenant.clone()).await?;
+    let job = caller
+        .scoped(queue.get(job_id(&id)?, caller.tenant.clone()).await)
+        .await?;
     caller.allow_job(Permission::Inspect, &job).await?;
     Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
 }
@@ -136,7 +138,9 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = queue.get(id, caller.tenant.clone()).await?;
+    let found = caller
+        .scoped(queue.get(id, caller.tenant.clone()).await)
+        .await?;
     caller.allow_job(Permission::Cancel, &found).await?;
     let (job, previous) = queue.cancel(id, caller.tenant.clone()).await?;
     let event = audit::event(
@@ -161,7 +165,9 @@ pub async fn activate(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = queue.get(id, caller.tenant.clone()).await?;
+    let found = caller
+        .scoped(queue.get(id, caller.tenant.clone()).await)
+        .await?;
     caller.allow_job(Permission::Enqueue, &found).await?;
     let job = queue.activate(id, caller.tenant.clone()).await?;
     let mut view = job_json(&job);

@@ -277,8 +277,12 @@ async fn load_managed(
     let key = blocking(move || records::get(&store, &owned).map_err(KeyError::from)).await?;
     match key {
         Some(k) if manages(caller, &k) => Ok(k),
-        // Another tenant's key does not exist for this caller.
-        _ => Err(ApiError::not_found("api key")),
+        // Another tenant's key does not exist for this caller (but the attempt is recorded).
+        Some(_) => {
+            caller.audit_hidden("other_tenant").await;
+            Err(ApiError::not_found("api key"))
+        }
+        None => Err(ApiError::not_found("api key")),
     }
 }
 

@@ -160,7 +160,7 @@ pub async fn ack(
             .filter(|r| !r.is_null())
             .map(|r| Payload(r.to_string())),
     };
-    let job = queue.ack(req).await?;
+    let job = caller.scoped(queue.ack(req).await).await?;
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -246,7 +246,7 @@ pub async fn nack(
         failure: failure(obj)?,
         requeue,
     };
-    let job = queue.nack(req).await?;
+    let job = caller.scoped(queue.nack(req).await).await?;
     let mut out = json!({
         "id": job.id.to_string(),
         "job_id": job.id.to_string(),
