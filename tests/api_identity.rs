@@ -1,0 +1,766 @@
+//! Attacks on identity, each against the real server: the right status, nothing changed, an
+//! audit record. JWTs (HS256 and EdDSA keys made here), API key lifecycle (scopes, queues,
+//! expiry, rotation, revocation on a kept-alive connection), the per-address verification
+//! budget, tenant headers, job-level rules and dry runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{json, Value};
+
+use common::{ServerOptions, TestServer};
+
+const HS_SECRET: &[u8] = b"an-hs256-secret-of-more-than-32-bytes!!";
+
+struct Api {
+    server: TestServer,
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: TestServer) -> Self {
+        Self {
+            client: server.client(),
+            server,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, self.server.url(path))
+            .header("Authorization", bearer);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let auth = self.server.auth();
+        self.call(method, path, &auth, &[], body).await
+    }
+
+    /// A new key; returns `Bearer <key>` and its id.
+    async fn key(&self, spec: Value) -> (String, String) {
+        let (status, body) = self
+            .admin(Method::POST, "/ojs/v1/admin/keys", Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            format!("Bearer {}", body["secret"].as_str().unwrap()),
+            body["key"]["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn enqueue(&self, bearer: &str, queue: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            bearer,
+            &[],
+            Some(json!({"type": "id.test", "args": [], "options": {"queue": queue}})),
+        )
+        .await
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.server.dir.join("data").join("audit.log")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the audit log holds a record of `event_type` whose detail has `reason`.
+    async fn audited(&self, event_type: &str, reason: &str) {
+        for _ in 0..50 {
+            if self
+                .audit()
+                .iter()
+                .any(|r| r["event_type"] == event_type && r["detail"]["reason"] == reason)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {event_type} record with reason {reason}");
+    }
+
+    /// Jobs of `tenant` in every state (the system administrator acting for it).
+    async fn job_count(&self, tenant: &str) -> u64 {
+        let auth = self.server.auth();
+        let (_, body) = self
+            .call(
+                Method::GET,
+                "/ojs/v1/queues",
+                &auth,
+                &[("X-OJS-Tenant", tenant)],
+                None,
+            )
+            .await;
+        body["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                q["counts"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_u64().unwrap())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    let signed = format!("{}.{}", b64(header), b64(claims));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+}
+
+fn eddsa(header: &Value, claims: &Value, key: &Ed25519KeyPair) -> String {
+    let signed = format!("{}.{}", b64(header), b64(claims));
+    let sig = key.sign(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+fn claims(tenant: Option<&str>, roles: &[&str]) -> Value {
+    let t = now();
+    let mut c = json!({"sub": "svc-jwt", "iss": "https://idp.test", "aud": "bulwark",
+        "iat": t, "nbf": t, "exp": t + 600, "roles": roles});
+    if let Some(tenant) = tenant {
+        c["tenant"] = tenant.into();
+    }
+    c
+}
+
+#[tokio::test]
+async fn jwt_attacks_are_refused_and_audited() {
+    let keys = tempfile::tempdir().unwrap();
+    let hs_file = keys.path().join("hs.key");
+    write_secret(&hs_file, HS_SECRET);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(ed.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(&spki)
+    );
+    let ed_file = keys.path().join("ed.pem");
+    write_secret(&ed_file, pem.as_bytes());
+    let toml = format!(
+        "[auth.jwt]\nissuer = \"https://idp.test\"\naudience = \"bulwark\"\n\
+         [[auth.jwt.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nfile = {:?}\nencoding = \"raw\"\n\
+         [[auth.jwt.keys]]\nkid = \"ed\"\nalg = \"EdDSA\"\nfile = {:?}\n",
+        hs_file.display().to_string(),
+        ed_file.display().to_string()
+    );
+    let api = Api::new(TestServer::start(ServerOptions {
+        extra_toml: toml,
+        ..ServerOptions::default()
+    }));
+
+    let hs = json!({"alg": "HS256", "typ": "JWT", "kid": "hs"});
+    let ed_header = json!({"alg": "EdDSA", "kid": "ed"});
+    let producer = claims(Some("acme"), &["producer"]);
+    // Good tokens work, as tenant principals with their roles.
+    for token in [
+        hs256(&hs, &producer, HS_SECRET),
+        eddsa(&ed_header, &producer, &ed),
+    ] {
+        let (status, body) = api.enqueue(&format!("Bearer {token}"), "jwt").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/ojs/v1/workers/fetch",
+                &format!("Bearer {token}"),
+                &[],
+                Some(json!({"queues": ["jwt"]})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "a producer token on a worker route"
+        );
+    }
+    let stored = api.job_count("acme").await;
+    assert_eq!(stored, 2);
+
+    let t = now();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = producer.clone();
+        f(&mut c);
+        c
+    };
+    let none_header = json!({"alg": "none", "kid": "hs"});
+    let tampered = {
+        let good = hs256(&hs, &producer, HS_SECRET);
+        let parts: Vec<&str> = good.split('.').collect();
+        let admin = b64(&claims(Some("acme"), &["admin"]));
+        format!("{}.{admin}.{}", parts[0], parts[2])
+    };
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!("{}.{}.", b64(&none_header), b64(&producer)),
+        ),
+        (
+            "EdDSA public key used as an HS256 secret",
+            hs256(
+                &json!({"alg": "HS256", "kid": "ed"}),
+                &producer,
+                ed.public_key().as_ref(),
+            ),
+        ),
+        (
+            "header alg differs from the key's",
+            hs256(&json!({"alg": "HS512", "kid": "hs"}), &producer, HS_SECRET),
+        ),
+        (
+            "unknown kid",
+            hs256(
+                &json!({"alg": "HS256", "kid": "nope"}),
+                &producer,
+                HS_SECRET,
+            ),
+        ),
+        (
+            "wrong secret",
+            hs256(&hs, &producer, b"another-secret-of-more-than-32-bytes!!"),
+        ),
+        ("tampered payload", tampered),
+        (
+            "expired",
+            hs256(
+                &hs,
+                &with(&|c| {
+                    c["iat"] = (t - 900).into();
+                    c["nbf"] = (t - 900).into();
+                    c["exp"] = (t - 300).into();
+                }),
+                HS_SECRET,
+            ),
+        ),
+        (
+            "nbf in the future",
+            hs256(&hs, &with(&|c| c["nbf"] = (t + 300).into()), HS_SECRET),
+        ),
+        (
+            "missing iss",
+            hs256(
+                &hs,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("iss");
+                }),
+                HS_SECRET,
+            ),
+        ),
+        (
+            "missing aud",
+            hs256(
+                &hs,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("aud");
+                }),
+                HS_SECRET,
+            ),
+        ),
+        (
+            "wrong iss",
+            hs256(
+                &hs,
+                &with(&|c| c["iss"] = "https://evil.test".into()),
+                HS_SECRET,
+            ),
+        ),
+        (
+            "wrong aud",
+            hs256(&hs, &with(&|c| c["aud"] = json!(["other"])), HS_SECRET),
+        ),
+        (
+            "lifetime over the cap",
+            hs256(&hs, &with(&|c| c["exp"] = (t + 7200).into()), HS_SECRET),
+        ),
+        (
+            "no tenant claim",
+            hs256(&hs, &claims(None, &["producer"]), HS_SECRET),
+        ),
+        (
+            "producer and worker at once",
+            hs256(
+                &hs,
+                &claims(Some("acme"), &["producer", "worker"]),
+                HS_SECRET,
+            ),
+        ),
+        (
+            "oversized",
+            format!("{}.{}.x", b64(&hs), "A".repeat(20_000)),
+        ),
+    ];
+    let mut reference: Option<Value> = None;
+    for (name, token) in &attacks {
+        let (status, body) = api.enqueue(&format!("Bearer {token}"), "jwt").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        // Every refusal has the same body.
+        match &reference {
+            None => reference = Some(body),
+            Some(r) => assert_eq!(&body, r, "{name}"),
+        }
+    }
+    assert_eq!(api.job_count("acme").await, stored, "nothing was enqueued");
+    // Each refusal is in the audit trail, with a reason but never the token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failures: Vec<Value> = api
+        .audit()
+        .into_iter()
+        .filter(|r| r["event_type"] == "auth.failure")
+        .collect();
+    assert!(
+        failures.len() >= attacks.len(),
+        "{} attacks, {} auth.failure records",
+        attacks.len(),
+        failures.len()
+    );
+    let log = std::fs::read_to_string(api.server.dir.join("data").join("audit.log")).unwrap();
+    for (name, token) in &attacks {
+        if let Some(sig) = token.rsplit('.').next().filter(|s| s.len() > 16) {
+            assert!(!log.contains(sig), "{name}: a token reached the audit log");
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_keys_are_scoped_expire_rotate_and_revoke_at_once() {
+    let api = Api::new(TestServer::start(ServerOptions {
+        extra_toml: common::UNTHROTTLED.into(),
+        ..ServerOptions::default()
+    }));
+
+    // Producer and worker roles on one key are refused.
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            "/ojs/v1/admin/keys",
+            Some(json!({"name": "both", "roles": ["producer", "worker"], "tenant": "acme"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Queue patterns and scopes narrow a key.
+    let (billing, _) = api
+        .key(json!({"name": "billing", "roles": ["producer"], "tenant": "acme", "queues": ["billing.*"]}))
+        .await;
+    assert_eq!(
+        api.enqueue(&billing, "billing.invoices").await.0,
+        StatusCode::CREATED
+    );
+    let (status, body) = api.enqueue(&billing, "emails").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["details"]["queue"], "emails");
+    assert_eq!(body["error"]["details"]["principal"], "billing");
+    let (read_only, _) = api
+        .key(json!({"name": "ro", "roles": ["admin"], "tenant": "acme", "scopes": ["inspect"]}))
+        .await;
+    assert_eq!(api.enqueue(&read_only, "q").await.0, StatusCode::FORBIDDEN);
+    api.audited("authz.denied", "out_of_scope").await;
+
+    // Revocation takes effect on the very next request, on the same kept-alive connection.
+    let (doomed, doomed_id) = api
+        .key(json!({"name": "doomed", "roles": ["producer"], "tenant": "acme"}))
+        .await;
+    assert_eq!(api.enqueue(&doomed, "q").await.0, StatusCode::CREATED);
+    let (status, _) = api
+        .admin(
+            Method::DELETE,
+            &format!("/ojs/v1/admin/keys/{doomed_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, revoked_body) = api.enqueue(&doomed, "q").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Unknown id, wrong secret, revoked and expired all answer the same body.
+    let (short, _) = api
+        .key(
+            json!({"name": "short", "roles": ["producer"], "tenant": "acme", "expires_in": "PT1S"}),
+        )
+        .await;
+    assert_eq!(api.enqueue(&short, "q").await.0, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, expired_body) = api.enqueue(&short, "q").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired cached key");
+    let unknown = "Bearer bwk_live_00000000000000ff_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let (_, unknown_body) = api.enqueue(unknown, "q").await;
+    let mut wrong = billing.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    let (_, wrong_body) = api.enqueue(&wrong, "q").await;
+    assert_eq!(revoked_body, expired_body);
+    assert_eq!(revoked_body, unknown_body);
+    assert_eq!(revoked_body, wrong_body);
+    api.audited("auth.failure", "revoked").await;
+    api.audited("auth.failure", "expired").await;
+
+    // Rotation: both keys work during the grace period, then only the new one.
+    let (old, old_id) = api
+        .key(json!({"name": "rotating", "roles": ["producer"], "tenant": "acme"}))
+        .await;
+    assert_eq!(api.enqueue(&old, "q").await.0, StatusCode::CREATED);
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            &format!("/ojs/v1/admin/keys/{old_id}/rotate?grace_secs=1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let new = format!("Bearer {}", body["secret"].as_str().unwrap());
+    assert_eq!(body["key"]["name"], "rotating");
+    assert_eq!(
+        api.enqueue(&old, "q").await.0,
+        StatusCode::CREATED,
+        "grace period"
+    );
+    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(api.enqueue(&old, "q").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::CREATED);
+
+    // Listing shows no secret, and the last use.
+    let (_, listing) = api.admin(Method::GET, "/ojs/v1/admin/keys", None).await;
+    let text = listing.to_string();
+    assert!(!text.contains(common::key_secret(new.trim_start_matches("Bearer "))));
+    let rotated = listing["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == old_id.as_str())
+        .unwrap();
+    assert_eq!(rotated["status"], "expired");
+    assert!(rotated["last_used_at"].is_string());
+
+    // Bulk revocation by principal.
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            "/ojs/v1/admin/keys/revoke",
+            Some(json!({"name": "rotating"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["revoked"].as_array().unwrap().len(), 2);
+    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::UNAUTHORIZED);
+
+    // A tenant administrator cannot make keys for another tenant or the system.
+    let (tenant_admin, _) = api
+        .key(json!({"name": "acme-admin", "roles": ["admin"], "tenant": "acme"}))
+        .await;
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/admin/keys",
+            &tenant_admin,
+            &[],
+            Some(json!({"name": "escalate", "roles": ["admin"], "tenant": "globex"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/admin/keys",
+            &tenant_admin,
+            &[],
+            Some(json!({"name": "mine", "roles": ["worker"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        body["key"]["tenant"], "acme",
+        "the tenant comes from the creator"
+    );
+}
+
+#[tokio::test]
+async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
+    // The default budget: 20 verifications at once, then 30 a minute.
+    let api = Api::new(TestServer::start(ServerOptions::default()));
+    let good = api.server.auth();
+    assert_eq!(api.enqueue(&good, "q").await.0, StatusCode::CREATED);
+    let mut statuses = Vec::new();
+    for i in 0..40u32 {
+        let key = format!("Bearer bwk_live_{i:016x}_{}", "A".repeat(43));
+        statuses.push(api.enqueue(&key, "q").await);
+    }
+    let unauthorized = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled: Vec<&Value> = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .map(|(_, b)| b)
+        .collect();
+    assert!((19..=21).contains(&unauthorized), "{unauthorized} verified");
+    assert_eq!(unauthorized + throttled.len(), 40);
+    assert_eq!(throttled[0]["error"]["code"], "rate_limited");
+    assert_eq!(throttled[0]["error"]["retryable"], true);
+    // The key this process already verified still works: the budget is spent only by keys
+    // that need argon2.
+    assert_eq!(api.enqueue(&good, "q").await.0, StatusCode::CREATED);
+    // argon2 ran once for the good key and once per verified wrong key, never for a throttled
+    // one.
+    let metrics = api
+        .client
+        .get(api.server.url("/metrics"))
+        .header("Authorization", &good)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let verifications: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("bulwark_api_key_verifications_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    #[allow(clippy::cast_precision_loss)]
+    let expected = (unauthorized + 1) as f64;
+    assert!(
+        (verifications - expected).abs() < 0.5,
+        "{verifications} argon2 verifications, expected {expected}"
+    );
+    // A 429 carries Retry-After.
+    let res = api
+        .client
+        .post(api.server.url("/ojs/v1/jobs"))
+        .header(
+            "Authorization",
+            format!("Bearer bwk_live_{:016x}_{}", 99, "B".repeat(43)),
+        )
+        .json(&json!({"type": "a.b", "args": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn tenant_headers_job_rules_and_dry_runs() {
+    let api = Api::new(TestServer::start(ServerOptions {
+        extra_toml: common::UNTHROTTLED.into(),
+        ..ServerOptions::default()
+    }));
+    let (producer, _) = api
+        .key(json!({"name": "p", "roles": ["producer"], "tenant": "acme"}))
+        .await;
+    let (operator, _) = api
+        .key(json!({"name": "op", "roles": ["operator"], "tenant": "acme"}))
+        .await;
+    let (submitter, _) = api
+        .key(json!({"name": "sub", "roles": ["submitter"], "tenant": "acme"}))
+        .await;
+    let (other_submitter, _) = api
+        .key(json!({"name": "sub2", "roles": ["submitter"], "tenant": "acme"}))
+        .await;
+    let body = json!({"type": "t.x", "args": []});
+
+    // The tenant header and meta.tenant_id may only repeat the credential's tenant.
+    for (name, header) in [("X-OJS-Tenant", "globex"), ("X-OJS-Tenant-ID", "globex")] {
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/ojs/v1/jobs",
+                &producer,
+                &[(name, header)],
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}");
+    }
+    api.audited("authz.denied", "tenant_mismatch").await;
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[("X-OJS-Tenant", "acme")],
+            Some(json!({"type": "t.x", "args": [], "meta": {"tenant_id": "globex"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    api.audited("authz.denied", "meta_tenant_mismatch").await;
+    // Tenant credentials cannot pick job ids.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[],
+            Some(json!({"type": "t.x", "args": [], "id": "019b0000-0000-7000-8000-000000000001"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.job_count("acme").await, 0, "nothing stored");
+
+    // A dry run checks everything and stores nothing, and is audited as one.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[],
+            Some(json!({"type": "t.x", "args": [1], "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(api.job_count("acme").await, 0);
+    assert!(api.audit().iter().any(|r| r["event_type"] == "job.dry_run"));
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[],
+            Some(
+                json!({"type": "t.x", "args": [], "dry_run": true, "options": {"queue": "_ojs_x"}}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a dry run is checked like a real one"
+    );
+
+    // A job only its owner may see, and only its owner may cancel.
+    let (_, job) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &submitter,
+            &[],
+            Some(json!({"type": "t.x", "args": [], "options": {"security": {
+                "visibility": "owner", "cancellable_by": ["owner"]}}})),
+        )
+        .await;
+    let id = job["job"]["id"].as_str().unwrap();
+    let path = format!("/ojs/v1/jobs/{id}");
+    assert_eq!(
+        api.call(Method::GET, &path, &submitter, &[], None).await.0,
+        StatusCode::OK
+    );
+    let (status, hidden) = api.call(Method::GET, &path, &operator, &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "restricted to its owner");
+    let (_, random) = api
+        .call(
+            Method::GET,
+            "/ojs/v1/jobs/019b0000-0000-7000-8000-000000000002",
+            &operator,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(hidden, random);
+    assert_eq!(
+        api.call(Method::GET, &path, &other_submitter, &[], None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND,
+        "another submitter"
+    );
+    api.audited("authz.denied", "restricted_job").await;
+    // An unrestricted job of the producer: the operator may see it but, with
+    // cancellable_by ["owner"], not cancel it.
+    let (_, job) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[],
+            Some(json!({"type": "t.x", "args": [], "options": {"security": {"cancellable_by": ["owner"]}}})),
+        )
+        .await;
+    let path = format!("/ojs/v1/jobs/{}", job["job"]["id"].as_str().unwrap());
+    assert_eq!(
+        api.call(Method::GET, &path, &operator, &[], None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::DELETE, &path, &operator, &[], None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, after) = api.call(Method::GET, &path, &operator, &[], None).await;
+    assert_eq!(after["job"]["state"], "available", "nothing changed");
+    // Only an administrator may name another owner.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            &producer,
+            &[],
+            Some(json!({"type": "t.x", "args": [], "options": {"security": {"owner": "op"}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
