@@ -260,6 +260,9 @@ fn verifier_loop(
     queue: &Mutex<Receiver<VerifyJob>>,
     me: &mpsc::WeakSender<Msg>,
 ) {
+    // Made before the first job, not at the first unknown id, so that one costs no more than
+    // the others.
+    let _ = decoy_hash();
     let mut verifier = key::Verifier::new();
     loop {
         let job = match queue.lock() {
