@@ -1,5 +1,5 @@
-//! Authentication from outside: every route but health and manifest needs a valid API key, and
-//! every kind of bad credential gets the same answer.
+//! Authentication from outside: every route of the table but the public ones needs a valid
+//! credential, and every kind of bad credential gets the same answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,37 +9,23 @@ use common::{ServerOptions, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/ojs/v1/jobs"),
-    ("GET", "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f"),
-    (
-        "DELETE",
-        "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
-    ),
-    (
-        "POST",
-        "/ojs/v1/jobs/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/activate",
-    ),
-    ("POST", "/ojs/v1/workers/fetch"),
-    ("POST", "/ojs/v1/workers/ack"),
-    ("POST", "/ojs/v1/workers/nack"),
-    ("POST", "/ojs/v1/workers/heartbeat"),
-    ("GET", "/ojs/v1/queues"),
-    ("GET", "/ojs/v1/events"),
-    ("GET", "/ojs/v1/dead-letter"),
-    (
-        "POST",
-        "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f/retry",
-    ),
-    (
-        "DELETE",
-        "/ojs/v1/dead-letter/019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
-    ),
-    ("POST", "/ojs/v1/admin/reset"),
-    ("GET", "/ojs/v1/unknown-route"),
-    ("GET", "/metrics"),
-    ("GET", "/ojs/v1/admin/audit"),
-];
+/// Every non-public route of the route table, with sample path parameters, plus an unknown
+/// route.
+fn routes() -> Vec<(String, String)> {
+    let mut routes: Vec<(String, String)> = bulwark::http::access::ROUTES
+        .iter()
+        .filter(|r| r.need != bulwark::http::access::Need::Public)
+        .map(|r| {
+            let path = r
+                .path
+                .replace("{id}", "019461a8-1a2b-7c3d-8e4f-5a6b7c8d9e0f")
+                .replace("{name}", "alice");
+            (r.method.to_string(), path)
+        })
+        .collect();
+    routes.push(("GET".into(), "/ojs/v1/unknown-route".into()));
+    routes
+}
 
 fn mangle_last_char(key: &str) -> String {
     let mut k = key.to_string();
@@ -71,7 +57,7 @@ async fn every_route_but_health_and_manifest_needs_a_valid_key() {
         Some(format!("Bearer {} ", server.admin_key.to_uppercase())),
     ];
     let mut reference: Option<Value> = None;
-    for (method, path) in ROUTES {
+    for (method, path) in &routes() {
         for cred in &credentials {
             let mut req = client
                 .request(
