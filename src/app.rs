@@ -193,6 +193,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         Arc::new(config.policy()?),
         config.auth.throttle.clone(),
         jwt,
+        Some(audit.clone()),
     )?;
 
     let listener = TcpListener::bind(config.server.listen)

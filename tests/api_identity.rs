@@ -417,6 +417,20 @@ async fn api_keys_are_scoped_expire_rotate_and_revoke_at_once() {
         .await;
     assert_eq!(api.enqueue(&read_only, "q").await.0, StatusCode::FORBIDDEN);
     api.audited("authz.denied", "out_of_scope").await;
+    // Authentication success is recorded once per key per process, not per request.
+    let mut successes = 0;
+    for _ in 0..50 {
+        successes = api
+            .audit()
+            .iter()
+            .filter(|r| r["event_type"] == "auth.success" && r["principal"] == "billing")
+            .count();
+        if successes > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(successes, 1, "billing made three requests");
 
     // Revocation takes effect on the very next request, on the same kept-alive connection.
     let (doomed, doomed_id) = api

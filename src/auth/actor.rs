@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use super::policy::Policy;
 use super::throttle::Throttle;
 use super::{key, records, AuthError, Cache, Credential, Digest, Msg, Principal};
+use crate::audit::{AuditEvent, AuditHandle, Outcome};
 use crate::clock::{now_ms, Millis};
 use crate::store::Store;
 
@@ -48,7 +49,10 @@ pub(super) struct AuthActor {
     store: Store,
     cache: Arc<ArcSwap<Cache>>,
     throttle: Arc<Throttle>,
-    pending: HashMap<Digest, Waiters>,
+    /// Verifications under way: who waits, and the address of the request that started it.
+    pending: HashMap<Digest, (Waiters, Option<std::net::IpAddr>)>,
+    /// Where `auth.success` records go (once per key per process: the first verification).
+    audit: Option<AuditHandle>,
     jobs: SyncSender<VerifyJob>,
     /// Bumped by every [`Msg::Forget`]; verifications from an older epoch are not cached.
     epoch: u64,
@@ -64,6 +68,7 @@ impl AuthActor {
         policy: Arc<Policy>,
         cache: Arc<ArcSwap<Cache>>,
         throttle: Arc<Throttle>,
+        audit: Option<AuditHandle>,
         me: mpsc::WeakSender<Msg>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = sync_channel(VERIFY_QUEUE);
@@ -80,6 +85,7 @@ impl AuthActor {
             cache,
             throttle,
             pending: HashMap::new(),
+            audit,
             jobs,
             epoch: 0,
             flushed: HashMap::new(),
@@ -182,7 +188,7 @@ impl AuthActor {
             let _ = reply.send(Ok(p.clone()));
             return;
         }
-        if let Some(waiters) = self.pending.get_mut(&digest) {
+        if let Some((waiters, _)) = self.pending.get_mut(&digest) {
             waiters.push(reply);
             return;
         }
@@ -199,7 +205,7 @@ impl AuthActor {
             token,
         }) {
             Ok(()) => {
-                self.pending.insert(digest, vec![reply]);
+                self.pending.insert(digest, (vec![reply], source));
             }
             Err(TrySendError::Full(_)) => {
                 warn!("api key verification queue full, refusing");
@@ -229,7 +235,19 @@ impl AuthActor {
             }
             Err(e) => debug!(reason = %e, "api key refused"),
         }
-        for waiter in self.pending.remove(&digest).unwrap_or_default() {
+        let (waiters, source) = self.pending.remove(&digest).unwrap_or_default();
+        if let (Ok(p), Some(audit)) = (&result, &self.audit) {
+            // Once per key per process: later requests are served from the cache unrecorded.
+            let mut event = AuditEvent::new("auth.success", Outcome::Success)
+                .detail("credential", p.credential_id())
+                .detail("first_use_in_process", true);
+            event.principal = Some(p.name().to_string());
+            event.tenant = p.tenant().map(str::to_string);
+            event.source_ip = source.map(|ip| ip.to_string());
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.emit(event).await });
+        }
+        for waiter in waiters {
             let _ = waiter.send(match &result {
                 Ok(p) => Ok(p.clone()),
                 Err(AuthError::Storage(_) | AuthError::Unavailable) => Err(AuthError::Unavailable),

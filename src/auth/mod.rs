@@ -272,6 +272,7 @@ impl AuthHandle {
         policy: Arc<Policy>,
         throttle: throttle::ThrottleConfig,
         jwt: Option<jwt::JwtVerifier>,
+        audit: Option<crate::audit::AuditHandle>,
     ) -> Result<Self, AuthError> {
         let rng = ring::rand::SystemRandom::new();
         let mac =
@@ -284,6 +285,7 @@ impl AuthHandle {
             policy.clone(),
             cache.clone(),
             throttle.clone(),
+            audit,
             tx.downgrade(),
         )
         .map_err(|_| AuthError::Unavailable)?;
