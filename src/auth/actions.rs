@@ -227,7 +227,7 @@ pub fn load_secret(
         }
     };
     let len = bytes.len();
-    // The Zeroizing buffer is wiped on drop; the secret type takes its own copy.
+    // The Zeroizing buffer is wiped on drop; the secret type takes (and wipes) its own copy.
     PolicySecret::new(bytes.to_vec()).ok_or(SecretError::TooShort { origin, len })
 }
 

@@ -21,6 +21,7 @@ use ring::hmac;
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use zeroize::Zeroize;
 
 /// Every token starts with this.
 pub const PREFIX: &str = "bpt_";
@@ -42,8 +43,11 @@ pub struct PolicySecret(SecretSlice<u8>);
 impl PolicySecret {
     /// Wraps secret bytes; `None` if they are shorter than [`MIN_SECRET_BYTES`].
     #[must_use]
-    pub fn new(bytes: Vec<u8>) -> Option<Self> {
-        let secret = SecretSlice::from(bytes);
+    pub fn new(mut bytes: Vec<u8>) -> Option<Self> {
+        // An exact-size copy, so that boxing it never reallocates and frees an unwiped buffer;
+        // the caller's buffer, spare capacity included, is wiped here.
+        let secret = SecretSlice::from(bytes.as_slice().to_vec());
+        bytes.zeroize();
         (secret.expose_secret().len() >= MIN_SECRET_BYTES).then_some(Self(secret))
     }
 
