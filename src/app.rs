@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::audit::{self, AuditEvent, AuditHandle, Outcome};
 use crate::auth::accounts::Accounts;
+use crate::auth::actions::{self, ActionGuard};
 use crate::auth::records::{self, KeySpec};
 use crate::auth::{users, AuthHandle};
 use crate::config::Config;
@@ -154,11 +155,42 @@ async fn shutdown_signal() {
     }
 }
 
+/// The value of `OJS_SECRET_POLICY_TOKEN`, if set (any bytes).
+#[must_use]
+pub fn policy_token_secret_env() -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(actions::SECRET_ENV).map(|v| zeroize::Zeroizing::new(v.into_vec()))
+}
+
+/// The action-job guard for `config`, with its policy-token secret (read the way
+/// `bulwark policy-token sign` reads it).
+pub fn load_action_guard(config: &Config) -> anyhow::Result<ActionGuard> {
+    let guard = ActionGuard::load(
+        &config.auth.actions,
+        &config.secrets.dir,
+        policy_token_secret_env(),
+    )?;
+    if config.auth.actions.enabled() {
+        let types: Vec<&str> = config
+            .auth
+            .actions
+            .types
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        info!(types = ?types, "action job types need a policy token");
+    }
+    Ok(guard)
+}
+
 /// `bulwark serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
     if config.testing.allow_reset || config.testing.honour_test_directives {
         warn!("[testing] switches are on: this server is for conformance runs, not production");
     }
+    // Before anything is created or opened: with action job types configured and no usable
+    // policy-token secret, refuse to start rather than run with the guard off.
+    let actions = Arc::new(load_action_guard(&config)?);
     // Opening the file, the first-start key (argon2) and the index rebuild all block: keep them
     // off the async threads.
     let setup = config.clone();
@@ -208,7 +240,8 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                     format!("{:?}", config.api.unknown_fields).to_lowercase(),
                 )
                 .detail("testing_reset", config.testing.allow_reset)
-                .detail("testing_directives", config.testing.honour_test_directives),
+                .detail("testing_directives", config.testing.honour_test_directives)
+                .detail("action_types", config.auth.actions.types.len()),
         )
         .await;
     let audit_log = config.audit_config().log_file;
@@ -222,6 +255,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         audit_log,
         started: Instant::now(),
         accounts,
+        actions,
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();

@@ -45,6 +45,38 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Policy tokens for action job types (`[auth.actions]`).
+    PolicyToken {
+        #[command(subcommand)]
+        command: PolicyTokenCommand,
+    },
+}
+
+/// `bulwark policy-token ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyTokenCommand {
+    /// Sign a policy token and print it (only it) on stdout. The secret is read as the server
+    /// reads it: `OJS_SECRET_POLICY_TOKEN`, else `[auth.actions] secret_file`.
+    Sign {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The tenant the job will be enqueued for; system scope when left out.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The principal name that will enqueue the job.
+        #[arg(long)]
+        actor: String,
+        /// The job type (an action type).
+        #[arg(long)]
+        action: String,
+        /// Seconds the token stays valid (default and maximum: `[auth.actions]
+        /// max_lifetime_secs`).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+        /// Scopes; comma-separated. Enqueueing needs `enqueue`.
+        #[arg(long = "scope", value_delimiter = ',', default_value = "enqueue")]
+        scopes: Vec<String>,
+    },
 }
 
 /// `bulwark keys ...`

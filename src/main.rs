@@ -10,7 +10,9 @@ use bulwark::audit::{AuditEvent, Outcome};
 use bulwark::auth::records::{self, KeyRecord, KeySpec};
 use bulwark::auth::users;
 use bulwark::auth::{Permission, QueuePattern};
-use bulwark::cli::{AuditCommand, Cli, Command, ConfigCommand, KeysCommand, UsersCommand};
+use bulwark::cli::{
+    AuditCommand, Cli, Command, ConfigCommand, KeysCommand, PolicyTokenCommand, UsersCommand,
+};
 use bulwark::clock::{now_ms, parse_rfc3339, parse_time_spec, rfc3339};
 use bulwark::config::Config;
 use bulwark::store::Store;
@@ -50,7 +52,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
+        Command::PolicyToken {
+            command:
+                PolicyTokenCommand::Sign {
+                    config,
+                    tenant,
+                    actor,
+                    action,
+                    ttl_secs,
+                    scopes,
+                },
+        } => policy_token_sign(config, tenant, actor, action, ttl_secs, scopes),
     }
+}
+
+fn policy_token_sign(
+    config: Option<std::path::PathBuf>,
+    tenant: Option<String>,
+    actor: String,
+    action: String,
+    ttl_secs: Option<u64>,
+    scopes: Vec<String>,
+) -> anyhow::Result<()> {
+    use bulwark::auth::actions;
+    use bulwark::auth::policy_token::{self, Claims};
+
+    let config = Config::load(config.as_deref())?;
+    let settings = &config.auth.actions;
+    let max = settings.max_lifetime_secs;
+    let ttl = ttl_secs.unwrap_or(max);
+    if ttl == 0 || ttl > max {
+        bail!("--ttl-secs must be from 1 to {max} ([auth.actions] max_lifetime_secs)");
+    }
+    if !bulwark::job::envelope::is_valid_job_type(&action) {
+        bail!("--action must be a job type such as ops.apply");
+    }
+    if tenant
+        .as_deref()
+        .is_some_and(|t| !records::is_valid_tenant(t))
+    {
+        bail!("--tenant must be 1 to 64 lowercase letters, digits, _ or -");
+    }
+    if actor.is_empty() {
+        bail!("--actor must name the principal that will enqueue the job");
+    }
+    if !settings.types.iter().any(|t| t.matches(&action)) {
+        eprintln!("note: {action} is not an action type in this configuration; the server does not ask for a token for it");
+    }
+    let secret = actions::load_secret(
+        settings,
+        &config.secrets.dir,
+        bulwark::app::policy_token_secret_env(),
+    )?;
+    let iat = u64::try_from(now_ms() / 1000).context("the clock is before 1970")?;
+    let claims = Claims {
+        tenant,
+        actor,
+        action,
+        scopes,
+        iat,
+        exp: iat.saturating_add(ttl),
+        jti: Some(uuid::Uuid::now_v7().to_string()),
+    };
+    let token = policy_token::sign(&claims, &secret)?;
+    println!("{token}");
+    Ok(())
 }
 
 fn audit_verify(

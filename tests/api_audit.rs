@@ -163,6 +163,7 @@ async fn an_admin_operation_that_cannot_be_recorded_does_not_happen() {
     let server = TestServer::start(ServerOptions {
         extra_toml: extra,
         conformance: true,
+        ..ServerOptions::default()
     });
     let client = server.client();
     let auth = server.auth();

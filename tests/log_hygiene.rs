@@ -14,6 +14,7 @@ async fn no_canary_reaches_any_log_at_any_level() {
     let server = TestServer::start(ServerOptions {
         extra_toml: "[log]\nlevel = \"trace\"\n".into(),
         conformance: true,
+        ..ServerOptions::default()
     });
     let client = server.client();
     let auth = server.auth();

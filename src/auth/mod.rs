@@ -11,12 +11,14 @@
 //! What it may do is decided by [`policy`].
 
 pub mod accounts;
+pub mod actions;
 mod actor;
 pub mod error;
 pub mod jwt;
 pub mod key;
 pub mod login_throttle;
 pub mod policy;
+pub mod policy_token;
 pub mod records;
 pub mod session;
 pub mod throttle;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub mod sessions;
 pub use sessions::SessionsConfig;
 
+use crate::auth::actions::ActionsConfig;
 use crate::auth::jwt::JwtConfig;
 use crate::auth::policy::{Policy, RoleDef};
 use crate::auth::throttle::ThrottleConfig;
@@ -45,6 +46,9 @@ pub struct AuthSection {
     pub roles: Vec<RoleDef>,
     /// JWT bearer tokens (`[auth.jwt]`); off when the section is absent.
     pub jwt: Option<JwtConfig>,
+    /// Action job types and their policy tokens (`[auth.actions]`); no action types by
+    /// default.
+    pub actions: ActionsConfig,
 }
 
 impl Default for AuthSection {
@@ -54,6 +58,7 @@ impl Default for AuthSection {
             throttle: ThrottleConfig::default(),
             roles: Vec::new(),
             jwt: None,
+            actions: ActionsConfig::default(),
         }
     }
 }
@@ -273,6 +278,10 @@ impl Config {
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().context("invalid [auth.jwt]")?;
         }
+        self.auth
+            .actions
+            .validate()
+            .context("invalid [auth.actions]")?;
         Ok(())
     }
 
@@ -362,6 +371,22 @@ mod tests {
         assert_eq!(c.auth.rotation_grace_secs, d.auth.rotation_grace_secs);
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());
+        assert_eq!(c.auth.actions, d.auth.actions);
+    }
+
+    #[test]
+    fn action_types_parse_and_bad_ones_are_refused() {
+        let c = Config::parse(
+            "[auth.actions]\ntypes = [\"ops.apply\", \"billing.*\"]\nmax_lifetime_secs = 600\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.auth.actions.enabled());
+        assert_eq!(c.auth.actions.types.len(), 2);
+        assert!(Config::parse("[auth.actions]\ntypes = [\"Ops.Apply\"]\n").is_err());
+        assert!(Config::parse("[auth.actions]\nsecret = \"inline\"\n").is_err());
+        let long = Config::parse("[auth.actions]\nmax_lifetime_secs = 7200\n").unwrap();
+        assert!(long.validate().is_err());
     }
 
     #[test]

@@ -103,6 +103,18 @@ async fn forbidden(
     queue: Option<&str>,
     reason: &'static str,
 ) -> ApiError {
+    forbidden_with(req, principal, permission, queue, reason, Vec::new()).await
+}
+
+/// [`forbidden`], with more context for the audit record (never credentials or payloads).
+async fn forbidden_with(
+    req: &HttpRequest,
+    principal: &Principal,
+    permission: Option<Permission>,
+    queue: Option<&str>,
+    reason: &'static str,
+    extra: Vec<(&'static str, serde_json::Value)>,
+) -> ApiError {
     let mut event = super::audit::event(req, "authz.denied", Outcome::Denied, Some(principal))
         .detail("reason", reason)
         .detail(
@@ -119,6 +131,9 @@ async fn forbidden(
     }
     if let Some(q) = queue {
         event = event.detail("queue", q);
+    }
+    for (key, value) in extra {
+        event = event.detail(key, value);
     }
     super::audit::emit(req, event).await;
     info!(principal = %principal.display_id(), reason, "request refused");
@@ -268,6 +283,17 @@ impl Authenticated {
     /// Refuses with 403 (audited) for a reason found by the handler.
     pub async fn refuse(&self, queue: Option<&str>, reason: &'static str) -> ApiError {
         forbidden(&self.req, &self.principal, self.need, queue, reason).await
+    }
+
+    /// [`Authenticated::refuse`], with more context for the audit record (never credentials
+    /// or payloads).
+    pub async fn refuse_with(
+        &self,
+        queue: Option<&str>,
+        reason: &'static str,
+        extra: Vec<(&'static str, serde_json::Value)>,
+    ) -> ApiError {
+        forbidden_with(&self.req, &self.principal, self.need, queue, reason, extra).await
     }
 }
 

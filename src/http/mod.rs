@@ -3,6 +3,7 @@
 //! return [`error::ApiError`] on failure; [`middleware`] adds the standard headers.
 
 pub mod access;
+pub mod actions;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub started: Instant,
     /// Admin user accounts and their sessions.
     pub accounts: crate::auth::accounts::Accounts,
+    /// Which job types are actions, and their policy-token check.
+    pub actions: Arc<crate::auth::actions::ActionGuard>,
 }
 
 /// Registers every route on an actix `ServiceConfig`.
@@ -57,6 +60,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                 log_file: shared.audit_log.clone(),
             }))
             .app_data(web::Data::from(config.clone()))
+            .app_data(web::Data::from(shared.actions.clone()))
             .app_data(web::Data::new(config.envelope_rules()))
             .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
             .app_data(web::Data::new(system::StartedAt(shared.started)))

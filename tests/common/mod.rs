@@ -16,6 +16,8 @@ pub struct ServerOptions {
     /// Conformance mode: preserve unknown envelope attributes, honour test directives and
     /// expose the reset route.
     pub conformance: bool,
+    /// Environment variables for the server process (e.g. `OJS_SECRET_*`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Lifts the per-address key-verification budget, for tests that send many wrong keys on
@@ -40,6 +42,7 @@ pub struct TestServer {
     pub admin_key: String,
     pub dir: PathBuf,
     config_path: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -68,6 +71,7 @@ impl TestServer {
             admin_key: String::new(),
             dir,
             config_path,
+            env: opts.env.clone(),
             child: None,
             _tmp: Some(tmp),
         };
@@ -94,6 +98,7 @@ impl TestServer {
             .arg(&self.config_path)
             .arg("--addr-file")
             .arg(&addr_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -86,7 +86,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 /// Parses a JSON object, refusing duplicate keys anywhere inside it. `None` for anything else
 /// (invalid JSON, trailing data, a non-object, a duplicate key).
-pub(super) fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(Value::Object(object))) => Some(object),
         _ => None,

@@ -12,7 +12,7 @@
 
 mod der;
 mod error;
-mod json;
+pub(crate) mod json;
 mod keys;
 #[cfg(test)]
 mod tests;

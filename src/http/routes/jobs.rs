@@ -10,10 +10,12 @@ use serde_json::{json, Value};
 
 use super::{job_id, json};
 use crate::audit::Outcome;
+use crate::auth::actions::ActionGuard;
 use crate::auth::policy::RESERVED_QUEUE_PREFIX;
 use crate::auth::records::is_valid_tenant;
 use crate::auth::Permission;
 use crate::clock::now_ms;
+use crate::http::actions::{require_policy_token, used_event};
 use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
@@ -37,12 +39,13 @@ fn reserved_queue(body: &Value) -> Option<&str> {
 }
 
 /// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
-/// nothing).
+/// nothing). An action job type also needs a valid policy token, dry run or not.
 pub async fn enqueue(
     req: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     rules: web::Data<EnvelopeRules>,
+    actions: web::Data<ActionGuard>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     // Reserved queues are refused as a permission matter (OJS security §15.2), before the
@@ -89,7 +92,22 @@ pub async fn enqueue(
         Some(named) => named.clone(),
         None => caller.principal.id().to_string(),
     };
+    // Last of the checks, so that the token is judged for exactly the job that would be
+    // stored: its type, the tenant it is stored for, and the principal.
+    let token = require_policy_token(
+        &req,
+        &caller,
+        &actions,
+        &new.job_type,
+        &new.queue,
+        tenant.as_deref(),
+    )
+    .await?;
     if new.dry_run {
+        if let Some(claims) = &token {
+            audit::record_or_refuse(&req, used_event(&req, &caller, claims, &new.queue, true))
+                .await?;
+        }
         let event = audit::event(
             &req,
             "job.dry_run",
@@ -98,7 +116,8 @@ pub async fn enqueue(
         )
         .detail("job_type", new.job_type.clone())
         .detail("queue", new.queue.clone())
-        .detail("dry_run", true);
+        .detail("dry_run", true)
+        .detail("action", token.is_some());
         audit::record_or_refuse(&req, event).await?;
         return Ok(json(
             StatusCode::OK,
@@ -109,7 +128,14 @@ pub async fn enqueue(
             }),
         ));
     }
-    let job = queue.enqueue(new, tenant, Some(owner)).await?;
+    let job = match &token {
+        // The token's use is on disk before the job is; a failed enqueue adds a failure record.
+        Some(claims) => {
+            let used = used_event(&req, &caller, claims, &new.queue, false);
+            audit::guarded(&req, used, queue.enqueue(new, tenant, Some(owner))).await?
+        }
+        None => queue.enqueue(new, tenant, Some(owner)).await?,
+    };
     let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(&job) }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/ojs/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(header::LOCATION, location);

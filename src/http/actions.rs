@@ -1,0 +1,138 @@
+//! Action jobs at the HTTP edge: the enqueue handler asks [`require_policy_token`] before it
+//! stores (or dry-runs) a job. For an action job type ([`ActionGuard::is_action`]) the policy
+//! token header must carry a token made for this tenant, this principal and this job type;
+//! anything else is 403 `permission_denied`, with the reason in an `authz.denied` audit record.
+//! Every refusal looks the same to the client, and nothing here ever records or echoes the
+//! token.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpRequest;
+use serde_json::json;
+
+use super::audit;
+use super::auth::Authenticated;
+use super::error::ApiError;
+use crate::audit::{AuditEvent, Outcome};
+use crate::auth::actions::ActionGuard;
+use crate::auth::policy_token::{Claims, Expected, PolicyTokenError, MAX_TOKEN_BYTES};
+use crate::clock::now_ms;
+
+/// What the request carries in the token header.
+enum Presented<'a> {
+    Missing,
+    TooLarge,
+    /// Repeated, or not visible ASCII.
+    Unusable,
+    Token(&'a str),
+}
+
+fn presented<'a>(req: &'a HttpRequest, header: &str) -> Presented<'a> {
+    let mut values = req.headers().get_all(header);
+    let Some(first) = values.next() else {
+        return Presented::Missing;
+    };
+    // Two tokens are ambiguous: a proxy may forward one and drop the other.
+    if values.next().is_some() {
+        return Presented::Unusable;
+    }
+    // Checked before `to_str`, so an oversized value is not even scanned.
+    if first.len() > MAX_TOKEN_BYTES {
+        return Presented::TooLarge;
+    }
+    match first.to_str() {
+        Ok(token) => Presented::Token(token.trim()),
+        Err(_) => Presented::Unusable,
+    }
+}
+
+/// The refusal the client sees, whatever the cause.
+fn refusal(principal: &str, job_type: &str, queue: &str, header: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        format!(
+            "Job type '{job_type}' is an action: enqueueing it needs a valid policy token in the \
+             '{header}' header."
+        ),
+    )
+    .with_details(json!({
+        "principal": principal,
+        "operation": "enqueue",
+        "queue": queue,
+        "job_type": job_type,
+    }))
+}
+
+/// `Ok(None)` for a job type that is not an action; for an action, the claims of the valid
+/// policy token it came with, or a 403 (audited) without one.
+pub async fn require_policy_token(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    guard: &ActionGuard,
+    job_type: &str,
+    queue: &str,
+    tenant: Option<&str>,
+) -> Result<Option<Claims>, ApiError> {
+    if !guard.is_action(job_type) {
+        return Ok(None);
+    }
+    let checked = match presented(req, guard.header()) {
+        Presented::Missing => Err("policy_token_missing"),
+        Presented::TooLarge => Err(PolicyTokenError::TooLarge.reason()),
+        Presented::Unusable => Err(PolicyTokenError::Malformed.reason()),
+        Presented::Token(token) => {
+            let expected = Expected {
+                tenant,
+                actor: caller.principal.name(),
+                action: job_type,
+            };
+            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            guard
+                .verify(token, &expected, now)
+                .map_err(PolicyTokenError::reason)
+        }
+    };
+    match checked {
+        Ok(claims) => Ok(Some(claims)),
+        Err(reason) => {
+            // The audited refusal is what matters; the client gets the uniform answer below.
+            let _ = caller
+                .refuse_with(Some(queue), reason, vec![("job_type", job_type.into())])
+                .await;
+            Err(refusal(
+                caller.principal.name(),
+                job_type,
+                queue,
+                guard.header(),
+            ))
+        }
+    }
+}
+
+/// The record of a policy token's use: what it allowed and for whom, never the token.
+#[must_use]
+pub fn used_event(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    claims: &Claims,
+    queue: &str,
+    dry_run: bool,
+) -> AuditEvent {
+    let mut event = audit::event(
+        req,
+        "policy_token.used",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("action", claims.action.clone())
+    .detail("tenant", claims.tenant.clone())
+    .detail("actor", claims.actor.clone())
+    .detail("scopes", claims.scopes.clone())
+    .detail("queue", queue)
+    .detail("dry_run", dry_run)
+    .detail("expires_at", claims.exp);
+    if let Some(jti) = &claims.jti {
+        event = event.detail("jti", jti.clone());
+    }
+    event
+}
