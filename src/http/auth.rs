@@ -260,6 +260,21 @@ impl Authenticated {
         result.map_err(ApiError::from)
     }
 
+    /// Reads a job the caller named by id and checks `permission` on it: another tenant's job
+    /// is 404 like a missing one (and audited), then [`Self::allow_job`] applies.
+    pub async fn job(
+        &self,
+        queue: &crate::queue::QueueHandle,
+        id: crate::job::JobId,
+        permission: Permission,
+    ) -> Result<Job, ApiError> {
+        let job = self
+            .scoped(queue.get(id, self.tenant.clone()).await)
+            .await?;
+        self.allow_job(permission, &job).await?;
+        Ok(job)
+    }
+
     /// Audits a refusal the client sees as 404 (a resource of another tenant).
     pub async fn audit_hidden(&self, reason: &'static str) {
         let event = super::audit::event(

@@ -75,10 +75,7 @@ pub async fn retry(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = caller
-        .scoped(queue.get(id, caller.tenant.clone()).await)
-        .await?;
-    caller.allow_job(Permission::Admin, &found).await?;
+    caller.job(&queue, id, Permission::Admin).await?;
     let event = audit::event(
         &req,
         "dead_letter.retried",
@@ -103,10 +100,7 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = caller
-        .scoped(queue.get(id, caller.tenant.clone()).await)
-        .await?;
-    caller.allow_job(Permission::Admin, &found).await?;
+    caller.job(&queue, id, Permission::Admin).await?;
     let event = audit::event(
         &req,
         "dead_letter.deleted",

@@ -1,7 +1,7 @@
 //! `/ojs/v1/jobs`: enqueue, info, cancel, activate.
 //!
 //! Every by-id route is tenant-scoped: the queue answers 404 for another tenant's job exactly as
-//! for an id nobody used, and [`Authenticated::allow_job`] applies the queue ACL and the job's
+//! for an id nobody used, and [`Authenticated::job`] applies the queue ACL and the job's
 //! own rules before anything changes.
 
 use actix_web::http::{header, StatusCode};
@@ -150,9 +150,8 @@ pub async fn info(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = caller
-        .scoped(queue.get(job_id(&id)?, caller.tenant.clone()).await)
+        .job(&queue, job_id(&id)?, Permission::Inspect)
         .await?;
-    caller.allow_job(Permission::Inspect, &job).await?;
     Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
 }
 
@@ -164,10 +163,7 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = caller
-        .scoped(queue.get(id, caller.tenant.clone()).await)
-        .await?;
-    caller.allow_job(Permission::Cancel, &found).await?;
+    caller.job(&queue, id, Permission::Cancel).await?;
     let (job, previous) = queue.cancel(id, caller.tenant.clone()).await?;
     let event = audit::event(
         &req,
@@ -191,10 +187,7 @@ pub async fn activate(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let found = caller
-        .scoped(queue.get(id, caller.tenant.clone()).await)
-        .await?;
-    caller.allow_job(Permission::Enqueue, &found).await?;
+    caller.job(&queue, id, Permission::Enqueue).await?;
     let job = queue.activate(id, caller.tenant.clone()).await?;
     let mut view = job_json(&job);
     view["previous_state"] = "pending".into();
