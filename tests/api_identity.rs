@@ -614,6 +614,16 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().get("retry-after").is_some());
+    // The flood is audited once for the address, not once per refused request (each refused
+    // request is still counted in the metrics).
+    api.audited("auth.failure", "throttled").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recorded = api
+        .audit()
+        .iter()
+        .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
+        .count();
+    assert_eq!(recorded, 1, "{} throttled requests", throttled.len() + 1);
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ impl Principal {
             vec!["admin".to_string()],
             None,
             expires_at,
-            &Policy::default(),
+            Policy::builtin(),
         )
     }
 

@@ -242,6 +242,14 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The built-in roles only, made once (for principals whose roles are fixed built-ins, such
+    /// as admin sessions).
+    #[must_use]
+    pub fn builtin() -> &'static Self {
+        static BUILTIN: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(Self::default)
+    }
+
     /// The built-in roles plus `custom` ones.
     pub fn new(custom: &[RoleDef]) -> Result<Self, PolicyError> {
         let mut policy = Self::default();

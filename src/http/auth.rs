@@ -85,8 +85,17 @@ fn header_tenant(req: &HttpRequest) -> Result<Option<String>, ()> {
     Ok(found)
 }
 
-async fn refuse_unauthenticated(req: &HttpRequest, reason: &str, key_id: Option<String>) {
+/// Counts a refused authentication and, when `record`, audits it.
+async fn refuse_unauthenticated(
+    req: &HttpRequest,
+    reason: &str,
+    key_id: Option<String>,
+    record: bool,
+) {
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => reason.to_string()).increment(1);
+    if !record {
+        return;
+    }
     let mut event =
         super::audit::event(req, "auth.failure", Outcome::Failure, None).detail("reason", reason);
     if let Some(id) = key_id {
@@ -321,11 +330,11 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     let token = match bearer(&req) {
         TokenCheck::Bearer(token) => token,
         TokenCheck::Missing => {
-            refuse_unauthenticated(&req, "missing", None).await;
+            refuse_unauthenticated(&req, "missing", None, true).await;
             return Err(ApiError::unauthenticated());
         }
         TokenCheck::Malformed => {
-            refuse_unauthenticated(&req, "malformed", None).await;
+            refuse_unauthenticated(&req, "malformed", None, true).await;
             return Err(ApiError::unauthenticated());
         }
     };
@@ -348,7 +357,9 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         Err(e) => {
             info!(source_ip = ?peer, reason = %e, "authentication failed");
             if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
-                refuse_unauthenticated(&req, e.metric_reason(), key_id).await;
+                // Throttled refusals are audited once per address a minute; each is counted.
+                let record = !matches!(e, AuthError::Throttled { report: false, .. });
+                refuse_unauthenticated(&req, e.metric_reason(), key_id, record).await;
             }
             return Err(e.into());
         }

@@ -268,7 +268,7 @@ impl From<AuthError> for ApiError {
                 },
                 _,
             ) => Self::permission_denied(principal, Some(*permission), queue.as_deref()),
-            (AuthError::Throttled { retry_after }, _) => Self::rate_limited(
+            (AuthError::Throttled { retry_after, .. }, _) => Self::rate_limited(
                 "too many authentication attempts from this address",
                 retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
             ),
