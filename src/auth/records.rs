@@ -301,14 +301,24 @@ pub fn revoke_where(
     Ok(revoked)
 }
 
-/// Revokes one key. Returns the record, or `None` if there is no such key.
+/// Revokes one key. Returns the record (already revoked keys are returned as they are), or
+/// `None` if there is no such key.
 pub fn revoke(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let mut found = revoke_where(store, |r| r.id == id)?;
-    if let Some(record) = found.pop() {
-        return Ok(Some(record));
-    }
-    // Already revoked keys are found, not revoked again.
-    get(store, id)
+    let txn = store.db().begin_write()?;
+    let record = {
+        let mut table = txn.open_table(tables::API_KEYS)?;
+        let record = read(&table, id)?;
+        match record {
+            Some(mut record) if record.revoked_at.is_none() => {
+                record.revoked_at = Some(now_ms());
+                write(&mut table, &record)?;
+                Some(record)
+            }
+            other => other,
+        }
+    };
+    txn.commit()?;
+    Ok(record)
 }
 
 /// Stores last-used times (newer ones only).

@@ -7,6 +7,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -159,13 +160,16 @@ pub async fn create(
         .0
         .as_object()
         .ok_or_else(|| ApiError::invalid("body", "the request body must be a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "name" | "roles" | "tenant" | "scopes" | "queues" | "expires_at" | "expires_in"
-        )
-    }) {
-        let _ = k;
+    let known = [
+        "name",
+        "roles",
+        "tenant",
+        "scopes",
+        "queues",
+        "expires_at",
+        "expires_in",
+    ];
+    if obj.keys().any(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             "body",
             "accepted fields: name, roles, tenant, scopes, queues, expires_at, expires_in",
@@ -260,7 +264,6 @@ pub async fn create(
         blocking(move || records::create(&store, &policy, &spec, &env)),
     )
     .await?;
-    use secrecy::ExposeSecret;
     Ok(json(
         StatusCode::CREATED,
         &json!({ "key": view(&record, now_ms()), "secret": token.expose_secret() }),
@@ -421,7 +424,6 @@ pub async fn rotate(
         .await
         .map_err(ApiError::from)?;
     let now = now_ms();
-    use secrecy::ExposeSecret;
     Ok(json(
         StatusCode::CREATED,
         &json!({
