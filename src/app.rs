@@ -2,9 +2,7 @@
 //! actors, serve HTTP, and stop in order (HTTP first, then the queue, whose last commit is
 //! awaited).
 
-use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,39 +30,7 @@ pub const BOOTSTRAP_TOTP_FILE: &str = "bootstrap-admin-totp.uri";
 
 /// Creates the secrets folder with mode 0700, or checks an existing one is not open to others.
 pub fn prepare_secrets_dir(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "the secrets folder {} is accessible to group or others (mode {:o}); run: chmod 700 {}",
-                dir.display(),
-                mode & 0o777,
-                dir.display()
-            );
-        }
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the secrets folder {}", dir.display()))
-}
-
-/// Writes a secret file with mode 0600, replacing any previous one atomically.
-fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::secrets::prepare_dir(dir)
 }
 
 /// On first start (no key in the database), creates an admin key, writes it to the secrets
@@ -84,7 +50,7 @@ fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
     let (record, token) =
         records::create(store, &config.policy()?, &spec, &config.secrets.key_env)?;
     let path = config.secrets.dir.join(BOOTSTRAP_KEY_FILE);
-    write_secret_file(&path, &format!("{}\n", token.expose_secret()))?;
+    crate::secrets::write_private(&path, format!("{}\n", token.expose_secret()).as_bytes())?;
     println!(
         "Bootstrap admin key (shown once; also in {}):\n{}",
         path.display(),
@@ -125,7 +91,7 @@ fn bootstrap_admin_user(
     let uri = users::otpauth_uri(&secret, "admin")?;
     users::insert(store, &users::new_record("admin", hash, Some(secret)))?;
     let path = config.secrets.dir.join(BOOTSTRAP_TOTP_FILE);
-    write_secret_file(&path, &format!("{}\n", uri.expose_secret()))?;
+    crate::secrets::write_private(&path, format!("{}\n", uri.expose_secret()).as_bytes())?;
     println!(
         "Admin user \"admin\" created from {ADMIN_PASSWORD_ENV}. Enrol its TOTP (shown once; \
          also in {}, delete it once enrolled):\n{}",

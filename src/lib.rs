@@ -17,5 +17,6 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod queue;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;

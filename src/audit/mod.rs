@@ -10,17 +10,14 @@ pub mod index;
 pub mod record;
 mod writer;
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use crate::store::Store;
-use zeroize::Zeroizing;
 
 pub use record::{AuditEvent, Outcome};
 
@@ -103,55 +100,14 @@ impl AuditHandle {
 /// Reads the audit HMAC key from the secrets folder, creating it (32 random bytes, hex, mode
 /// 0600) on first use. A key file readable by group or others is refused.
 pub fn load_or_create_key(secrets_dir: &Path) -> Result<hmac::Key, AuditError> {
-    let path = secrets_dir.join(KEY_FILE);
-    if !path.exists() {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        SystemRandom::new()
-            .fill(bytes.as_mut())
-            .map_err(|_| AuditError::Key("no randomness".into()))?;
-        let hex: Zeroizing<String> =
-            Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| AuditError::Key(format!("cannot create {}: {e}", path.display())))?;
-        std::io::Write::write_all(&mut file, format!("{}\n", hex.as_str()).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| AuditError::Key(format!("cannot write {}: {e}", path.display())))?;
-    }
-    load_key(secrets_dir)
+    crate::secrets::load_or_create_hex_key(&secrets_dir.join(KEY_FILE))
+        .map(|bytes| hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()))
+        .map_err(|e| AuditError::Key(e.to_string()))
 }
 
 /// Reads an existing audit HMAC key (for `bulwark audit verify`).
 pub fn load_key(secrets_dir: &Path) -> Result<hmac::Key, AuditError> {
-    let path = secrets_dir.join(KEY_FILE);
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| AuditError::Key(format!("cannot read {}: {e}", path.display())))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(AuditError::Key(format!(
-            "{} is readable by group or others; run: chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(&path)
-            .map_err(|e| AuditError::Key(format!("cannot read {}: {e}", path.display())))?,
-    );
-    let hex = text.trim();
-    let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
-        (0..hex.len() / 2)
-            .map(|i| {
-                hex.get(2 * i..2 * i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .filter(|b| b.len() == 32 && hex.len() == 64)
-            .ok_or_else(|| {
-                AuditError::Key(format!("{} must hold 64 hex digits", path.display()))
-            })?,
-    );
-    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+    crate::secrets::read_hex_key(&secrets_dir.join(KEY_FILE))
+        .map(|bytes| hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()))
+        .map_err(|e| AuditError::Key(e.to_string()))
 }

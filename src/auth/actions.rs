@@ -9,7 +9,6 @@
 //! an action and has it verify the token.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -191,39 +190,23 @@ pub fn load_secret(
     let (bytes, origin) = match env_value {
         Some(value) => (value, SECRET_ENV.to_string()),
         None => {
+            use crate::secrets::{read_private, SecretFileError};
             let path = secrets_dir.join(&config.secret_file);
-            let shown = path.display().to_string();
-            let meta = match std::fs::metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(SecretError::Missing { path: shown });
-                }
-                Err(e) => {
-                    return Err(SecretError::Unreadable {
-                        path: shown,
-                        reason: e.to_string(),
-                    })
-                }
-            };
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(SecretError::Exposed {
-                    path: shown,
-                    mode: mode & 0o777,
-                });
-            }
-            let mut bytes =
-                Zeroizing::new(std::fs::read(&path).map_err(|e| SecretError::Unreadable {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?);
+            let mut bytes = read_private(&path).map_err(|e| match e {
+                SecretFileError::Missing { path } => SecretError::Missing { path },
+                SecretFileError::Exposed { path, mode } => SecretError::Exposed { path, mode },
+                other => SecretError::Unreadable {
+                    path: path.display().to_string(),
+                    reason: other.to_string(),
+                },
+            })?;
             if bytes.last() == Some(&b'\n') {
                 bytes.pop();
                 if bytes.last() == Some(&b'\r') {
                     bytes.pop();
                 }
             }
-            (bytes, shown)
+            (bytes, path.display().to_string())
         }
     };
     let len = bytes.len();
@@ -303,6 +286,7 @@ mod tests {
     use std::os::unix::fs::OpenOptionsExt;
 
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn config(types: &[&str]) -> ActionsConfig {
         ActionsConfig {

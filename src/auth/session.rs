@@ -13,7 +13,6 @@
 //! again revokes the whole family (someone else has a copy), and the family's sessions with it.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -226,53 +225,9 @@ impl SessionVerifier {
 /// Reads the session signing key from the secrets folder, creating it (32 random bytes, hex,
 /// mode 0600) on first start. A key file readable by group or others is refused.
 pub fn load_or_create_key(secrets_dir: &Path) -> Result<hmac::Key, String> {
-    let path = secrets_dir.join(KEY_FILE);
-    match std::fs::symlink_metadata(&path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = Zeroizing::new([0u8; 32]);
-            SystemRandom::new()
-                .fill(bytes.as_mut())
-                .map_err(|_| "no randomness".to_string())?;
-            let hex: Zeroizing<String> =
-                Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect());
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            std::io::Write::write_all(&mut file, format!("{}\n", hex.as_str()).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    }
-    let meta =
-        std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by group or others; run: chmod 600 {}",
-            path.display(),
-            path.display()
-        ));
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
-    let hex = text.trim();
-    let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
-        (0..hex.len() / 2)
-            .map(|i| {
-                hex.get(2 * i..2 * i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .filter(|b| b.len() == 32 && hex.len() == 64)
-            .ok_or_else(|| format!("{} must hold 64 hex digits", path.display()))?,
-    );
-    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+    crate::secrets::load_or_create_hex_key(&secrets_dir.join(KEY_FILE))
+        .map(|bytes| hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()))
+        .map_err(|e| e.to_string())
 }
 
 /// A new random id (session/family), 32 hex digits.
@@ -449,6 +404,7 @@ pub fn purge_expired(txn: &WriteTransaction, now: Millis) -> Result<usize, Store
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn verifier() -> SessionVerifier {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);

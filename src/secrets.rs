@@ -1,0 +1,192 @@
+//! The secrets folder: files only the server's user may read (folder 0700, files 0600), kept
+//! apart from the data folder. Every secret file the server reads or writes goes through here,
+//! so the permission rules and the wiping of buffers are in one place.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+/// Largest secret file read (a key is tens of bytes; anything this big is a mistake).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Why a secret file could not be used. Messages name the file, never its contents.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("{path} does not exist")]
+    Missing { path: String },
+    #[error("{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Exposed { path: String, mode: u32 },
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    Unwritable { path: String, reason: String },
+    #[error("{path} must hold {what}")]
+    Malformed { path: String, what: &'static str },
+}
+
+fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Creates the secrets folder with mode 0700, or checks an existing one is not open to others.
+pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    if dir.is_dir() {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "the secrets folder {} is accessible to group or others (mode {:o}); run: chmod 700 {}",
+                dir.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the secrets folder {}", dir.display()))
+}
+
+/// Reads a secret file that only its owner may read. The buffer is wiped on drop.
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SecretFileError::Missing { path: shown(path) })
+        }
+        Err(e) => {
+            return Err(SecretFileError::Unreadable {
+                path: shown(path),
+                reason: e.to_string(),
+            })
+        }
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretFileError::Exposed {
+            path: shown(path),
+            mode: mode & 0o777,
+        });
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(SecretFileError::Malformed {
+            path: shown(path),
+            what: "a key, not a file of more than 64 KiB",
+        });
+    }
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| SecretFileError::Unreadable {
+            path: shown(path),
+            reason: e.to_string(),
+        })
+}
+
+/// Writes a secret file with mode 0600, replacing any previous one atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretFileError> {
+    let tmp = path.with_extension("tmp");
+    let fail = |e: std::io::Error| SecretFileError::Unwritable {
+        path: shown(path),
+        reason: e.to_string(),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Reads a 256-bit key kept as 64 hex digits.
+pub fn read_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretFileError> {
+    let text = read_private(path)?;
+    let hex = text.trim_ascii();
+    let mut key = Zeroizing::new([0u8; 32]);
+    let valid = hex.len() == 64
+        && hex.chunks(2).zip(key.iter_mut()).all(|(pair, out)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .map(|b| *out = b)
+                .is_some()
+        });
+    if valid {
+        Ok(key)
+    } else {
+        Err(SecretFileError::Malformed {
+            path: shown(path),
+            what: "64 hex digits",
+        })
+    }
+}
+
+/// Reads a 256-bit hex key, creating it (32 random bytes, mode 0600) if the file is missing.
+pub fn load_or_create_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretFileError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            SystemRandom::new()
+                .fill(bytes.as_mut())
+                .map_err(|_| SecretFileError::Unwritable {
+                    path: shown(path),
+                    reason: "no randomness".into(),
+                })?;
+            let mut hex = Zeroizing::new(String::with_capacity(65));
+            for b in bytes.iter() {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            hex.push('\n');
+            write_private(path, hex.as_bytes())?;
+        }
+        Err(e) => {
+            return Err(SecretFileError::Unreadable {
+                path: shown(path),
+                reason: e.to_string(),
+            })
+        }
+    }
+    read_hex_key(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_created_private_reused_and_refused_when_exposed_or_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let a = load_or_create_hex_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = load_or_create_hex_key(&path).unwrap();
+        assert_eq!(*a, *b, "the second start reads the same key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            read_hex_key(&path),
+            Err(SecretFileError::Exposed { mode: 0o640, .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_private(&path, b"not hex\n").unwrap();
+        assert!(matches!(
+            read_hex_key(&path),
+            Err(SecretFileError::Malformed { .. })
+        ));
+        assert!(matches!(
+            read_private(&dir.path().join("none")),
+            Err(SecretFileError::Missing { .. })
+        ));
+    }
+}
