@@ -120,10 +120,13 @@ pub async fn login(
             Ok(tokens(&issued))
         }
         Err(AccountError::Throttled(t)) => {
-            let event = audit::event(&req, "auth.login_throttled", Outcome::Denied, None)
-                .detail("limit", t.scope.as_str())
-                .detail("retry_after_secs", t.retry_after_secs);
-            audit::emit(&req, with_claimed(event, &username)).await;
+            // Audited once per source a minute; every refusal is counted in the metrics.
+            if t.report {
+                let event = audit::event(&req, "auth.login_throttled", Outcome::Denied, None)
+                    .detail("limit", t.scope.as_str())
+                    .detail("retry_after_secs", t.retry_after_secs);
+                audit::emit(&req, with_claimed(event, &username)).await;
+            }
             Err(AccountError::Throttled(t).into())
         }
         Err(e) => {
