@@ -34,6 +34,7 @@ fn main() {
     let tasks = 8u64;
     let dir = tempfile::tempdir().unwrap();
     let config = AuditConfig {
+        retention: None,
         log_file: dir.path().join("audit.log"),
         head_file: dir.path().join("audit.head"),
     };

@@ -207,10 +207,12 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 )
                 .detail("testing_reset", config.testing.allow_reset)
                 .detail("testing_directives", config.testing.honour_test_directives)
-                .detail("action_types", config.auth.actions.types.len()),
+                .detail("action_types", config.auth.actions.types.len())
+                .detail("audit_retention_days", config.audit.retention_days),
         )
         .await;
     let audit_log = config.audit_config().log_file;
+    let retention = tokio::spawn(apply_audit_retention(audit.clone()));
     let shared = http::Shared {
         config: Arc::new(config),
         queue: queue.clone(),
@@ -247,6 +249,8 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         .await
         .ok();
     // The audit writer stops last, after everything that could still emit.
+    retention.abort();
+    let _ = retention.await;
     audit
         .emit(AuditEvent::new("server.stopped", Outcome::Success))
         .await;
@@ -256,4 +260,15 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         .ok();
     info!("stopped");
     Ok(())
+}
+
+/// Applies the audit retention period every hour (the writer also applies it at start).
+async fn apply_audit_retention(audit: AuditHandle) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        // Failures are logged by the writer and retried at the next tick.
+        let _ = audit.prune().await;
+    }
 }

@@ -154,8 +154,13 @@ fn audit_verify(
     match bulwark::audit::record::verify(&key, &log, head.as_ref()) {
         Ok(v) => {
             println!(
-                "ok: {} records, chain intact{}",
+                "ok: {} records, chain intact{}{}",
                 v.records,
+                v.checkpoint
+                    .map(|cp| format!(
+                        " from the checkpoint after record {cp} (older records pruned)"
+                    ))
+                    .unwrap_or_default(),
                 if head.is_some() { ", head matches" } else { "" }
             );
             Ok(())

@@ -293,3 +293,202 @@ async fn the_admin_audit_query_filters_pages_and_survives_restart() {
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The audit HMAC key the server created in its secrets folder.
+fn audit_key(server: &TestServer) -> ring::hmac::Key {
+    let hex = std::fs::read_to_string(server.dir.join("secrets").join("audit-hmac.key")).unwrap();
+    let hex = hex.trim();
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes)
+}
+
+#[tokio::test]
+async fn records_past_retention_are_pruned_behind_a_checkpoint_that_still_verifies() {
+    use bulwark::audit::record::{seal, Head, GENESIS};
+
+    let mut server = TestServer::start(ServerOptions::default());
+    let client = server.client();
+    for _ in 0..5 {
+        client
+            .get(server.url("/ojs/v1/queues"))
+            .header("Authorization", "Bearer nope")
+            .send()
+            .await
+            .unwrap();
+    }
+    wait_for(&server, "auth.failure").await;
+    assert_eq!(server.terminate(), Some(0));
+
+    // Make the first records of the real log 400 days old, re-chained with the server's key
+    // (as if the server had written them then).
+    let key = audit_key(&server);
+    let log_path = server.dir.join("data").join("audit.log");
+    let old: Vec<Value> = records(&server);
+    let aged = 4usize;
+    let mut previous = GENESIS.to_string();
+    let mut text = String::new();
+    for (i, record) in old.iter().enumerate() {
+        let mut map = record.as_object().unwrap().clone();
+        if i < aged {
+            map.insert("timestamp".into(), "2025-10-01T00:00:00.000Z".into());
+        }
+        let (line, chain) = seal(&key, &previous, map);
+        text.push_str(&line);
+        previous = chain;
+    }
+    std::fs::write(&log_path, &text).unwrap();
+    let head = Head::new(&key, old.len() as u64, &previous);
+    std::fs::write(
+        server.dir.join("data").join("audit.head"),
+        serde_json::to_string(&head).unwrap(),
+    )
+    .unwrap();
+    let before = server.cli(&["audit", "verify"]);
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+
+    // The default retention (365 days) prunes them at start.
+    server.restart();
+    let pruned = wait_for(&server, "audit.pruned").await;
+    assert_eq!(pruned["detail"]["removed"], aged);
+    assert_eq!(pruned["detail"]["through_seq"], aged);
+    assert_eq!(pruned["detail"]["retention_days"], 365);
+    let now = std::fs::read_to_string(&log_path).unwrap();
+    let first: Value = serde_json::from_str(now.lines().next().unwrap()).unwrap();
+    assert_eq!(first["checkpoint"]["seq"], aged);
+    assert!(!now.contains("2025-10-01"), "aged records are gone");
+    assert!(now.contains(&format!("\"seq\":{}", aged + 1)));
+
+    let ok = server.cli(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("checkpoint after record {aged}")),
+        "{stdout}"
+    );
+
+    // The index follows the moved lines: the query route reads every kept record back.
+    let res = server
+        .client()
+        .get(server.url("/ojs/v1/admin/audit?limit=500"))
+        .header("Authorization", server.auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let listed = body["records"].as_array().unwrap();
+    assert!(listed.iter().any(|r| r["event_type"] == "audit.pruned"));
+    assert!(listed
+        .iter()
+        .all(|r| r["seq"].as_u64().unwrap() > aged as u64));
+
+    // Cutting the checkpoint, or records just after it, is detected.
+    let lines: Vec<&str> = now.lines().collect();
+    let tampered = server.dir.join("pruned.log");
+    std::fs::copy(
+        server.dir.join("data").join("audit.head"),
+        server.dir.join("pruned.head"),
+    )
+    .unwrap();
+    for (what, kept) in [
+        ("no checkpoint", lines[1..].to_vec()),
+        (
+            "record after the checkpoint",
+            [&lines[..1], &lines[2..]].concat(),
+        ),
+    ] {
+        std::fs::write(&tampered, format!("{}\n", kept.join("\n"))).unwrap();
+        let out = server.cli(&["audit", "verify", tampered.to_str().unwrap()]);
+        assert!(!out.status.success(), "undetected: {what}");
+    }
+}
+
+#[tokio::test]
+async fn audit_verify_detects_random_single_mutations_of_a_real_log() {
+    let mut server = TestServer::start(ServerOptions::default());
+    let client = server.client();
+    for i in 0..12 {
+        client
+            .get(server.url("/ojs/v1/queues"))
+            .header("Authorization", "Bearer nope")
+            .header("X-Request-Id", format!("req-{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    wait_for(&server, "auth.failure").await;
+    assert_eq!(server.terminate(), Some(0));
+    let log = std::fs::read(server.dir.join("data").join("audit.log")).unwrap();
+    let lines: Vec<&[u8]> = log.split_inclusive(|b| *b == b'\n').collect();
+    assert!(lines.len() >= 10);
+    std::fs::copy(
+        server.dir.join("data").join("audit.head"),
+        server.dir.join("mutated.head"),
+    )
+    .unwrap();
+    let target = server.dir.join("mutated.log");
+    let rng = ring::rand::SystemRandom::new();
+    let random = |bound: usize| -> usize {
+        let mut b = [0u8; 8];
+        ring::rand::SecureRandom::fill(&rng, &mut b).unwrap();
+        (u64::from_le_bytes(b) % bound as u64) as usize
+    };
+    let mut tried = 0;
+    for round in 0..48 {
+        let mutated: Vec<u8> = match round % 6 {
+            0 => {
+                let mut m = log.clone();
+                let at = random(m.len());
+                m[at] ^= 1 + random(255) as u8;
+                m
+            }
+            1 => {
+                let mut v = lines.clone();
+                v.remove(random(v.len()));
+                v.concat()
+            }
+            2 => {
+                let mut v = lines.clone();
+                let copy = v[random(v.len())];
+                v.insert(random(v.len() + 1), copy);
+                v.concat()
+            }
+            3 => {
+                let mut v = lines.clone();
+                let a = random(v.len());
+                let b = (a + 1 + random(v.len() - 1)) % v.len();
+                v.swap(a, b);
+                v.concat()
+            }
+            4 => {
+                let mut v = lines.clone();
+                let l = v.remove(random(v.len()));
+                v.insert(random(v.len() + 1), l);
+                v.concat()
+            }
+            _ => log[..random(log.len())].to_vec(),
+        };
+        if mutated == log {
+            continue;
+        }
+        tried += 1;
+        std::fs::write(&target, &mutated).unwrap();
+        let out = server.cli(&["audit", "verify", target.to_str().unwrap()]);
+        assert!(
+            !out.status.success(),
+            "mutation {round} ({}) went undetected",
+            ["edit", "delete", "insert", "swap", "move", "truncate"][round % 6]
+        );
+    }
+    assert!(tried >= 40);
+}

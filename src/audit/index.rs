@@ -64,8 +64,17 @@ pub fn last_indexed(store: &Store) -> Result<u64, StoreError> {
     Ok(last)
 }
 
-/// Forgets the whole index (when it runs ahead of the log it describes).
-pub fn clear(store: &Store) -> Result<(), StoreError> {
+/// The lowest indexed sequence number, if any.
+pub fn first_indexed(store: &Store) -> Result<Option<u64>, StoreError> {
+    let txn = store.db().begin_read()?;
+    let table = txn.open_table(tables::AUDIT_INDEX)?;
+    let first = table.first()?.map(|(k, _)| k.value());
+    Ok(first)
+}
+
+/// Replaces the whole index with `summaries`, in one transaction (after pruning moved every
+/// line).
+pub fn replace(store: &Store, summaries: &[Summary]) -> Result<(), StoreError> {
     let txn = store.db().begin_write()?;
     {
         txn.open_table(tables::AUDIT_INDEX)?.retain(|_, _| false)?;
@@ -77,9 +86,21 @@ pub fn clear(store: &Store) -> Result<(), StoreError> {
         for k in keys {
             by.remove_all(k.as_str())?;
         }
+        let mut index = txn.open_table(tables::AUDIT_INDEX)?;
+        for s in summaries {
+            index.insert(s.seq, codec::encode(s)?.as_slice())?;
+            for key in s.lookup_keys() {
+                by.insert(key.as_str(), s.seq)?;
+            }
+        }
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Forgets the whole index (when it runs ahead of the log it describes).
+pub fn clear(store: &Store) -> Result<(), StoreError> {
+    replace(store, &[])
 }
 
 /// Adds summaries in one transaction.

@@ -8,10 +8,12 @@
 
 pub mod index;
 pub mod record;
+pub mod retention;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ring::hmac;
 use tokio::sync::{mpsc, oneshot};
@@ -24,11 +26,13 @@ pub use record::{AuditEvent, Outcome};
 /// The key file inside the secrets folder.
 pub const KEY_FILE: &str = "audit-hmac.key";
 
-/// Where the audit trail lives.
+/// Where the audit trail lives, and how long it is kept.
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     pub log_file: PathBuf,
     pub head_file: PathBuf,
+    /// Records older than this are pruned (behind a signed checkpoint); `None` keeps them all.
+    pub retention: Option<Duration>,
 }
 
 /// What can go wrong with the audit trail.
@@ -44,9 +48,21 @@ pub enum AuditError {
     Log(String),
 }
 
-pub(crate) struct Msg {
-    event: AuditEvent,
-    done: Option<oneshot::Sender<Result<(), AuditError>>>,
+pub(crate) enum Msg {
+    Record {
+        event: AuditEvent,
+        done: Option<oneshot::Sender<Result<(), AuditError>>>,
+    },
+    /// Apply the retention period now; answers with the number of records removed.
+    Prune {
+        done: oneshot::Sender<Result<u64, AuditError>>,
+    },
+}
+
+/// What a prune did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: u64,
 }
 
 /// A cheap, cloneable handle to the audit writer.
@@ -78,7 +94,7 @@ impl AuditHandle {
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Msg {
+            .send(Msg::Record {
                 event,
                 done: Some(done),
             })
@@ -91,9 +107,28 @@ impl AuditHandle {
     /// nothing is dropped). A writer that is gone is logged.
     pub async fn emit(&self, event: AuditEvent) {
         let event_type = event.event_type;
-        if self.tx.send(Msg { event, done: None }).await.is_err() {
+        if self
+            .tx
+            .send(Msg::Record { event, done: None })
+            .await
+            .is_err()
+        {
             error!(event_type, "audit writer unavailable, record not written");
         }
+    }
+}
+
+impl AuditHandle {
+    /// Removes the records older than the retention period now (the writer also does so at
+    /// start and every hour). Returns how many were removed.
+    pub async fn prune(&self) -> Result<Pruned, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Prune { done })
+            .await
+            .map_err(|_| AuditError::Unavailable)?;
+        let removed = rx.await.map_err(|_| AuditError::Unavailable)??;
+        Ok(Pruned { removed })
     }
 }
 

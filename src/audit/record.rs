@@ -9,6 +9,13 @@
 //! A signed head (last sequence number and chain, MACed with the same key) is kept next to the
 //! log and rewritten after every durable append, so a cut tail (lines removed from the end) is
 //! detected too.
+//!
+//! Retention removes old records from the front. The log then starts with a signed checkpoint
+//! line, `{"checkpoint":{"chain":…,"mac":…,"seq":N}}`: the sequence number and chain value of the
+//! last record removed, MACed with the same key. Verification resumes the chain from it, so a
+//! pruned log verifies as strictly as a whole one: records removed after the checkpoint, a forged
+//! or stale checkpoint, or a missing one (the log would then have to start at record 1) are all
+//! detected.
 
 use ring::hmac;
 use serde::{Deserialize, Serialize};
@@ -178,22 +185,74 @@ impl Head {
     /// Whether the head was signed with `key`.
     #[must_use]
     pub fn is_authentic(&self, key: &hmac::Key) -> bool {
-        hmac::verify(
-            key,
-            format!("bulwark-audit-head\n{}\n{}", self.seq, self.chain).as_bytes(),
-            &decode_hex(&self.mac),
-        )
-        .is_ok()
+        same_hex(&head_mac(key, self.seq, &self.chain), &self.mac)
     }
 }
 
-fn decode_hex(text: &str) -> Vec<u8> {
-    (0..text.len() / 2)
-        .filter_map(|i| {
-            text.get(2 * i..2 * i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect()
+/// Compares a computed MAC with a stored one as text, in constant time: the stored form must be
+/// exactly what was written (a byte changed in case is a change too).
+fn same_hex(computed: &str, stored: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        computed.as_bytes(),
+        stored.as_bytes(),
+    ))
+}
+
+/// Where a pruned log resumes: the last removed record's sequence number and chain value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub chain: String,
+    pub mac: String,
+}
+
+fn checkpoint_mac(key: &hmac::Key, seq: u64, chain: &str) -> String {
+    hex(hmac::sign(
+        key,
+        format!("bulwark-audit-checkpoint\n{seq}\n{chain}").as_bytes(),
+    )
+    .as_ref())
+}
+
+impl Checkpoint {
+    /// A signed checkpoint after record `seq` whose chain value is `chain`.
+    #[must_use]
+    pub fn new(key: &hmac::Key, seq: u64, chain: &str) -> Self {
+        Self {
+            seq,
+            chain: chain.to_string(),
+            mac: checkpoint_mac(key, seq, chain),
+        }
+    }
+
+    /// Whether the checkpoint was signed with `key`.
+    #[must_use]
+    pub fn is_authentic(&self, key: &hmac::Key) -> bool {
+        same_hex(&checkpoint_mac(key, self.seq, &self.chain), &self.mac)
+    }
+
+    /// The checkpoint as the first line of a log (canonical JSON and `\n`).
+    #[must_use]
+    pub fn line(&self) -> String {
+        let mut inner = Map::new();
+        inner.insert("seq".into(), self.seq.into());
+        inner.insert("chain".into(), self.chain.clone().into());
+        inner.insert("mac".into(), self.mac.clone().into());
+        let mut outer = Map::new();
+        outer.insert("checkpoint".into(), Value::Object(inner));
+        format!("{}\n", Value::Object(outer))
+    }
+
+    /// The checkpoint a parsed line holds, if it is one.
+    fn of_value(value: &Value) -> Option<Result<Self, ()>> {
+        let object = value.as_object()?;
+        let inner = object.get("checkpoint")?;
+        if object.len() != 1 {
+            return Some(Err(()));
+        }
+        Some(serde_json::from_value(inner.clone()).map_err(|_| ()))
+    }
 }
 
 /// Why a log failed verification: the first problem found.
@@ -207,8 +266,14 @@ pub struct Broken {
 /// A verified log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
+    /// Records in the file (after the checkpoint, if any).
     pub records: u64,
+    /// The sequence number of the last record (of the checkpoint when no record follows it; 0
+    /// for an empty log).
+    pub last_seq: u64,
     pub last_chain: String,
+    /// The sequence number the checkpoint resumes after, for a pruned log.
+    pub checkpoint: Option<u64>,
 }
 
 /// Verifies a whole log against its key and, when given, its head.
@@ -224,7 +289,9 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
         ));
     }
     let mut previous = GENESIS.to_string();
+    let mut last_seq = 0u64;
     let mut count = 0u64;
+    let mut checkpoint = None;
     // The file ends with a newline (checked above); every piece between newlines is a record.
     let body = log.strip_suffix(b"\n").unwrap_or(log);
     let pieces = if log.is_empty() {
@@ -248,6 +315,22 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
         if !canonical {
             return Err(broken(line_no, "not in canonical form"));
         }
+        if let Some(found) = Checkpoint::of_value(&value) {
+            let cp = found.map_err(|()| broken(line_no, "malformed checkpoint"))?;
+            if index != 0 {
+                return Err(broken(line_no, "a checkpoint after the first line"));
+            }
+            if !cp.is_authentic(key) {
+                return Err(broken(
+                    line_no,
+                    "the checkpoint is not signed with this key (forged or altered)",
+                ));
+            }
+            previous = cp.chain;
+            last_seq = cp.seq;
+            checkpoint = Some(cp.seq);
+            continue;
+        }
         let Value::Object(mut record) = value else {
             return Err(broken(line_no, "not a JSON object"));
         };
@@ -255,40 +338,39 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
             Some(Value::String(c)) => c,
             _ => return Err(broken(line_no, "no chain value")),
         };
-        if record.get("seq").and_then(Value::as_u64) != Some(count + 1) {
+        if record.get("seq").and_then(Value::as_u64) != Some(last_seq + 1) {
             return Err(broken(
                 line_no,
                 "sequence number out of order (a record was removed, inserted or moved)",
             ));
         }
         let body = Value::Object(record).to_string();
-        let computed = chain_value(key, &previous, &body);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            computed.as_bytes(),
-            chain.as_bytes(),
-        )) {
+        if !same_hex(&chain_value(key, &previous, &body), &chain) {
             return Err(broken(
                 line_no,
                 "chain value does not match (the record or one before it was altered)",
             ));
         }
         previous = chain;
+        last_seq += 1;
         count += 1;
     }
     if let Some(head) = head {
         if !head.is_authentic(key) {
             return Err(broken(0, "the head file is not signed with this key"));
         }
-        if head.seq != count || head.chain != previous {
+        if head.seq != last_seq || head.chain != previous {
             return Err(broken(
                 0,
-                &format!("the log ends at record {count} but the signed head says {} (the tail was cut or replaced)", head.seq),
+                &format!("the log ends at record {last_seq} but the signed head says {} (the tail was cut or replaced)", head.seq),
             ));
         }
     }
     Ok(Verified {
         records: count,
+        last_seq,
         last_chain: previous,
+        checkpoint,
     })
 }
 

@@ -11,16 +11,24 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use super::index::{self, Summary};
-use super::record::{self, Head, GENESIS};
-use super::{AuditConfig, AuditError, Msg};
+use super::record::{self, AuditEvent, Head, Outcome};
+use super::{retention, AuditConfig, AuditError, Msg};
 use crate::clock::{now_ms, rfc3339};
 use crate::store::Store;
 
 const MAX_GROUP: usize = 1024;
 
+/// A record waiting to be appended, with whoever waits for it to be durable.
+type Pending = (
+    AuditEvent,
+    Option<tokio::sync::oneshot::Sender<Result<(), AuditError>>>,
+);
+
 pub(super) struct Writer {
     file: File,
+    log_file: PathBuf,
     head_file: PathBuf,
+    retention: Option<std::time::Duration>,
     key: hmac::Key,
     seq: u64,
     chain: String,
@@ -98,9 +106,9 @@ impl Writer {
         if let Some(head) = &head {
             // The log may run ahead of its head (a crash between the append and the head
             // rewrite), never behind it.
-            let behind = verified.records < head.seq;
+            let behind = verified.last_seq < head.seq;
             let matches_at_head =
-                head.seq == 0 || line_chain(&log, head.seq).as_deref() == Some(head.chain.as_str());
+                head.seq == 0 || chain_at(&log, head.seq).as_deref() == Some(head.chain.as_str());
             if !head.is_authentic(&key) || behind || !matches_at_head {
                 return Err(AuditError::Log(format!(
                     "{} does not match its signed head {} (records missing or replaced); run `bulwark audit verify`",
@@ -116,26 +124,30 @@ impl Writer {
             // catch it up from the verified log.
             let mut indexed =
                 index::last_indexed(store).map_err(|e| AuditError::Log(e.to_string()))?;
-            if indexed > verified.records {
-                warn!("the audit index describes a longer log than the one on disk; rebuilding it");
+            let first = index::first_indexed(store).map_err(|e| AuditError::Log(e.to_string()))?;
+            let pruned_but_indexed = verified
+                .checkpoint
+                .is_some_and(|cp| first.is_some_and(|f| f <= cp));
+            if indexed > verified.last_seq || pruned_but_indexed {
+                // Ahead of the log, or describing records pruned away (a crash between the
+                // prune and the index update): rebuild it.
+                warn!("the audit index does not describe the log on disk; rebuilding it");
                 index::clear(store).map_err(|e| AuditError::Log(e.to_string()))?;
                 indexed = 0;
             }
-            if indexed < verified.records {
+            if indexed < verified.last_seq {
                 index::add(store, &index::summaries_after(&log, indexed))
                     .map_err(|e| AuditError::Log(e.to_string()))?;
             }
         }
         Ok(Self {
             file,
+            log_file: config.log_file.clone(),
             head_file: config.head_file.clone(),
+            retention: config.retention,
             key,
-            seq: verified.records,
-            chain: if verified.records == 0 {
-                GENESIS.to_string()
-            } else {
-                verified.last_chain
-            },
+            seq: verified.last_seq,
+            chain: verified.last_chain,
             len: log.len() as u64,
             store,
             broken: false,
@@ -143,38 +155,152 @@ impl Writer {
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        // Retention applies from the start, then whenever asked (hourly).
+        if let Err(e) = self.prune() {
+            error!(error = %e, "audit retention could not be applied");
+        }
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(msg) => group.push(msg),
-                    Err(_) => break,
+            let mut prune = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Record { event, done } => group.push((event, done)),
+                    Msg::Prune { done } => {
+                        prune = Some(done);
+                        break;
+                    }
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
                 }
             }
-            let result = self.append(&group);
-            match &result {
-                Ok(()) => {
-                    metrics::counter!(crate::metrics::AUDIT_RECORDS).increment(group.len() as u64)
-                }
-                Err(e) => {
-                    metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES)
-                        .increment(group.len() as u64);
-                    error!(error = %e, records = group.len(), "audit append failed");
+            if !group.is_empty() {
+                let result = self.append_counted(&group);
+                for (_, done) in group.drain(..) {
+                    if let Some(done) = done {
+                        let _ = done.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(_) => Err(AuditError::WriteFailed),
+                        });
+                    }
                 }
             }
-            for msg in group.drain(..) {
-                if let Some(done) = msg.done {
-                    let _ = done.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(_) => Err(AuditError::WriteFailed),
-                    });
+            if let Some(done) = prune {
+                let result = self.prune();
+                if let Err(e) = &result {
+                    error!(error = %e, "audit retention could not be applied");
                 }
+                let _ = done.send(result);
             }
         }
     }
 
-    fn append(&mut self, group: &[Msg]) -> Result<(), AuditError> {
+    /// Appends a group and counts it in the metrics.
+    fn append_counted(&mut self, group: &[Pending]) -> Result<(), AuditError> {
+        let events: Vec<&AuditEvent> = group.iter().map(|(e, _)| e).collect();
+        let result = self.append(&events);
+        match &result {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::AUDIT_RECORDS).increment(group.len() as u64)
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES)
+                    .increment(group.len() as u64);
+                error!(error = %e, records = group.len(), "audit append failed");
+            }
+        }
+        result
+    }
+
+    /// Removes the records older than the retention period from the front of the log, behind a
+    /// signed checkpoint, and records that it did. The new log is written beside the old one and
+    /// renamed over it, so a crash leaves one or the other, both verifiable.
+    fn prune(&mut self) -> Result<u64, AuditError> {
+        let Some(retention) = self.retention else {
+            return Ok(0);
+        };
+        if self.broken {
+            return Err(AuditError::WriteFailed);
+        }
+        let io = |what: &str, e: std::io::Error| {
+            AuditError::Log(format!("{what} {}: {e}", self.log_file.display()))
+        };
+        // Only a regular file can be rewritten (a log on a device or pipe is kept whole).
+        if !std::fs::metadata(&self.log_file).is_ok_and(|m| m.is_file()) {
+            return Ok(0);
+        }
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let reader =
+            std::io::BufReader::new(File::open(&self.log_file).map_err(|e| io("cannot read", e))?);
+        let Some(cut) =
+            retention::find_cut(&self.key, reader, cutoff).map_err(|e| io("cannot read", e))?
+        else {
+            return Ok(0);
+        };
+        let tmp = self.log_file.with_extension("pruning");
+        let written = (|| -> std::io::Result<File> {
+            let mut source = File::open(&self.log_file)?;
+            source.seek(SeekFrom::Start(cut.offset))?;
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(cut.checkpoint.line().as_bytes())?;
+            std::io::copy(&mut source, &mut out)?;
+            out.sync_all()?;
+            std::fs::rename(&tmp, &self.log_file)?;
+            if let Some(dir) = self.log_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&self.log_file)
+        })();
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("cannot prune", e));
+            }
+        };
+        self.file = file;
+        self.len = self
+            .file
+            .metadata()
+            .map_err(|e| io("cannot stat", e))?
+            .len();
+        if let Some(store) = &self.store {
+            // Offsets moved: describe the new log. A failure here is repaired at the next start.
+            let rebuilt = std::fs::read(&self.log_file)
+                .map_err(|e| io("cannot read", e))
+                .and_then(|log| {
+                    index::replace(store, &index::summaries_after(&log, 0))
+                        .map_err(|e| AuditError::Log(e.to_string()))
+                });
+            if let Err(e) = rebuilt {
+                error!(error = %e, "audit index update after pruning failed");
+            }
+        }
+        let event = AuditEvent::new("audit.pruned", Outcome::Success)
+            .detail("removed", cut.removed)
+            .detail("through_seq", cut.checkpoint.seq)
+            .detail("retention_days", retention.as_secs() / 86_400)
+            .detail("cutoff", rfc3339(cutoff));
+        self.append_counted(&[(event, None)])?;
+        tracing::info!(
+            removed = cut.removed,
+            through_seq = cut.checkpoint.seq,
+            "audit records past retention pruned"
+        );
+        Ok(cut.removed)
+    }
+
+    fn append(&mut self, group: &[&AuditEvent]) -> Result<(), AuditError> {
         if self.broken {
             return Err(AuditError::WriteFailed);
         }
@@ -182,10 +308,9 @@ impl Writer {
         let mut bytes = String::new();
         let mut seq = self.seq;
         let mut chain = self.chain.clone();
-        for msg in group {
+        for event in group {
             seq += 1;
-            let (line, next) =
-                record::seal(&self.key, &chain, msg.event.to_unchained(seq, &timestamp));
+            let (line, next) = record::seal(&self.key, &chain, event.to_unchained(seq, &timestamp));
             bytes.push_str(&line);
             chain = next;
         }
@@ -246,10 +371,14 @@ impl Writer {
     }
 }
 
-/// The chain value of record number `seq` in a verified log.
-fn line_chain(log: &[u8], seq: u64) -> Option<String> {
-    let index = usize::try_from(seq.checked_sub(1)?).ok()?;
-    let line = log.split(|b| *b == b'\n').nth(index)?;
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    value.get("chain")?.as_str().map(str::to_string)
+/// The chain value of record number `seq` in a verified log (or of its checkpoint, when the
+/// record was pruned behind it).
+fn chain_at(log: &[u8], seq: u64) -> Option<String> {
+    log.split(|b| *b == b'\n').find_map(|line| {
+        let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+        let holder = value.get("checkpoint").unwrap_or(&value);
+        (holder.get("seq")?.as_u64()? == seq)
+            .then(|| holder.get("chain")?.as_str().map(str::to_string))
+            .flatten()
+    })
 }

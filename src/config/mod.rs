@@ -64,13 +64,26 @@ impl Default for AuthSection {
 }
 
 /// `[audit]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditSection {
     /// The append-only audit log; default `<storage.data_dir>/audit.log`.
     pub log_file: Option<PathBuf>,
     /// Its signed head; default `<storage.data_dir>/audit.head`.
     pub head_file: Option<PathBuf>,
+    /// Days a record is kept; older ones are pruned behind a signed checkpoint. 0 keeps them
+    /// forever. Default 365.
+    pub retention_days: u32,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            log_file: None,
+            head_file: None,
+            retention_days: 365,
+        }
+    }
 }
 
 /// `[server]`
@@ -315,6 +328,9 @@ impl Config {
                 .head_file
                 .clone()
                 .unwrap_or_else(|| self.storage.data_dir.join("audit.head")),
+            retention: (self.audit.retention_days > 0).then(|| {
+                std::time::Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)
+            }),
         }
     }
 
