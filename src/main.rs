@@ -194,6 +194,11 @@ fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::R
     result.context("the audit trail could not be written; nothing was changed")
 }
 
+/// An account change made offline, recorded before it is made.
+fn user_event(event_type: &'static str, name: &str) -> AuditEvent {
+    AuditEvent::new(event_type, Outcome::Success).detail("username", name)
+}
+
 fn key_event(event_type: &'static str, record: &KeyRecord) -> AuditEvent {
     let mut event = AuditEvent::new(event_type, Outcome::Success)
         .detail("key", bulwark::auth::key::display_id(&record.id))
@@ -393,6 +398,15 @@ fn set_disabled(
     let config = Config::load(config.as_deref())?;
     let store = Store::open(&config.storage.data_dir)
         .context("stop the server first: users are managed offline")?;
+    if users::get(&store, name)?.is_none() {
+        bail!("no user {name:?}");
+    }
+    let event_type = if disabled {
+        "user.disabled"
+    } else {
+        "user.enabled"
+    };
+    audit_offline(&config, &store, user_event(event_type, name))?;
     users::set_disabled(&store, name, disabled).map_err(|e| match e {
         users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
         other => other.into(),
@@ -414,7 +428,11 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
                 bail!("{}", users::UserError::InvalidUsername);
             }
             let (config, store) = open(config)?;
+            if users::get(&store, &name)?.is_some() {
+                bail!("user {name:?} already exists");
+            }
             let hash = new_password_hash(&config, &name)?;
+            audit_offline(&config, &store, user_event("user.created", &name))?;
             users::insert(&store, &users::new_record(&name, hash, None))?;
             println!("created user {name}; enrol its TOTP with: bulwark users totp {name}");
             Ok(())
@@ -425,12 +443,17 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
                 bail!("no user {name:?}");
             }
             let hash = new_password_hash(&config, &name)?;
+            audit_offline(&config, &store, user_event("user.password_changed", &name))?;
             users::set_password(&store, &name, hash)?;
             println!("password of {name} changed; its sessions have ended");
             Ok(())
         }
         UsersCommand::Totp { config, name } => {
-            let (_, store) = open(config)?;
+            let (config, store) = open(config)?;
+            if users::get(&store, &name)?.is_none() {
+                bail!("no user {name:?}");
+            }
+            audit_offline(&config, &store, user_event("user.totp_enrolled", &name))?;
             let secret = users::new_totp_secret()?;
             let uri = users::otpauth_uri(&secret, &name)?;
             users::set_totp(&store, &name, secret).map_err(|e| match e {

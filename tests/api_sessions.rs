@@ -163,6 +163,24 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
     ));
     ok(&server.cli(&["users", "totp", "carol"]));
     ok(&server.cli(&["users", "disable", "carol"]));
+    // Each offline change was recorded first, marked as made from the command line.
+    let audit = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
+    for (event_type, user) in [
+        ("user.created", "bob"),
+        ("user.created", "carol"),
+        ("user.totp_enrolled", "carol"),
+        ("user.disabled", "carol"),
+    ] {
+        assert!(
+            audit.lines().any(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                r["event_type"] == event_type
+                    && r["detail"]["username"] == user
+                    && r["detail"]["via"] == "cli"
+            }),
+            "no {event_type} record for {user}"
+        );
+    }
     server.restart();
 
     let (status, reference) = login(&server, "nobody", PASSWORD, &code(&uri, 0)).await;
