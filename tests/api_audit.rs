@@ -492,3 +492,105 @@ async fn audit_verify_detects_random_single_mutations_of_a_real_log() {
     }
     assert!(tried >= 40);
 }
+
+#[tokio::test]
+async fn admin_operations_and_shutdown_are_recorded_with_who_and_what() {
+    let mut server = TestServer::start(ServerOptions::default());
+    let client = server.client();
+    let auth = server.auth();
+    let post = |path: &str, body: Value| {
+        client
+            .post(server.url(path))
+            .header("Authorization", &auth)
+            .json(&body)
+            .send()
+    };
+
+    // Two dead jobs: one retried, one deleted.
+    let mut dead = Vec::new();
+    for queue in ["dl-a", "dl-b"] {
+        let res = post(
+            "/ojs/v1/jobs",
+            json!({"type": "a.b", "args": [], "options": {"queue": queue,
+                "retry": {"max_attempts": 1, "on_exhaustion": "dead_letter"}}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let fetched: Value = post(
+            "/ojs/v1/workers/fetch",
+            json!({"queues": [queue], "worker_id": "w"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let id = fetched["jobs"][0]["id"].as_str().unwrap().to_string();
+        let res = post(
+            "/ojs/v1/workers/nack",
+            json!({"job_id": id, "worker_id": "w", "error": {"code": "x", "message": "x"}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        dead.push(id);
+    }
+    let res = post(&format!("/ojs/v1/dead-letter/{}/retry", dead[0]), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = client
+        .delete(server.url(&format!("/ojs/v1/dead-letter/{}", dead[1])))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let retried = wait_for(&server, "dead_letter.retried").await;
+    let deleted = wait_for(&server, "dead_letter.deleted").await;
+    for (record, id) in [(&retried, &dead[0]), (&deleted, &dead[1])] {
+        assert_eq!(record["outcome"], "success");
+        assert_eq!(record["principal"], "bootstrap-admin");
+        assert!(record.to_string().contains(id.as_str()), "{record}");
+    }
+
+    // Bulk revocation by tenant names the filter and the count.
+    for name in ["bulk-1", "bulk-2"] {
+        let res = post(
+            "/ojs/v1/admin/keys",
+            json!({"name": name, "roles": ["producer"], "tenant": "bulk"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let res = post("/ojs/v1/admin/keys/revoke", json!({"tenant": "bulk"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bulk = wait_for(&server, "key.bulk_revoked").await;
+    assert_eq!(bulk["outcome"], "success");
+    assert!(bulk["detail"].to_string().contains("bulk"), "{bulk}");
+
+    // An orderly stop is the last record.
+    assert_eq!(server.terminate(), Some(0));
+    let all = records(&server);
+    assert_eq!(all.last().unwrap()["event_type"], "server.stopped");
+    for r in &all {
+        for field in [
+            "seq",
+            "timestamp",
+            "event_type",
+            "principal",
+            "tenant",
+            "source_ip",
+            "correlation_id",
+            "outcome",
+            "detail",
+            "chain",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+    }
+}

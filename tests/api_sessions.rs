@@ -163,6 +163,8 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
     ));
     ok(&server.cli(&["users", "totp", "carol"]));
     ok(&server.cli(&["users", "disable", "carol"]));
+    ok(&server.cli(&["users", "enable", "carol"]));
+    ok(&server.cli(&["users", "disable", "carol"]));
     // Each offline change was recorded first, marked as made from the command line.
     let audit = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
     for (event_type, user) in [
@@ -170,6 +172,7 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
         ("user.created", "carol"),
         ("user.totp_enrolled", "carol"),
         ("user.disabled", "carol"),
+        ("user.enabled", "carol"),
     ] {
         assert!(
             audit.lines().any(|l| {

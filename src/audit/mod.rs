@@ -6,6 +6,7 @@
 //! that must not happen unrecorded call [`AuditHandle::record`], which returns only once the
 //! record is on disk (fsync); if it cannot be written, the operation is refused (fail closed).
 
+pub mod catalog;
 pub mod index;
 pub mod record;
 pub mod retention;
