@@ -1,12 +1,11 @@
 //! Prometheus metrics: names in one place, the recorder installed once, and the rendering for
 //! `GET /metrics` (which needs the inspect permission: an observer or admin credential).
 //!
-//! Security metrics recorded today: authentication attempts by outcome and failure reason, API
-//! key verifications (argon2 runs), authorization denials, audit records and audit write
-//! failures, credentials throttled before verification; plus HTTP responses by status class and
-//! jobs by state. Rate-limit hits, token
-//! refreshes, TLS handshake failures and unreadable jobs come with the features that produce
-//! them.
+//! Security metrics: authentication attempts by outcome and failure reason, requests by
+//! credential kind (API key, JWT, session), API key verifications (argon2 runs), authorization
+//! denials, admin logins and token refreshes by outcome, audit records and audit write failures,
+//! credentials throttled before verification; plus HTTP responses by status class and jobs by
+//! state.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -19,6 +18,12 @@ pub const AUTHZ_DENIALS: &str = "bulwark_authorization_denials_total";
 /// `bulwark_auth_throttled_total`: credentials refused by the per-address verification budget
 /// before any argon2 work.
 pub const AUTH_THROTTLED: &str = "bulwark_auth_throttled_total";
+/// `bulwark_credential_uses_total{kind}`: authenticated requests by credential kind.
+pub const CREDENTIAL_USES: &str = "bulwark_credential_uses_total";
+/// `bulwark_logins_total{outcome}`: admin logins (`success`, `failure`, `throttled`).
+pub const LOGINS: &str = "bulwark_logins_total";
+/// `bulwark_token_refreshes_total{outcome}`: refresh-token use (`success`, `failure`, `reuse`).
+pub const TOKEN_REFRESHES: &str = "bulwark_token_refreshes_total";
 /// `bulwark_audit_records_total`
 pub const AUDIT_RECORDS: &str = "bulwark_audit_records_total";
 /// `bulwark_audit_write_failures_total`
@@ -52,6 +57,9 @@ fn describe() {
         AUTH_THROTTLED,
         "Credentials refused by the per-address verification budget, before argon2"
     );
+    metrics::describe_counter!(CREDENTIAL_USES, "Authenticated requests by credential kind");
+    metrics::describe_counter!(LOGINS, "Admin logins by outcome");
+    metrics::describe_counter!(TOKEN_REFRESHES, "Refresh-token uses by outcome");
     metrics::describe_counter!(AUDIT_RECORDS, "Audit records written durably");
     metrics::describe_counter!(
         AUDIT_WRITE_FAILURES,

@@ -88,6 +88,10 @@ async fn metrics_count_authentication_audit_and_jobs() {
     );
     assert!(value(&text, "bulwark_audit_records_total") >= 1.0, "{text}");
     assert!(
+        value(&text, "bulwark_credential_uses_total{kind=\"api_key\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
         value(
             &text,
             "bulwark_api_key_verifications_total{result=\"refused\"}"

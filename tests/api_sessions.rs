@@ -362,10 +362,18 @@ async fn tampered_foreign_and_expired_session_tokens_are_refused() {
         get_with(&server, "/ojs/v1/admin/audit", &access).await,
         StatusCode::UNAUTHORIZED
     );
-    let reasons: Vec<Value> = audit_events(&server, "auth.failure", 6)
-        .iter()
-        .map(|r| r["detail"]["reason"].clone())
-        .collect();
+    // The refusals are recorded without waiting for the disk: wait for the last one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reasons = loop {
+        let reasons: Vec<Value> = audit_events(&server, "auth.failure", 6)
+            .iter()
+            .map(|r| r["detail"]["reason"].clone())
+            .collect();
+        if reasons.contains(&json!("expired")) || Instant::now() > deadline {
+            break reasons;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(reasons.contains(&json!("expired")), "{reasons:?}");
     assert!(reasons.contains(&json!("invalid")), "{reasons:?}");
 }
@@ -430,6 +438,30 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
         )
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    // The metrics count refreshes by outcome, and session-authenticated requests.
+    let metrics = server
+        .client()
+        .get(server.url("/metrics"))
+        .header("Authorization", server.auth())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "bulwark_token_refreshes_total{outcome=\"success\"}",
+        "bulwark_token_refreshes_total{outcome=\"reuse\"}",
+        "bulwark_token_refreshes_total{outcome=\"failure\"}",
+        "bulwark_logins_total{outcome=\"success\"}",
+        "bulwark_credential_uses_total{kind=\"session\"}",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(series)
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)),
+            "{series} not counted:\n{metrics}"
+        );
     }
 
     // Logout ends a session: its refresh token and its session token.

@@ -195,6 +195,16 @@ impl Principal {
         }
     }
 
+    /// What kind of credential authenticated this principal (a metric label).
+    #[must_use]
+    pub fn credential_kind(&self) -> &'static str {
+        match &self.credential {
+            Credential::ApiKey { .. } => "api_key",
+            Credential::Jwt { .. } => "jwt",
+            Credential::Session { .. } => "session",
+        }
+    }
+
     /// Whether the credential has expired at `now`.
     #[must_use]
     pub fn expired_at(&self, now: Millis) -> bool {

@@ -366,6 +366,8 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     };
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "")
         .increment(1);
+    metrics::counter!(crate::metrics::CREDENTIAL_USES, "kind" => principal.credential_kind())
+        .increment(1);
 
     // The route table decides what this route needs; a matched route missing from it is
     // refused.

@@ -106,10 +106,16 @@ pub async fn login(
     let username = string(&mut body, "username")?;
     let password = secret(&mut body, "password")?;
     let code = secret(&mut body, "totp")?;
-    match accounts
+    let result = accounts
         .login(source_ip(&req), &username, password, code)
-        .await
-    {
+        .await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(AccountError::Throttled(_)) => "throttled",
+        Err(_) => "failure",
+    };
+    metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
+    match result {
         Ok(issued) => {
             let user = Principal::admin_user(&issued.username);
             let event = audit::event(&req, "auth.login", Outcome::Success, Some(&user))
@@ -147,7 +153,14 @@ pub async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let mut body = object(body, &["refresh_token"])?;
     let token = secret(&mut body, "refresh_token")?;
-    match accounts.refresh(token).await {
+    let result = accounts.refresh(token).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(AccountError::RefreshReuse { .. }) => "reuse",
+        Err(_) => "failure",
+    };
+    metrics::counter!(crate::metrics::TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+    match result {
         Ok(issued) => {
             let user = Principal::admin_user(&issued.username);
             let event = audit::event(&req, "auth.refresh", Outcome::Success, Some(&user))
