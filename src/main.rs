@@ -135,8 +135,8 @@ fn audit_verify(
         (None, h) => (configured.log_file, h.unwrap_or(configured.head_file)),
     };
     let key = bulwark::audit::load_key(&config.secrets.dir)?;
-    let log =
-        std::fs::read(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
+    // The head first: a running server appends, then rewrites the head, so a log read after
+    // its head can only be ahead of it.
     let head: Option<bulwark::audit::record::Head> = match std::fs::read(&head_path) {
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
@@ -151,6 +151,8 @@ fn audit_verify(
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", head_path.display())),
     };
+    let log =
+        std::fs::read(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
     match bulwark::audit::record::verify(&key, &log, head.as_ref()) {
         Ok(v) => {
             println!(

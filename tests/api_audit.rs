@@ -245,7 +245,15 @@ async fn the_admin_audit_query_filters_pages_and_survives_restart() {
             res.json::<Value>().await.unwrap()
         }
     };
-    let cancelled = query(&server, "?event_type=job.cancelled").await;
+    // The index follows the log a moment later for records written without waiting.
+    let mut cancelled = query(&server, "?event_type=job.cancelled").await;
+    for _ in 0..100 {
+        if !cancelled["records"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        cancelled = query(&server, "?event_type=job.cancelled").await;
+    }
     assert_eq!(cancelled["records"].as_array().unwrap().len(), 1);
     assert_eq!(cancelled["records"][0]["detail"]["job_id"], id.as_str());
 

@@ -276,7 +276,9 @@ pub struct Verified {
     pub checkpoint: Option<u64>,
 }
 
-/// Verifies a whole log against its key and, when given, its head.
+/// Verifies a whole log against its key and, when given, its head. The log may run ahead of
+/// the head (records appended after the head was read: they are chained, so genuine), never
+/// behind it.
 pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verified, Broken> {
     let broken = |line: usize, reason: &str| Broken {
         line,
@@ -292,6 +294,10 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
     let mut last_seq = 0u64;
     let mut count = 0u64;
     let mut checkpoint = None;
+    // The chain value at the head's record, once passed (the log may run ahead of its head: a
+    // reader can look between an append and the head's rewrite; it may never fall behind).
+    let head_seq = head.map(|h| h.seq);
+    let mut at_head = (head_seq == Some(0)).then(|| GENESIS.to_string());
     // The file ends with a newline (checked above); every piece between newlines is a record.
     let body = log.strip_suffix(b"\n").unwrap_or(log);
     let pieces = if log.is_empty() {
@@ -326,6 +332,9 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
                     "the checkpoint is not signed with this key (forged or altered)",
                 ));
             }
+            if head_seq == Some(cp.seq) {
+                at_head = Some(cp.chain.clone());
+            }
             previous = cp.chain;
             last_seq = cp.seq;
             checkpoint = Some(cp.seq);
@@ -354,15 +363,27 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
         previous = chain;
         last_seq += 1;
         count += 1;
+        if head_seq == Some(last_seq) {
+            at_head = Some(previous.clone());
+        }
     }
     if let Some(head) = head {
         if !head.is_authentic(key) {
             return Err(broken(0, "the head file is not signed with this key"));
         }
-        if head.seq != last_seq || head.chain != previous {
+        if last_seq < head.seq {
             return Err(broken(
                 0,
-                &format!("the log ends at record {last_seq} but the signed head says {} (the tail was cut or replaced)", head.seq),
+                &format!("the log ends at record {last_seq} but the signed head says {} (the tail was cut)", head.seq),
+            ));
+        }
+        if at_head.as_deref() != Some(head.chain.as_str()) {
+            return Err(broken(
+                0,
+                &format!(
+                    "record {} is not the one the signed head names (the tail was replaced)",
+                    head.seq
+                ),
             ));
         }
     }
@@ -417,6 +438,20 @@ mod tests {
             verify(&other, &log, None).is_err(),
             "another key does not verify"
         );
+    }
+
+    #[test]
+    fn a_log_may_run_ahead_of_its_head_but_never_behind_or_beside_it() {
+        let (log, _) = log_of(5);
+        let (shorter, head3) = log_of(3);
+        // Read between an append and the head's rewrite: ahead, and genuine.
+        assert_eq!(verify(&key(), &log, Some(&head3)).unwrap().last_seq, 5);
+        // Behind the head: cut.
+        let (_, head5) = log_of(5);
+        assert!(verify(&key(), &shorter, Some(&head5)).is_err());
+        // A head naming another chain at its record: replaced.
+        let forged = Head::new(&key(), 3, &"ab".repeat(32));
+        assert!(verify(&key(), &log, Some(&forged)).is_err());
     }
 
     #[test]
