@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub mod limits;
 pub mod sessions;
+pub use limits::LimitsConfig;
 pub use sessions::SessionsConfig;
 
 use crate::auth::actions::ActionsConfig;
@@ -32,6 +34,11 @@ pub struct Config {
     pub audit: AuditSection,
     pub auth: AuthSection,
     pub sessions: SessionsConfig,
+    /// Rates, connection caps, the long-poll cap and abuse detection (`[limits]`).
+    pub limits: LimitsConfig,
+    /// The file this configuration was read from, for reloads (not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -85,9 +92,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
-    /// Seconds a client has to send the request head.
+    /// Seconds a client has to send the request head (at most 30); a slower head is cut.
     pub request_head_timeout_secs: u64,
-    /// Seconds an idle keep-alive connection stays open.
+    /// Seconds an idle keep-alive connection stays open (at most 120).
     pub keep_alive_secs: u64,
 }
 
@@ -228,7 +235,7 @@ impl Default for LogConfig {
 impl Config {
     /// Reads a config file, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let config = match path {
+        let mut config = match path {
             None => Self::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -238,6 +245,7 @@ impl Config {
             }
         };
         config.validate()?;
+        config.source = path.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -258,6 +266,13 @@ impl Config {
         if self.storage.data_dir == self.secrets.dir {
             bail!("secrets.dir must differ from storage.data_dir");
         }
+        if !(1..=30).contains(&self.server.request_head_timeout_secs) {
+            bail!("server.request_head_timeout_secs must be from 1 to 30 (OJS security §10.5)");
+        }
+        if !(1..=120).contains(&self.server.keep_alive_secs) {
+            bail!("server.keep_alive_secs must be from 1 to 120 (OJS security §10.5)");
+        }
+        self.limits.validate().context("invalid [limits]")?;
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes must be at least 1024");
         }
@@ -372,6 +387,12 @@ mod tests {
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());
         assert_eq!(c.auth.actions, d.auth.actions);
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(
+            c.server.request_head_timeout_secs,
+            d.server.request_head_timeout_secs
+        );
+        assert_eq!(c.server.keep_alive_secs, d.server.keep_alive_secs);
     }
 
     #[test]
