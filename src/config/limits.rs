@@ -16,6 +16,11 @@ pub struct LimitsConfig {
     pub cleanup_interval_secs: u64,
     /// Longest a long-poll fetch (`wait_ms`) may wait, in ms; then it answers `{"jobs": []}`.
     pub max_fetch_wait_ms: u64,
+    /// A 429 for a spent address budget or failed-authentication budget (refusals before
+    /// anyone is authenticated) is answered after this many ms (never later than its
+    /// Retry-After), so a flooding client gets one answer per connection per delay instead of
+    /// as many as the server can write.
+    pub refusal_delay_ms: u64,
     /// `[limits.rate]`
     pub rate: RateLimits,
     /// `[limits.connections]`
@@ -30,6 +35,7 @@ impl Default for LimitsConfig {
             max_tracked_keys: 100_000,
             cleanup_interval_secs: 60,
             max_fetch_wait_ms: 30_000,
+            refusal_delay_ms: 1_000,
             rate: RateLimits::default(),
             connections: ConnectionLimits::default(),
             abuse: AbuseConfig::default(),
@@ -200,6 +206,9 @@ impl LimitsConfig {
         }
         if self.max_tracked_keys == 0 || self.cleanup_interval_secs == 0 {
             bail!("limits.max_tracked_keys and limits.cleanup_interval_secs must be positive");
+        }
+        if self.refusal_delay_ms > 10_000 {
+            bail!("limits.refusal_delay_ms must be at most 10000");
         }
         if self.max_fetch_wait_ms > 30_000 {
             bail!("limits.max_fetch_wait_ms must be at most 30000 (OJS security §10.5)");

@@ -384,6 +384,10 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
                 let record = !matches!(e, AuthError::Throttled { report: false, .. });
                 refuse_unauthenticated(&req, e.metric_reason(), key_id, record).await;
             }
+            if let AuthError::Throttled { retry_after, .. } = &e {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                limits::delay_refusal(&req, secs).await;
+            }
             return Err(e.into());
         }
     };

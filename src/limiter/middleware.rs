@@ -85,6 +85,20 @@ fn header(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
 
+/// Holds back a refusal made before authentication (see `[limits] refusal_delay_ms`).
+pub async fn delay_refusal(req: &HttpRequest, retry_after_secs: u64) {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        return;
+    };
+    let ms = limiter
+        .config()
+        .refusal_delay_ms
+        .min(retry_after_secs.saturating_mul(1000));
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 /// The middleware.
 pub async fn limits(
     req: ServiceRequest,
@@ -111,6 +125,9 @@ pub async fn limits(
             Err(limited) => {
                 let key = super::rates::ip_bucket(ip).to_string();
                 let error = refuse(req.request(), &limiter, limited, &key, None).await;
+                if limited.info.scope == Scope::Ip {
+                    delay_refusal(req.request(), limited.retry_after_secs).await;
+                }
                 let mut res = req.into_response(error.error_response());
                 add_headers(&mut res);
                 return Ok(res);

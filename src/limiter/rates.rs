@@ -224,13 +224,10 @@ impl Rates {
             .map_err(|n| refused(scope, &n, self.clock.now()))
     }
 
-    /// The checks before authentication: the global budget, then the source address's.
+    /// The checks before authentication: the source address's budget, then the global one.
+    /// In that order, so that a flood one address is refused does not spend the budget every
+    /// other client shares.
     pub fn check_source(&self, ip: IpAddr) -> Result<RateInfo, Limited> {
-        let global = self
-            .global
-            .check()
-            .map(|s| allowed(Scope::Global, &s))
-            .map_err(|n| refused(Scope::Global, &n, self.clock.now()))?;
         let mut key = ip_bucket(ip);
         if self.ip.len() >= self.max_tracked {
             key = IP_OVERFLOW;
@@ -240,7 +237,12 @@ impl Rates {
             .check_key(&key)
             .map(|s| allowed(Scope::Ip, &s))
             .map_err(|n| refused(Scope::Ip, &n, self.clock.now()))?;
-        Ok(global.tighter(ip))
+        let global = self
+            .global
+            .check()
+            .map(|s| allowed(Scope::Global, &s))
+            .map_err(|n| refused(Scope::Global, &n, self.clock.now()))?;
+        Ok(ip.tighter(global))
     }
 
     /// The checks after authentication: the tenant's budget, then the principal's for the
@@ -354,6 +356,25 @@ mod tests {
         r.check_source("192.0.2.3".parse().unwrap()).unwrap();
         assert!(r.check_source("192.0.2.4".parse().unwrap()).is_err());
         assert!(r.tracked() <= 4 + r.reports.len());
+    }
+
+    #[test]
+    fn an_address_over_its_budget_does_not_spend_the_global_one() {
+        let mut c = config(2);
+        c.rate.global = Rate::new(0.01, 5);
+        let r = Rates::new(&c);
+        let flooder: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..50 {
+            let _ = r.check_source(flooder);
+        }
+        // The flooder spent 2 of the 5 global requests; 3 remain for everyone else.
+        let other: IpAddr = "192.0.2.10".parse().unwrap();
+        let info = r.check_source(other).unwrap();
+        assert_eq!((info.scope, info.remaining), (Scope::Ip, 1));
+        assert!(r.check_source(other).is_ok());
+        let third: IpAddr = "192.0.2.11".parse().unwrap();
+        let info = r.check_source(third).unwrap();
+        assert_eq!((info.scope, info.remaining), (Scope::Global, 0));
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub async fn login(
                     .detail("retry_after_secs", t.retry_after_secs);
                 audit::emit(&req, with_claimed(event, &username)).await;
             }
+            crate::limiter::middleware::delay_refusal(&req, t.retry_after_secs).await;
             Err(AccountError::Throttled(t).into())
         }
         Err(e) => {
