@@ -207,6 +207,7 @@ async fn failed_authentication_429s_carry_the_rate_limit_headers() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
+    let started = Instant::now();
     let res = client
         .get(server.url("/ojs/v1/queues"))
         .header("Authorization", format!("Bearer {wrong}"))
@@ -214,6 +215,10 @@ async fn failed_authentication_429s_carry_the_rate_limit_headers() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "a refusal before authentication is held back for refusal_delay_ms"
+    );
     assert_eq!(header_u64(&res, "x-ratelimit-limit"), 2);
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 0);
     let retry_after = header_u64(&res, "retry-after");

@@ -37,9 +37,18 @@ pub const CONFORMANCE_LIMITS: &str = "[limits.rate]\n\
     other = { per_second = 1000000, burst = 1000000 }\n\n\
     [limits.abuse]\nenabled = false\n\n";
 
-/// Lifts every rate budget and turns abuse detection off, for tests that drive one credential
-/// as hard as they can on purpose (durability under load).
-pub const UNLIMITED: &str = CONFORMANCE_LIMITS;
+/// Lifts every rate budget and the per-address connection limit and turns abuse detection
+/// off, for tests that drive one credential over more than a hundred connections as hard as
+/// they can on purpose (durability under load).
+pub const UNLIMITED: &str = "[limits.rate]\n\
+    global = { per_second = 1000000, burst = 1000000 }\n\
+    ip = { per_second = 1000000, burst = 1000000 }\n\
+    tenant = { per_second = 1000000, burst = 1000000 }\n\
+    enqueue = { per_second = 1000000, burst = 1000000 }\n\
+    worker = { per_second = 1000000, burst = 1000000 }\n\
+    other = { per_second = 1000000, burst = 1000000 }\n\n\
+    [limits.connections]\nper_ip = 10000\n\n\
+    [limits.abuse]\nenabled = false\n\n";
 
 impl ServerOptions {
     pub fn conformance() -> Self {
