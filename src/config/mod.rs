@@ -396,6 +396,28 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_and_limits_past_the_ojs_bounds_are_refused() {
+        let ok = |text: &str| Config::parse(text).unwrap().validate().is_ok();
+        assert!(ok(
+            "[server]\nrequest_head_timeout_secs = 30\nkeep_alive_secs = 120\n"
+        ));
+        assert!(!ok("[server]\nrequest_head_timeout_secs = 31\n"));
+        assert!(!ok("[server]\nrequest_head_timeout_secs = 0\n"));
+        assert!(!ok("[server]\nkeep_alive_secs = 121\n"));
+        assert!(ok("[limits]\nmax_fetch_wait_ms = 30000\n"));
+        assert!(!ok("[limits]\nmax_fetch_wait_ms = 30001\n"));
+        assert!(!ok(
+            "[limits.rate]\nenqueue = { per_second = 10, burst = 0 }\n"
+        ));
+        assert!(!ok("[limits.rate]\nip = { per_second = 0, burst = 5 }\n"));
+        assert!(ok("[limits.rate]\nip = { per_second = 0.5, burst = 5 }\n"));
+        assert!(!ok("[limits.connections]\nper_ip = 0\n"));
+        assert!(!ok("[limits.abuse]\ndemote_to = 100\n"));
+        assert!(Config::parse("[limits.rate]\nip = { per_second = 1 }\n").is_err());
+        assert!(Config::parse("[limits]\nper_ip = 1\n").is_err());
+    }
+
+    #[test]
     fn action_types_parse_and_bad_ones_are_refused() {
         let c = Config::parse(
             "[auth.actions]\ntypes = [\"ops.apply\", \"billing.*\"]\nmax_lifetime_secs = 600\n",
