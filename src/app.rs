@@ -213,12 +213,8 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         .await;
     let audit_log = config.audit_config().log_file;
     let limiter = LimiterHandle::spawn(&config.limits);
-    let reloads = config.source.clone().map(|path| {
-        tokio::spawn(crate::limiter::reload::on_sighup(
-            path,
-            limiter.clone(),
-            audit.clone(),
-        ))
+    let reloads = config.source.clone().and_then(|path| {
+        crate::limiter::reload::spawn_on_sighup(path, limiter.clone(), audit.clone())
     });
     let shared = http::Shared {
         config: Arc::new(config),

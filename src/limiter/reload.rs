@@ -60,16 +60,24 @@ pub async fn reload_from_file(
     result
 }
 
-/// Reloads on every SIGHUP until aborted.
-pub async fn on_sighup(path: PathBuf, limiter: LimiterHandle, audit: AuditHandle) {
+/// Listens for SIGHUP (from now on: the handler is installed before this returns, so a SIGHUP
+/// sent once the server is up never meets the default action, which ends the process) and
+/// reloads on each until the returned task is aborted.
+pub fn spawn_on_sighup(
+    path: PathBuf,
+    limiter: LimiterHandle,
+    audit: AuditHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP; configuration reloads are off");
-        return;
+        return None;
     };
-    while hup.recv().await.is_some() {
-        info!("SIGHUP received, reloading the configuration");
-        // The outcome is logged and audited inside.
-        let _ = reload_from_file(&path, &limiter, &audit).await;
-    }
+    Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received, reloading the configuration");
+            // The outcome is logged and audited inside.
+            let _ = reload_from_file(&path, &limiter, &audit).await;
+        }
+    }))
 }
