@@ -656,6 +656,17 @@ fn cpu_report(a: &CpuMark, b: &CpuMark, secs: f64, requests: u64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Own server
 
+/// The bench drives one credential far past the per-principal defaults (1,000 enqueues a
+/// second, spike detection): it measures the server's capacity, not its limits.
+const LOAD_LIMITS: &str = "[limits.rate]\n\
+    global = { per_second = 1000000000, burst = 1000000 }\n\
+    ip = { per_second = 1000000000, burst = 1000000 }\n\
+    tenant = { per_second = 1000000000, burst = 1000000 }\n\
+    enqueue = { per_second = 1000000000, burst = 1000000 }\n\
+    worker = { per_second = 1000000000, burst = 1000000 }\n\
+    other = { per_second = 1000000000, burst = 1000000 }\n\n\
+    [limits.abuse]\nenabled = false\n";
+
 struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -674,9 +685,10 @@ impl Server {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\nshutdown_timeout_secs = 1\n\n\
-                 [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n",
+                 [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n\n{}",
                 path.join("data").display().to_string(),
                 path.join("secrets").display().to_string(),
+                LOAD_LIMITS,
             ),
         )
         .expect("write config");

@@ -18,6 +18,7 @@ use crate::auth::records::{self, KeySpec};
 use crate::auth::{users, AuthHandle};
 use crate::config::Config;
 use crate::http;
+use crate::limiter::LimiterHandle;
 use crate::queue::QueueHandle;
 use crate::store::Store;
 
@@ -213,6 +214,10 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         .await;
     let audit_log = config.audit_config().log_file;
     let retention = tokio::spawn(apply_audit_retention(audit.clone()));
+    let limiter = LimiterHandle::spawn(&config.limits);
+    let reloads = config.source.clone().and_then(|path| {
+        crate::limiter::reload::spawn_on_sighup(path, limiter.clone(), audit.clone())
+    });
     let shared = http::Shared {
         config: Arc::new(config),
         queue: queue.clone(),
@@ -224,6 +229,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         started: Instant::now(),
         accounts,
         actions,
+        limiter,
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();
@@ -239,6 +245,11 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             result??;
             bail!("the HTTP server stopped unexpectedly");
         }
+    }
+    // The reload task holds an audit handle: stop it so the audit writer can finish.
+    if let Some(task) = reloads {
+        task.abort();
+        let _ = task.await;
     }
     queue.drain().await;
     handle.stop(true).await;

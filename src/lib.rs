@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod job;
+pub mod limiter;
 pub mod metrics;
 pub mod queue;
 pub mod secrets;

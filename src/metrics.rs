@@ -4,8 +4,9 @@
 //! Security metrics: authentication attempts by outcome and failure reason, requests by
 //! credential kind (API key, JWT, session), API key verifications (argon2 runs), authorization
 //! denials, admin logins and token refreshes by outcome, audit records and audit write failures,
-//! credentials throttled before verification; plus HTTP responses by status class and jobs by
-//! state.
+//! credentials throttled before verification, rate-limit refusals by scope, connections over a
+//! limit, abuse detections and configuration reloads; plus HTTP responses by status class and
+//! jobs by state.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -32,6 +33,20 @@ pub const AUDIT_WRITE_FAILURES: &str = "bulwark_audit_write_failures_total";
 pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
 /// `bulwark_jobs{state}` (gauge, refreshed at each scrape)
 pub const JOBS: &str = "bulwark_jobs";
+/// `bulwark_rate_limited_total{scope}`: requests refused by a rate limit.
+pub const RATE_LIMITED: &str = "bulwark_rate_limited_total";
+/// `bulwark_connections_rejected_total{limit}`: connections over a connection limit.
+pub const CONNECTIONS_REJECTED: &str = "bulwark_connections_rejected_total";
+/// `bulwark_connections_open` (gauge, refreshed by the limiter's clean-up)
+pub const CONNECTIONS_OPEN: &str = "bulwark_connections_open";
+/// `bulwark_rate_limit_keys` (gauge): keys the rate limiters track.
+pub const RATE_LIMIT_KEYS: &str = "bulwark_rate_limit_keys";
+/// `bulwark_abuse_events_total{pattern}`: abuse detections.
+pub const ABUSE_EVENTS: &str = "bulwark_abuse_events_total";
+/// `bulwark_abuse_tracked_principals` (gauge)
+pub const ABUSE_TRACKED: &str = "bulwark_abuse_tracked_principals";
+/// `bulwark_config_reloads_total{outcome}`
+pub const CONFIG_RELOADS: &str = "bulwark_config_reloads_total";
 
 /// Installs the process-wide recorder; returns the handle that renders it. Idempotent enough
 /// for one server per process: a second install fails and yields `None`.
@@ -67,4 +82,14 @@ fn describe() {
     );
     metrics::describe_counter!(HTTP_RESPONSES, "HTTP responses by status class");
     metrics::describe_gauge!(JOBS, "Jobs by state");
+    metrics::describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
+    metrics::describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections refused for being over a connection limit"
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    metrics::describe_gauge!(RATE_LIMIT_KEYS, "Keys tracked by the rate limiters");
+    metrics::describe_counter!(ABUSE_EVENTS, "Abuse patterns detected, by pattern");
+    metrics::describe_gauge!(ABUSE_TRACKED, "Principals tracked by abuse detection");
+    metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads by outcome");
 }

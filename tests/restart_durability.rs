@@ -39,7 +39,10 @@ async fn drain_all(server: &TestServer, client: &reqwest::Client, queue: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_enqueue_that_got_201_survives_sigkill_exactly_once() {
-    let mut server = TestServer::start(ServerOptions::default());
+    let mut server = TestServer::start(ServerOptions {
+        extra_toml: common::UNLIMITED.into(),
+        ..ServerOptions::default()
+    });
     let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
     let attempted = Arc::new(Mutex::new(HashSet::<String>::new()));
     let stop_at = Instant::now() + Duration::from_secs(20);
@@ -120,7 +123,10 @@ async fn every_enqueue_that_got_201_survives_sigkill_exactly_once() {
 async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
     const JOBS: usize = 3000;
     const VISIBILITY_MS: u64 = 2000;
-    let mut server = TestServer::start(ServerOptions::default());
+    let mut server = TestServer::start(ServerOptions {
+        extra_toml: common::UNLIMITED.into(),
+        ..ServerOptions::default()
+    });
     let client = server.client();
     let mut all = HashSet::new();
     for chunk in 0..JOBS / 100 {

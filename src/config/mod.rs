@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub mod limits;
 pub mod sessions;
+pub use limits::LimitsConfig;
 pub use sessions::SessionsConfig;
 
 use crate::auth::actions::ActionsConfig;
@@ -32,6 +34,11 @@ pub struct Config {
     pub audit: AuditSection,
     pub auth: AuthSection,
     pub sessions: SessionsConfig,
+    /// Rates, connection caps, the long-poll cap and abuse detection (`[limits]`).
+    pub limits: LimitsConfig,
+    /// The file this configuration was read from, for reloads (not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -98,9 +105,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
-    /// Seconds a client has to send the request head.
+    /// Seconds a client has to send the request head (at most 30); a slower head is cut.
     pub request_head_timeout_secs: u64,
-    /// Seconds an idle keep-alive connection stays open.
+    /// Seconds an idle keep-alive connection stays open (at most 120).
     pub keep_alive_secs: u64,
 }
 
@@ -241,7 +248,7 @@ impl Default for LogConfig {
 impl Config {
     /// Reads a config file, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let config = match path {
+        let mut config = match path {
             None => Self::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -251,6 +258,7 @@ impl Config {
             }
         };
         config.validate()?;
+        config.source = path.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -271,6 +279,13 @@ impl Config {
         if self.storage.data_dir == self.secrets.dir {
             bail!("secrets.dir must differ from storage.data_dir");
         }
+        if !(1..=30).contains(&self.server.request_head_timeout_secs) {
+            bail!("server.request_head_timeout_secs must be from 1 to 30 (OJS security §10.5)");
+        }
+        if !(1..=120).contains(&self.server.keep_alive_secs) {
+            bail!("server.keep_alive_secs must be from 1 to 120 (OJS security §10.5)");
+        }
+        self.limits.validate().context("invalid [limits]")?;
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes must be at least 1024");
         }
@@ -388,6 +403,34 @@ mod tests {
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());
         assert_eq!(c.auth.actions, d.auth.actions);
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(
+            c.server.request_head_timeout_secs,
+            d.server.request_head_timeout_secs
+        );
+        assert_eq!(c.server.keep_alive_secs, d.server.keep_alive_secs);
+    }
+
+    #[test]
+    fn timeouts_and_limits_past_the_ojs_bounds_are_refused() {
+        let ok = |text: &str| Config::parse(text).unwrap().validate().is_ok();
+        assert!(ok(
+            "[server]\nrequest_head_timeout_secs = 30\nkeep_alive_secs = 120\n"
+        ));
+        assert!(!ok("[server]\nrequest_head_timeout_secs = 31\n"));
+        assert!(!ok("[server]\nrequest_head_timeout_secs = 0\n"));
+        assert!(!ok("[server]\nkeep_alive_secs = 121\n"));
+        assert!(ok("[limits]\nmax_fetch_wait_ms = 30000\n"));
+        assert!(!ok("[limits]\nmax_fetch_wait_ms = 30001\n"));
+        assert!(!ok(
+            "[limits.rate]\nenqueue = { per_second = 10, burst = 0 }\n"
+        ));
+        assert!(!ok("[limits.rate]\nip = { per_second = 0, burst = 5 }\n"));
+        assert!(ok("[limits.rate]\nip = { per_second = 0.5, burst = 5 }\n"));
+        assert!(!ok("[limits.connections]\nper_ip = 0\n"));
+        assert!(!ok("[limits.abuse]\ndemote_to = 100\n"));
+        assert!(Config::parse("[limits.rate]\nip = { per_second = 1 }\n").is_err());
+        assert!(Config::parse("[limits]\nper_ip = 1\n").is_err());
     }
 
     #[test]

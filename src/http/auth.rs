@@ -23,6 +23,9 @@ use crate::auth::records::is_valid_tenant;
 use crate::auth::session::{self, SessionVerifier};
 use crate::auth::{jwt, key, AuthError, AuthHandle, Permission, Principal, Reach};
 use crate::job::{Job, Visibility};
+use crate::limiter::middleware as limits;
+use crate::limiter::rates::{Class, RateInfo, Scope};
+use crate::limiter::LimiterHandle;
 use crate::queue::{Holder, QueueError};
 
 /// The longest bearer token looked at; anything longer is refused unread.
@@ -321,6 +324,23 @@ impl Authenticated {
     }
 }
 
+/// Puts the failed-authentication budget (`[auth.throttle]`) in the rate-limit headers of its
+/// 429.
+fn note_throttled(req: &HttpRequest, retry_after: &std::time::Duration) {
+    let limit = req
+        .app_data::<web::Data<crate::config::Config>>()
+        .map_or(0, |c| c.auth.throttle.burst);
+    limits::record_refusal(
+        req,
+        RateInfo {
+            scope: Scope::FailedAuth,
+            limit,
+            remaining: 0,
+            reset_in_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+        },
+    );
+}
+
 async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     let auth = req
         .app_data::<web::Data<AuthHandle>>()
@@ -356,10 +376,17 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         Ok(principal) => principal,
         Err(e) => {
             info!(source_ip = ?peer, reason = %e, "authentication failed");
+            if let AuthError::Throttled { retry_after, .. } = &e {
+                note_throttled(&req, retry_after);
+            }
             if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
                 // Throttled refusals are audited once per address a minute; each is counted.
                 let record = !matches!(e, AuthError::Throttled { report: false, .. });
                 refuse_unauthenticated(&req, e.metric_reason(), key_id, record).await;
+            }
+            if let AuthError::Throttled { retry_after, .. } = &e {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                limits::delay_refusal(&req, secs).await;
             }
             return Err(e.into());
         }
@@ -403,6 +430,26 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         }
         (None, None) => None,
     };
+
+    // The tenant's and the principal's budgets, before anything else is looked at, so that
+    // refused requests spend them too.
+    if let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() {
+        let pattern = req.match_pattern().unwrap_or_default();
+        let class = Class::of(req.method().as_str(), &pattern);
+        let checked = limiter
+            .rates()
+            .check_caller(principal.id(), tenant.as_deref(), class);
+        match checked {
+            Ok(info) => limits::record(&req, info),
+            Err(limited) => {
+                let key = match limited.info.scope {
+                    Scope::Tenant => tenant.clone().unwrap_or_default(),
+                    _ => principal.id().to_string(),
+                };
+                return Err(limits::refuse(&req, limiter, limited, &key, Some(&principal)).await);
+            }
+        }
+    }
 
     let permission = need.and_then(Need::permission);
     if let Some(need) = need {

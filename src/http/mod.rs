@@ -42,6 +42,8 @@ pub struct Shared {
     pub accounts: crate::auth::accounts::Accounts,
     /// Which job types are actions, and their policy-token check.
     pub actions: Arc<crate::auth::actions::ActionGuard>,
+    /// Rate limits, connection limits and abuse detection.
+    pub limiter: crate::limiter::LimiterHandle,
 }
 
 /// Registers every route on an actix `ServiceConfig`.
@@ -53,6 +55,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::new(shared.auth.clone()))
             .app_data(web::Data::new(shared.audit.clone()))
             .app_data(web::Data::new(shared.accounts.clone()))
+            .app_data(web::Data::new(shared.limiter.clone()))
             .app_data(web::Data::new(shared.accounts.sessions()))
             .app_data(web::Data::new(shared.metrics.clone()))
             .app_data(web::Data::new(routes::admin::AuditSource {
@@ -135,13 +138,20 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
 pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> {
     let config = shared.config.clone();
     let routes = configure(&shared);
+    let limiter = shared.limiter.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .configure(routes.clone())
             .default_service(web::to(routes::not_found))
+            .wrap(actix_web::middleware::from_fn(
+                crate::limiter::middleware::limits,
+            ))
             .wrap(actix_web::middleware::from_fn(middleware::standard_headers))
     })
+    // Registered before the listener is added, or it would not apply to it.
+    .on_connect(move |io, data| crate::limiter::connections::on_connect(&limiter, io, data))
     .client_request_timeout(Duration::from_secs(config.server.request_head_timeout_secs))
+    .client_disconnect_timeout(Duration::from_secs(1))
     .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
     .shutdown_timeout(config.server.shutdown_timeout_secs)
     .disable_signals();

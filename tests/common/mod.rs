@@ -25,6 +25,31 @@ pub struct ServerOptions {
 pub const UNTHROTTLED: &str =
     "[auth.throttle]\nverifications_per_minute = 1000000\nburst = 1000000\n";
 
+/// The limits the conformance configuration runs with: every rate budget far above what a
+/// suite sends, abuse detection off (the suites submit bursts of top-priority jobs on purpose),
+/// and the default connection limits and timeouts.
+pub const CONFORMANCE_LIMITS: &str = "[limits.rate]\n\
+    global = { per_second = 1000000, burst = 1000000 }\n\
+    ip = { per_second = 1000000, burst = 1000000 }\n\
+    tenant = { per_second = 1000000, burst = 1000000 }\n\
+    enqueue = { per_second = 1000000, burst = 1000000 }\n\
+    worker = { per_second = 1000000, burst = 1000000 }\n\
+    other = { per_second = 1000000, burst = 1000000 }\n\n\
+    [limits.abuse]\nenabled = false\n\n";
+
+/// Lifts every rate budget and the per-address connection limit and turns abuse detection
+/// off, for tests that drive one credential over more than a hundred connections as hard as
+/// they can on purpose (durability under load).
+pub const UNLIMITED: &str = "[limits.rate]\n\
+    global = { per_second = 1000000, burst = 1000000 }\n\
+    ip = { per_second = 1000000, burst = 1000000 }\n\
+    tenant = { per_second = 1000000, burst = 1000000 }\n\
+    enqueue = { per_second = 1000000, burst = 1000000 }\n\
+    worker = { per_second = 1000000, burst = 1000000 }\n\
+    other = { per_second = 1000000, burst = 1000000 }\n\n\
+    [limits.connections]\nper_ip = 10000\n\n\
+    [limits.abuse]\nenabled = false\n\n";
+
 impl ServerOptions {
     pub fn conformance() -> Self {
         Self {
@@ -227,6 +252,7 @@ fn config_text(dir: &Path, opts: &ServerOptions) -> String {
             "[api]\nunknown_fields = \"preserve\"\n\n\
              [testing]\nallow_reset = true\nhonour_test_directives = true\n\n",
         );
+        text.push_str(CONFORMANCE_LIMITS);
     }
     text.push_str(&opts.extra_toml);
     text

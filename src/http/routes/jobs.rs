@@ -53,7 +53,7 @@ pub async fn enqueue(
     if let Some(reserved) = reserved_queue(&body.0) {
         caller.allow(Permission::Enqueue, reserved).await?;
     }
-    let new = parse_new_job(&body.0, &rules, now_ms())?;
+    let mut new = parse_new_job(&body.0, &rules, now_ms())?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
     // administrator acting on the system scope may use it to act for a tenant, as with the
@@ -128,6 +128,7 @@ pub async fn enqueue(
             }),
         ));
     }
+    crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new).await?;
     let job = match &token {
         // The token's use is on disk before the job is; a failed enqueue adds a failure record.
         Some(claims) => {

@@ -126,6 +126,25 @@ pub async fn login(
             Ok(tokens(&issued))
         }
         Err(AccountError::Throttled(t)) => {
+            if let Some(config) = req.app_data::<web::Data<crate::config::Config>>() {
+                let limit = match t.scope {
+                    crate::auth::login_throttle::Scope::SourceIp => {
+                        config.sessions.login_per_minute_per_ip
+                    }
+                    crate::auth::login_throttle::Scope::Username => {
+                        config.sessions.login_per_minute_per_user
+                    }
+                };
+                crate::limiter::middleware::record_refusal(
+                    &req,
+                    crate::limiter::rates::RateInfo {
+                        scope: crate::limiter::rates::Scope::Login,
+                        limit,
+                        remaining: 0,
+                        reset_in_secs: t.retry_after_secs,
+                    },
+                );
+            }
             // Audited once per source a minute; every refusal is counted in the metrics.
             if t.report {
                 let event = audit::event(&req, "auth.login_throttled", Outcome::Denied, None)
@@ -133,6 +152,7 @@ pub async fn login(
                     .detail("retry_after_secs", t.retry_after_secs);
                 audit::emit(&req, with_claimed(event, &username)).await;
             }
+            crate::limiter::middleware::delay_refusal(&req, t.retry_after_secs).await;
             Err(AccountError::Throttled(t).into())
         }
         Err(e) => {

@@ -2,8 +2,10 @@
 //! principal, tenant and `worker_id`; the queue refuses anyone else, and a job of another tenant
 //! does not exist for the caller. Fetch checks the dequeue permission on every queue named.
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::json;
@@ -16,6 +18,7 @@ use crate::http::error::ApiError;
 use crate::job::envelope::is_valid_queue;
 use crate::job::view::job_json;
 use crate::job::{JobId, JobState, Payload};
+use crate::limiter::LimiterHandle;
 use crate::queue::{
     AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueHandle,
 };
@@ -91,11 +94,29 @@ fn visibility(obj: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// `POST /ojs/v1/workers/fetch`
+/// How long a long-poll fetch may wait: `wait_ms` (absent means no wait), capped at
+/// `[limits] max_fetch_wait_ms`.
+fn wait(obj: &Map<String, Value>, cap_ms: u64) -> Result<Duration, ApiError> {
+    match obj.get("wait_ms") {
+        None | Some(Value::Null) => Ok(Duration::ZERO),
+        Some(v) => v
+            .as_u64()
+            .map(|ms| Duration::from_millis(ms.min(cap_ms)))
+            .ok_or_else(|| ApiError::invalid("wait_ms", "wait_ms must be a non-negative integer")),
+    }
+}
+
+/// Pause between two looks at the queues during a long-poll fetch.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// `POST /ojs/v1/workers/fetch`: with `wait_ms`, a long poll that answers as soon as a job
+/// can be claimed, or with `{"jobs": []}` once the wait (at most `[limits]
+/// max_fetch_wait_ms`, 30 s by default) is over.
 pub async fn fetch(
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     config: web::Data<Config>,
+    limiter: web::Data<LimiterHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let obj = object(&body.0)?;
@@ -133,13 +154,22 @@ pub async fn fetch(
                 ApiError::invalid("count", format!("count must be an integer from 1 to {max}"))
             })?,
     };
+    let wait = wait(obj, limiter.config().max_fetch_wait_ms)?;
     let req = FetchRequest {
         queues,
         count,
         holder: holder(&caller, obj, false)?,
         visibility_timeout_ms: visibility(obj)?,
     };
-    let jobs = queue.fetch(req).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let jobs = loop {
+        let jobs = queue.fetch(req.clone()).await?;
+        let now = tokio::time::Instant::now();
+        if !jobs.is_empty() || now >= deadline {
+            break jobs;
+        }
+        tokio::time::sleep(POLL_EVERY.min(deadline - now)).await;
+    };
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
 }
@@ -229,6 +259,7 @@ fn failure(obj: &Map<String, Value>) -> Result<Failure, ApiError> {
 
 /// `POST /ojs/v1/workers/nack`
 pub async fn nack(
+    http: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     body: OjsJson,
@@ -247,6 +278,7 @@ pub async fn nack(
         requeue,
     };
     let job = caller.scoped(queue.nack(req).await).await?;
+    crate::limiter::middleware::note_nack(&http, &caller.principal).await;
     let mut out = json!({
         "id": job.id.to_string(),
         "job_id": job.id.to_string(),

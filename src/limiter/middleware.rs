@@ -1,0 +1,250 @@
+//! The limits middleware, before authentication: a connection over the connection limits is
+//! answered 429 and closed; then the global and per-address budgets are spent. On the way out
+//! it writes `X-RateLimit-Limit`, `-Remaining` and `-Reset` (the Unix time at which at least one
+//! more request will pass, OJS rate limiting §10.4) for the tightest budget the request met,
+//! on successes and refusals alike.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::ConnectionType;
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage, HttpRequest, ResponseError};
+use tracing::info;
+
+use super::connections::OverLimit;
+use super::rates::{Limited, RateInfo, Scope};
+use super::LimiterHandle;
+use crate::audit::Outcome;
+use crate::auth::Principal;
+use crate::http::error::ApiError;
+
+/// The hint every rate-limit refusal carries (OJS rate limiting §10.4).
+const HINT: &str = "Too many requests. Retry after the Retry-After header value, or consider \
+                    adjusting the rate limit configuration.";
+
+/// Notes a budget this request met; the tightest one ends up in the headers.
+pub fn record(req: &HttpRequest, info: RateInfo) {
+    let mut ext = req.extensions_mut();
+    let merged = match ext.get::<RateInfo>() {
+        Some(seen) => seen.tighter(info),
+        None => info,
+    };
+    ext.insert(merged);
+}
+
+/// Notes a refusal: its budget replaces whatever the request met before.
+pub fn record_refusal(req: &HttpRequest, info: RateInfo) {
+    req.extensions_mut().insert(info);
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0)
+}
+
+/// The 429 for a spent budget; audited once per scope and key a minute (every refusal is
+/// counted in `bulwark_rate_limited_total`).
+pub async fn refuse(
+    req: &HttpRequest,
+    limiter: &LimiterHandle,
+    limited: Limited,
+    key: &str,
+    principal: Option<&Principal>,
+) -> ApiError {
+    record_refusal(req, limited.info);
+    let scope = limited.info.scope;
+    if limiter.rates().report(scope, key) {
+        let event =
+            crate::http::audit::event(req, "rate_limit.exceeded", Outcome::Denied, principal)
+                .detail("scope", scope.as_str())
+                .detail("limit", limited.info.limit)
+                .detail("retry_after_secs", limited.retry_after_secs);
+        crate::http::audit::emit(req, event).await;
+        info!(scope = scope.as_str(), "rate limit exceeded");
+    }
+    rate_limited(scope, limited.retry_after_secs)
+}
+
+/// The OJS `rate_limited` envelope for `scope`.
+#[must_use]
+pub fn rate_limited(scope: Scope, retry_after_secs: u64) -> ApiError {
+    let message = match scope {
+        Scope::Global => "the server is receiving too many requests",
+        Scope::Ip => "too many requests from this address",
+        Scope::Tenant => "too many requests for this tenant",
+        Scope::FailedAuth => "too many authentication attempts from this address",
+        Scope::Login => "too many login attempts; try again later",
+        Scope::Enqueue | Scope::Worker | Scope::Other => "too many requests for this credential",
+    };
+    ApiError::rate_limited(message, retry_after_secs)
+        .with_details(serde_json::json!({ "scope": scope.as_str() }))
+        .with_hint(HINT)
+}
+
+fn header(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+/// Holds back a refusal made before authentication (see `[limits] refusal_delay_ms`).
+pub async fn delay_refusal(req: &HttpRequest, retry_after_secs: u64) {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        return;
+    };
+    let ms = limiter
+        .config()
+        .refusal_delay_ms
+        .min(retry_after_secs.saturating_mul(1000));
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// The middleware.
+pub async fn limits(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    if let Some(over) = req.conn_data::<OverLimit>().copied() {
+        let message = match over {
+            OverLimit::PerIp => "too many open connections from this address",
+            OverLimit::Global => "the server has too many open connections",
+        };
+        let mut res = ApiError::rate_limited(message, 1)
+            .with_details(serde_json::json!({ "scope": format!("connections_{}", over.as_str()) }))
+            .error_response();
+        res.head_mut().set_connection_type(ConnectionType::Close);
+        return Ok(req.into_response(res));
+    }
+    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+        let checked = limiter.rates().check_source(ip);
+        match checked {
+            Ok(info) => record(req.request(), info),
+            Err(limited) => {
+                let key = super::rates::ip_bucket(ip).to_string();
+                let error = refuse(req.request(), &limiter, limited, &key, None).await;
+                if limited.info.scope == Scope::Ip {
+                    delay_refusal(req.request(), limited.retry_after_secs).await;
+                }
+                let mut res = req.into_response(error.error_response());
+                add_headers(&mut res);
+                return Ok(res);
+            }
+        }
+    }
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    add_headers(&mut res);
+    Ok(res)
+}
+
+fn add_headers(res: &mut ServiceResponse<BoxBody>) {
+    let info = res.request().extensions().get::<RateInfo>().copied();
+    if let Some(info) = info {
+        let headers = res.headers_mut();
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            header(u64::from(info.limit)),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            header(u64::from(info.remaining)),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-reset"),
+            header(unix_now() + info.reset_in_secs),
+        );
+    }
+}
+
+fn audit_abuse(
+    req: &HttpRequest,
+    principal: &Principal,
+    report: &super::abuse::Report,
+    action: &'static str,
+) -> crate::audit::AuditEvent {
+    let mut event = crate::http::audit::event(
+        req,
+        report.pattern.event_type(),
+        Outcome::Denied,
+        Some(principal),
+    )
+    .detail("pattern", report.pattern.as_str())
+    .detail("detections", report.count)
+    .detail("observed", report.observed)
+    .detail("action", action);
+    if let Some(b) = report.baseline {
+        event = event.detail("baseline_per_sec", (b * 100.0).round() / 100.0);
+    }
+    event
+}
+
+/// Abuse detection for one enqueue about to be stored: refuses it (429) while its principal
+/// is throttled for a spike or a large-payload flood, and demotes it during priority abuse.
+/// Detections are audited (once per principal and pattern a minute) and counted.
+pub async fn check_enqueue(
+    req: &HttpRequest,
+    principal: &Principal,
+    job: &mut crate::job::envelope::NewJob,
+) -> Result<(), ApiError> {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        return Ok(());
+    };
+    let config = limiter.config();
+    let bytes = job.args.0.len() + job.meta.as_ref().map_or(0, |m| m.0.len());
+    let verdict = limiter.abuse().on_enqueue(
+        &config.abuse,
+        config.max_tracked_keys,
+        principal.id(),
+        bytes,
+        job.priority,
+        super::now_ms(),
+    );
+    for report in &verdict.reports {
+        let action = match report.pattern {
+            super::abuse::Pattern::Spike => "throttled",
+            super::abuse::Pattern::LargePayloads => "large_payloads_refused",
+            super::abuse::Pattern::PriorityFlood => "demoted",
+            super::abuse::Pattern::RetryStorm => "reported",
+        };
+        let event = audit_abuse(req, principal, report, action)
+            .detail("queue", job.queue.clone())
+            .detail("job_type", job.job_type.clone());
+        crate::http::audit::emit(req, event).await;
+        info!(principal = %principal.display_id(), pattern = report.pattern.as_str(), "abuse detected");
+    }
+    if let Some(priority) = verdict.demote_to {
+        job.priority = priority;
+    }
+    if let Some((pattern, retry_after_secs)) = verdict.refuse {
+        let message = match pattern {
+            super::abuse::Pattern::LargePayloads => {
+                "too many large jobs from this credential; large jobs are refused for a while"
+            }
+            _ => "this credential is submitting far above its usual rate; it is throttled for a while",
+        };
+        return Err(ApiError::rate_limited(message, retry_after_secs)
+            .with_details(serde_json::json!({ "scope": "abuse", "pattern": pattern.as_str() }))
+            .with_hint(HINT));
+    }
+    Ok(())
+}
+
+/// Abuse detection for one nack: a retry storm is audited and counted.
+pub async fn note_nack(req: &HttpRequest, principal: &Principal) {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        return;
+    };
+    let config = limiter.config();
+    let report = limiter.abuse().on_nack(
+        &config.abuse,
+        config.max_tracked_keys,
+        principal.id(),
+        super::now_ms(),
+    );
+    if let Some(report) = report {
+        crate::http::audit::emit(req, audit_abuse(req, principal, &report, "reported")).await;
+        info!(principal = %principal.display_id(), "retry storm detected");
+    }
+}
