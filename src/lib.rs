@@ -17,6 +17,7 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod queue;
+pub mod rules;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 pub mod sessions;
+pub mod validation;
 pub use sessions::SessionsConfig;
+pub use validation::{BackpressureConfig, PayloadConfig, QuotaConfig, ValidationConfig};
 
 use crate::auth::actions::ActionsConfig;
 use crate::auth::jwt::JwtConfig;
@@ -32,6 +34,10 @@ pub struct Config {
     pub audit: AuditSection,
     pub auth: AuthSection,
     pub sessions: SessionsConfig,
+    pub payload: PayloadConfig,
+    pub validation: ValidationConfig,
+    pub quotas: QuotaConfig,
+    pub backpressure: BackpressureConfig,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -275,6 +281,10 @@ impl Config {
         }
         self.policy()?;
         self.sessions.validate()?;
+        self.payload.validate()?;
+        self.validation.validate()?;
+        self.quotas.validate()?;
+        self.backpressure.validate()?;
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().context("invalid [auth.jwt]")?;
         }
@@ -298,6 +308,8 @@ impl Config {
             honour_test_directives: self.testing.honour_test_directives,
             default_timeout_ms: self.queue.default_timeout_ms,
             default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
+            max_args_bytes: self.payload.max_args_bytes,
+            max_meta_bytes: self.payload.max_meta_bytes,
         }
     }
 
@@ -372,6 +384,10 @@ mod tests {
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());
         assert_eq!(c.auth.actions, d.auth.actions);
+        assert_eq!(c.payload, d.payload);
+        assert_eq!(c.validation, d.validation);
+        assert_eq!(c.quotas, d.quotas);
+        assert_eq!(c.backpressure, d.backpressure);
     }
 
     #[test]

@@ -112,6 +112,14 @@ impl ApiError {
         e
     }
 
+    /// 429 with `Retry-After` and a code of its own (`queue_full`, `quota_exceeded`).
+    #[must_use]
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        e.retry_after_secs = Some(retry_after_secs.max(1));
+        e
+    }
+
     /// 404 for a job (or any resource) the caller cannot see.
     #[must_use]
     pub fn not_found(resource: &'static str) -> Self {
@@ -143,6 +151,7 @@ impl ApiError {
             403 => "permission_error",
             404 => "not_found_error",
             405 => "invalid_request_error",
+            408 => "timeout_error",
             409 => "conflict_error",
             429 => "rate_limit_error",
             _ => "server_error",
@@ -228,6 +237,12 @@ impl From<Invalid> for ApiError {
             .with_hint(
                 "remove the attributes, or set [api] unknown_fields = \"preserve\" on the server",
             ),
+            InvalidKind::TooLarge => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.message,
+            )
+            .with_details(json!({ "field": field })),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod strict_json;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -22,13 +23,14 @@ use crate::audit::AuditHandle;
 use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
-use body::BodyLimit;
 use error::ApiError;
 use routes::{admin, dead_letter, jobs, keys, sessions, system, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
 pub struct Shared {
+    /// Payload limits, validation rules and quotas; swapped by a config reload.
+    pub rules: crate::rules::RulesHandle,
     pub config: Arc<Config>,
     pub queue: QueueHandle,
     pub auth: AuthHandle,
@@ -61,8 +63,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             }))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::from(shared.actions.clone()))
-            .app_data(web::Data::new(config.envelope_rules()))
-            .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
+            .app_data(web::Data::new(shared.rules.clone()))
             .app_data(web::Data::new(system::StartedAt(shared.started)))
             .app_data(web::QueryConfig::default().error_handler(|_, _| {
                 ApiError::invalid("query", "the query string is malformed").into()

@@ -20,9 +20,10 @@ use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
-use crate::job::envelope::{parse_new_job, EnvelopeRules, NAME_MAX};
+use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
 use crate::queue::QueueHandle;
+use crate::rules::{Rules, RulesHandle};
 
 /// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.
 fn reserved_queue(body: &Value) -> Option<&str> {
@@ -38,23 +39,72 @@ fn reserved_queue(body: &Value) -> Option<&str> {
     (queue.starts_with(RESERVED_QUEUE_PREFIX) && plain).then_some(queue)
 }
 
+/// The configured rules on a parsed job: the job-type allowlist (422 `invalid_job_type`,
+/// audited: an unregistered type is a probe or a misconfigured producer), then the
+/// per-request quotas on priority and timeout (422 `quota_exceeded`).
+pub(crate) async fn check_job_rules(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    rules: &Rules,
+    new: &NewJob,
+) -> Result<(), ApiError> {
+    if !rules.allowlist.allows(&new.job_type) {
+        let event = audit::event(
+            req,
+            "job.type_refused",
+            Outcome::Denied,
+            Some(&caller.principal),
+        )
+        .detail("job_type", new.job_type.clone())
+        .detail("queue", new.queue.clone());
+        audit::emit(req, event).await;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job_type",
+            "the job type is not registered on this server",
+        )
+        .with_details(json!({ "field": "type" }))
+        .with_hint("add the type to [validation] job_types on the server"));
+    }
+    let quotas = &rules.quotas;
+    if new.priority > quotas.max_priority {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            format!("priority may be at most {}", quotas.max_priority),
+        )
+        .with_details(json!({ "field": "options.priority", "max": quotas.max_priority })));
+    }
+    if new.timeout_ms > quotas.max_timeout_ms {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            format!("timeout_ms may be at most {}", quotas.max_timeout_ms),
+        )
+        .with_details(json!({ "field": "options.timeout_ms", "max": quotas.max_timeout_ms })));
+    }
+    Ok(())
+}
+
 /// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
 /// nothing). An action job type also needs a valid policy token, dry run or not.
 pub async fn enqueue(
     req: HttpRequest,
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
-    rules: web::Data<EnvelopeRules>,
+    rules: web::Data<RulesHandle>,
     actions: web::Data<ActionGuard>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
+    let rules = rules.current();
     // Reserved queues are refused as a permission matter (OJS security §15.2), before the
     // envelope's pattern check would call them malformed.
     if let Some(reserved) = reserved_queue(&body.0) {
         caller.allow(Permission::Enqueue, reserved).await?;
     }
-    let new = parse_new_job(&body.0, &rules, now_ms())?;
+    let new = parse_new_job(&body.0, &rules.envelope, now_ms())?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
+    check_job_rules(&req, &caller, &rules, &new).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
     // administrator acting on the system scope may use it to act for a tenant, as with the
     // header.
