@@ -84,6 +84,18 @@ impl Rules {
         }
     }
 
+    /// The queue's limits for one enqueue or fetch.
+    #[must_use]
+    pub fn limits(&self) -> crate::queue::bounds::Limits {
+        crate::queue::bounds::Limits {
+            default_max_depth: self.backpressure.default_max_depth,
+            max_pending_per_principal: self.quotas.max_pending_jobs_per_principal,
+            max_running_per_principal: self.quotas.max_running_jobs_per_principal,
+            max_pending_per_tenant: self.quotas.max_pending_jobs_per_tenant,
+            max_queues_per_tenant: self.quotas.max_queues_per_tenant,
+        }
+    }
+
     /// How long a body may take to arrive.
     #[must_use]
     pub fn body_read_timeout(&self) -> Duration {

@@ -340,6 +340,13 @@ async fn case(h: &Harness, route: &Route, cred: &Cred, other: bool) -> Case {
                 ..plain(&format!("/ojs/v1/admin/users/{name}/password"))
             }
         }
+        ("GET", "/ojs/v1/queues/{name}/stats" | "/ojs/v1/admin/queues/{name}/config") => {
+            plain(&route.path.replace("{name}", "matrix"))
+        }
+        ("PUT", "/ojs/v1/admin/queues/{name}/config") => Case {
+            body: Some(json!({"backpressure": {"max_depth": 0}})),
+            ..plain(&route.path.replace("{name}", "matrix"))
+        },
         ("POST", "/ojs/v1/auth/login" | "/ojs/v1/auth/refresh" | "/ojs/v1/auth/logout") => Case {
             body: Some(json!({})),
             ..plain(route.path)

@@ -30,7 +30,13 @@ pub struct ApiError {
     details: Option<Value>,
     hint: Option<&'static str>,
     retry_after_secs: Option<u64>,
+    /// Extra headers (boxed: errors travel in `Result`s and must stay small).
+    headers: Option<Box<ExtraHeaders>>,
 }
+
+/// Response headers beyond the standard ones.
+#[derive(Debug, Default)]
+struct ExtraHeaders(Vec<(&'static str, String)>);
 
 impl ApiError {
     /// A new error.
@@ -43,7 +49,15 @@ impl ApiError {
             details: None,
             hint: None,
             retry_after_secs: None,
+            headers: None,
         }
+    }
+
+    /// Adds a response header (values are ours: numbers and validated names).
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.get_or_insert_default().0.push((name, value));
+        self
     }
 
     #[must_use]
@@ -118,6 +132,15 @@ impl ApiError {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
         e.retry_after_secs = Some(retry_after_secs.max(1));
         e
+    }
+
+    /// Replaces the `Retry-After` of a 429 or 503.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        if self.retry_after_secs.is_some() {
+            self.retry_after_secs = Some(secs.max(1));
+        }
+        self
     }
 
     /// 404 for a job (or any resource) the caller cannot see.
@@ -207,6 +230,9 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        for (name, value) in self.headers.iter().flat_map(|h| h.0.iter()) {
+            res.insert_header((*name, value.as_str()));
+        }
         res.body(self.body().to_string())
     }
 }
@@ -258,6 +284,20 @@ impl From<QueueError> for ApiError {
             (QueueError::LeaseNotHeld, _) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
                 .with_hint("only the worker that fetched the job, with the same credential, may ack, nack or heartbeat it"),
             (QueueError::NotInDeadLetter, _) => Self::not_found("dead letter job"),
+            (QueueError::QueueFull { depth, bound, strategy }, _) => Self::too_many(
+                "queue_full",
+                format!("the queue has reached its depth bound ({bound})"),
+                5,
+            )
+            .with_details(json!({ "depth": depth, "bound": bound, "strategy": strategy.as_str() }))
+            .with_header("X-OJS-Queue-Depth", depth.to_string())
+            .with_header("X-OJS-Queue-Bound", bound.to_string()),
+            (QueueError::QuotaExceeded { quota, limit }, _) => Self::too_many(
+                "quota_exceeded",
+                format!("quota {} ({limit}) is used up", quota.as_str()),
+                5,
+            )
+            .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
             (_, ErrorKind::NotFound) => Self::not_found("job"),
             (QueueError::Storage(inner), _) => {
                 error!(error = %inner, "storage failure");

@@ -24,7 +24,7 @@ use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, keys, sessions, system, workers};
+use routes::{admin, dead_letter, jobs, keys, queues, sessions, system, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
@@ -80,6 +80,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .service(resource("/metrics").route(web::get().to(system::metrics)))
             .service(resource("/ojs/v1/health").route(web::get().to(system::health)))
             .service(resource("/ojs/v1/queues").route(web::get().to(system::list_queues)))
+            .service(resource("/ojs/v1/queues/{name}/stats").route(web::get().to(queues::stats)))
             .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))
             .service(resource("/ojs/v1/jobs").route(web::post().to(jobs::enqueue)))
             .service(
@@ -103,6 +104,11 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                     .route(web::post().to(dead_letter::retry)),
             );
         cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)))
+            .service(
+                resource("/ojs/v1/admin/queues/{name}/config")
+                    .route(web::get().to(queues::config))
+                    .route(web::put().to(queues::set_config)),
+            )
             .service(
                 resource("/ojs/v1/admin/keys")
                     .route(web::get().to(keys::list))

@@ -22,8 +22,10 @@ use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
 use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
-use crate::queue::QueueHandle;
+use crate::queue::bounds::Strategy;
+use crate::queue::{Enqueued, QueueError, QueueHandle};
 use crate::rules::{Rules, RulesHandle};
+use std::time::{Duration, Instant};
 
 /// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.
 fn reserved_queue(body: &Value) -> Option<&str> {
@@ -178,20 +180,94 @@ pub async fn enqueue(
             }),
         ));
     }
-    let job = match &token {
+    let queue_name = new.queue.clone();
+    let stored = enqueue_bounded(&req, &queue, &rules, new, tenant, owner);
+    let done = match &token {
         // The token's use is on disk before the job is; a failed enqueue adds a failure record.
         Some(claims) => {
-            let used = used_event(&req, &caller, claims, &new.queue, false);
-            audit::guarded(&req, used, queue.enqueue(new, tenant, Some(owner))).await?
+            let used = used_event(&req, &caller, claims, &queue_name, false);
+            audit::guarded(&req, used, stored).await?
         }
-        None => queue.enqueue(new, tenant, Some(owner)).await?,
+        None => stored.await?,
     };
-    let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(&job) }));
+    if let Some(dropped) = &done.dropped {
+        let event = audit::event(
+            &req,
+            "backpressure.dropped",
+            Outcome::Success,
+            Some(&caller.principal),
+        )
+        .detail("job_id", dropped.id.to_string())
+        .detail("queue", dropped.queue.clone())
+        .detail("for_job_id", done.job.id.to_string());
+        audit::emit(&req, event).await;
+    }
+    let job = &done.job;
+    let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(job) }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/ojs/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
     }
+    if let Some(pressure) = done.bound.pressure(done.depth) {
+        let headers = res.headers_mut();
+        for (name, value) in [
+            ("x-ojs-queue-depth", done.depth.to_string()),
+            ("x-ojs-queue-bound", done.bound.max_depth.to_string()),
+            ("x-ojs-queue-pressure", format!("{pressure:.2}")),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), v);
+            }
+        }
+    }
     Ok(res)
 }
+
+/// How long a `block` queue may hold this request: `OJS-Block-Timeout` (seconds) when sent,
+/// otherwise the configured maximum, never more than it.
+fn block_timeout(req: &HttpRequest, rules: &Rules) -> Duration {
+    let max = rules.backpressure.max_block_secs;
+    let asked = req
+        .headers()
+        .get("ojs-block-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(max);
+    Duration::from_secs(asked.min(max))
+}
+
+/// Stores a job under its queue's bound and the caller's quotas. A full `block` queue is retried
+/// until there is room or the block timeout passes; then, like a `reject` queue, 429
+/// `queue_full` with the depth headers.
+async fn enqueue_bounded(
+    req: &HttpRequest,
+    queue: &QueueHandle,
+    rules: &Rules,
+    new: NewJob,
+    tenant: Option<String>,
+    owner: String,
+) -> Result<Enqueued, ApiError> {
+    let limits = rules.limits();
+    let retry_after = rules.backpressure.retry_after_secs;
+    let deadline = Instant::now() + block_timeout(req, rules);
+    loop {
+        let result = queue
+            .enqueue_with(new.clone(), tenant.clone(), Some(owner.clone()), limits)
+            .await;
+        match result {
+            Err(QueueError::QueueFull {
+                strategy: Strategy::Block,
+                ..
+            }) if Instant::now() < deadline => {
+                tokio::time::sleep(BLOCK_POLL).await;
+            }
+            Err(e) => return Err(ApiError::from(e).with_retry_after(retry_after)),
+            Ok(done) => return Ok(done),
+        }
+    }
+}
+
+/// How often a blocked enqueue looks for room again.
+const BLOCK_POLL: Duration = Duration::from_millis(50);
 
 /// `GET /ojs/v1/jobs/{id}`
 pub async fn info(

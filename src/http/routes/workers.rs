@@ -96,8 +96,10 @@ pub async fn fetch(
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
     config: web::Data<Config>,
+    rules: web::Data<crate::rules::RulesHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
+    let max_running = rules.current().quotas.max_running_jobs_per_principal;
     let obj = object(&body.0)?;
     let queues = obj
         .get("queues")
@@ -138,6 +140,7 @@ pub async fn fetch(
         count,
         holder: holder(&caller, obj, false)?,
         visibility_timeout_ms: visibility(obj)?,
+        max_running,
     };
     let jobs = queue.fetch(req).await?;
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();

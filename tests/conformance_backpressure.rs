@@ -1,0 +1,31 @@
+//! The OJS ext-backpressure conformance suite against the real server, each test on a fresh
+//! server in the documented conformance configuration.
+//!
+//! `cargo test --test conformance_backpressure -- --nocapture` prints the summary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "conformance/mod.rs"]
+mod conformance;
+
+use conformance::KnownFailure;
+
+/// Tests that no server following the OJS error catalogue as the HTTP binding spells it can
+/// pass, or that need a route Bulwark does not serve (see CONFORMANCE-NOTES.md).
+const KNOWN_FAILURES: &[KnownFailure] = &[
+    (
+        "EXT-BP-001",
+        "asserts error.code \"QUEUE_FULL\"; Bulwark answers 429 with Retry-After and the \
+         lower_snake code queue_full, as for every other error code (CONFORMANCE-NOTES.md)",
+    ),
+    (
+        "EXT-BP-005",
+        "enqueues through POST /ojs/v1/jobs/batch, which Bulwark does not serve yet",
+    ),
+];
+
+#[test]
+fn ext_backpressure() {
+    conformance::run_and_assert("ext-backpressure", KNOWN_FAILURES);
+}
