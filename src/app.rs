@@ -211,7 +211,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         )
         .await;
     let audit_log = config.audit_config().log_file;
-    let rules = crate::rules::RulesHandle::new(&config);
+    let rules = crate::rules::RulesHandle::new(&config)?;
     if rules.current().allowlist.is_open() {
         warn!(
             "no job-type allowlist: every well-formed job type is accepted; list the types in \

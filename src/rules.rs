@@ -4,11 +4,13 @@
 //! swaps them for every later request without a restart; requests in flight keep the snapshot
 //! they started with.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use arc_swap::ArcSwap;
+use serde_json::Value;
 
 use crate::config::validation::{BackpressureConfig, PayloadConfig, QuotaConfig};
 use crate::config::Config;
@@ -59,6 +61,73 @@ impl Allowlist {
     }
 }
 
+/// Where `args` broke a job type's schema: JSON pointers into the args and into the schema.
+/// The offending value itself is never reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaViolation {
+    pub instance_path: String,
+    pub schema_path: String,
+}
+
+/// The compiled JSON Schemas of `args`, by job type.
+#[derive(Clone, Default)]
+pub struct Schemas(HashMap<String, Arc<jsonschema::Validator>>);
+
+impl std::fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Schemas {
+    /// Reads and compiles every configured schema; any unreadable or invalid one is an error
+    /// naming its file.
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let mut out = HashMap::new();
+        for (job_type, path) in &config.validation.schemas {
+            let path = config.base_dir.join(path);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the schema {}", path.display()))?;
+            let schema: Value = serde_json::from_str(&text)
+                .with_context(|| format!("the schema {} is not JSON", path.display()))?;
+            let validator = jsonschema::validator_for(&schema).map_err(|e| {
+                anyhow::anyhow!(
+                    "the schema {} is not a valid JSON Schema: {e}",
+                    path.display()
+                )
+            })?;
+            out.insert(job_type.clone(), Arc::new(validator));
+        }
+        Ok(Self(out))
+    }
+
+    /// Checks `args` against the schema of `job_type`, if it has one.
+    pub fn check(&self, job_type: &str, args: &Value) -> Result<(), SchemaViolation> {
+        let Some(validator) = self.0.get(job_type) else {
+            return Ok(());
+        };
+        match validator.iter_errors(args).next() {
+            None => Ok(()),
+            Some(e) => Err(SchemaViolation {
+                instance_path: e.instance_path().to_string(),
+                schema_path: e.schema_path().to_string(),
+            }),
+        }
+    }
+
+    /// How many job types have a schema.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no job type has a schema.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One snapshot of the rules.
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -66,12 +135,13 @@ pub struct Rules {
     pub max_body_bytes: usize,
     pub payload: PayloadConfig,
     pub allowlist: Allowlist,
+    pub schemas: Schemas,
     pub quotas: QuotaConfig,
     pub backpressure: BackpressureConfig,
 }
 
 impl Rules {
-    /// The rules a config asks for.
+    /// The rules a config asks for, without schemas (they need files: see [`Rules::load`]).
     #[must_use]
     pub fn from_config(config: &Config) -> Self {
         Self {
@@ -79,9 +149,18 @@ impl Rules {
             max_body_bytes: config.server.max_body_bytes,
             payload: config.payload.clone(),
             allowlist: Allowlist::new(&config.validation.job_types),
+            schemas: Schemas::default(),
             quotas: config.quotas.clone(),
             backpressure: config.backpressure.clone(),
         }
+    }
+
+    /// The rules a config asks for, with its schemas read and compiled.
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            schemas: Schemas::load(config)?,
+            ..Self::from_config(config)
+        })
     }
 
     /// The queue's limits for one enqueue or fetch.
@@ -108,10 +187,9 @@ impl Rules {
 pub struct RulesHandle(Arc<ArcSwap<Rules>>);
 
 impl RulesHandle {
-    /// Publishes the rules of a validated config.
-    #[must_use]
-    pub fn new(config: &Config) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(Rules::from_config(config))))
+    /// Publishes the rules of a validated config; an unreadable or invalid schema is an error.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self(Arc::new(ArcSwap::from_pointee(Rules::load(config)?))))
     }
 
     /// The current snapshot.
@@ -124,7 +202,7 @@ impl RulesHandle {
     /// An invalid config leaves the running rules untouched.
     pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
         config.validate()?;
-        let rules = Rules::from_config(config);
+        let rules = Rules::load(config)?;
         if !rules.allowlist.is_open() {
             tracing::info!(
                 entries = config.validation.job_types.len(),
@@ -157,7 +235,7 @@ mod tests {
 
     #[test]
     fn reload_swaps_the_rules_and_a_bad_config_keeps_the_old_ones() {
-        let handle = RulesHandle::new(&Config::default());
+        let handle = RulesHandle::new(&Config::default()).unwrap();
         let before = handle.current();
         assert!(before.allowlist.allows("email.send"));
         assert_eq!(before.payload.max_json_depth, 32);
@@ -179,5 +257,55 @@ mod tests {
         let bad = Config::parse("[payload]\nmax_json_depth = 1000\n").unwrap();
         assert!(handle.reload(&bad).is_err());
         assert_eq!(handle.current().payload.max_json_depth, 8);
+    }
+
+    fn config_with_schema(dir: &std::path::Path, schema: &str) -> Config {
+        std::fs::write(dir.join("email.json"), schema).unwrap();
+        let mut c =
+            Config::parse("[validation.schemas]\n\"email.send\" = \"email.json\"\n").unwrap();
+        c.base_dir = dir.to_path_buf();
+        c
+    }
+
+    #[test]
+    fn schemas_check_args_and_name_the_failing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = r#"{"type": "array", "prefixItems": [{"type": "object",
+            "properties": {"to": {"type": "string", "format": "email"}}, "required": ["to"]}],
+            "items": false}"#;
+        let handle = RulesHandle::new(&config_with_schema(dir.path(), schema)).unwrap();
+        let rules = handle.current();
+        assert_eq!(rules.schemas.len(), 1);
+        let ok = serde_json::json!([{"to": "a@example.com"}]);
+        rules.schemas.check("email.send", &ok).unwrap();
+        let bad = serde_json::json!([{"to": 5}]);
+        let err = rules.schemas.check("email.send", &bad).unwrap_err();
+        assert_eq!(err.instance_path, "/0/to");
+        assert!(rules
+            .schemas
+            .check("email.send", &serde_json::json!([{"to": "x"}, 2]))
+            .is_err());
+        // Types without a schema are not checked.
+        rules.schemas.check("other.type", &bad).unwrap();
+    }
+
+    #[test]
+    fn a_bad_schema_is_an_error_at_start_and_a_reload_keeps_the_old_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RulesHandle::new(&config_with_schema(dir.path(), "{not json")).is_err());
+        assert!(RulesHandle::new(&config_with_schema(dir.path(), r#"{"type": 5}"#)).is_err());
+        // A remote reference is never fetched: the schema does not compile.
+        let remote = r#"{"$ref": "https://example.com/schema.json"}"#;
+        assert!(RulesHandle::new(&config_with_schema(dir.path(), remote)).is_err());
+
+        let handle =
+            RulesHandle::new(&config_with_schema(dir.path(), r#"{"type": "array"}"#)).unwrap();
+        assert_eq!(handle.current().schemas.len(), 1);
+        assert!(handle
+            .reload(&config_with_schema(dir.path(), "{broken"))
+            .is_err());
+        assert_eq!(handle.current().schemas.len(), 1);
+        handle.reload(&Config::default()).unwrap();
+        assert!(handle.current().schemas.is_empty());
     }
 }

@@ -462,3 +462,75 @@ async fn the_job_type_allowlist_and_request_quotas() {
     }
     assert_eq!(queues(&server).await, mid);
 }
+
+#[tokio::test]
+async fn args_are_checked_against_the_job_types_schema() {
+    let schemas = tempfile::tempdir().unwrap();
+    let path = schemas.path().join("email.send.json");
+    std::fs::write(
+        &path,
+        r#"{"type": "array", "prefixItems": [{"type": "object",
+            "properties": {"to": {"type": "string"}, "n": {"type": "integer", "maximum": 5}},
+            "required": ["to"]}], "items": false}"#,
+    )
+    .unwrap();
+    let server = TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[validation.schemas]\n\"email.send\" = {:?}\n",
+            path.display()
+        ),
+        ..ServerOptions::default()
+    });
+    let ok = json!({"type": "email.send", "args": [{"to": "a@example.com", "n": 5}]});
+    assert_eq!(post(&server, &ok).await.0, StatusCode::CREATED);
+    let before = queues(&server).await;
+    for (args, instance_path) in [
+        (json!([{"to": "CANARY-1", "n": 6}]), "/0/n"),
+        (json!([{"n": 1}]), "/0"),
+        (json!([{"to": 5}]), "/0/to"),
+        (json!([{"to": "x"}, "CANARY-2"]), ""),
+    ] {
+        let (status, body) = post(&server, &json!({"type": "email.send", "args": args})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(code(&body), "schema_validation_failed");
+        assert_eq!(body["error"]["details"]["field"], "args");
+        if !instance_path.is_empty() {
+            assert_eq!(
+                body["error"]["details"]["instance_path"], instance_path,
+                "{body}"
+            );
+        }
+        assert!(!body.to_string().contains("CANARY"), "{body}");
+    }
+    // Other types are not checked.
+    let other = json!({"type": "other.job", "args": [1, "x"]});
+    assert_eq!(post(&server, &other).await.0, StatusCode::CREATED);
+    assert_ne!(queues(&server).await, before);
+}
+
+#[test]
+fn an_invalid_schema_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("bad.json");
+    std::fs::write(&schema, r#"{"type": "no-such-type"}"#).unwrap();
+    let config = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n\
+             [secrets]\ndir = {:?}\n[validation.schemas]\n\"email.send\" = \"bad.json\"\n",
+            dir.path().join("data").display().to_string(),
+            dir.path().join("secrets").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin_path())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.json"), "{stderr}");
+}

@@ -38,6 +38,9 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub quotas: QuotaConfig,
     pub backpressure: BackpressureConfig,
+    /// The folder of the config file: relative paths in it (schemas) start there.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -239,8 +242,10 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                Self::parse(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                let mut config = Self::parse(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                config
             }
         };
         config.validate()?;

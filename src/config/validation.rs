@@ -2,6 +2,9 @@
 //! be, and how much one principal or tenant may hold. All of it is reloadable (see
 //! [`crate::rules`]).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use anyhow::bail;
 use serde::Deserialize;
 
@@ -43,12 +46,17 @@ pub struct ValidationConfig {
     /// The job-type allowlist (OJS security SEC-008): exact names, `prefix.*` globs, or `*` for
     /// every type that matches the pattern.
     pub job_types: Vec<String>,
+    /// A JSON Schema for the `args` of a job type (`[validation.schemas]`, type = file path,
+    /// relative to the config file's folder). Compiled at start and on reload; remote `$ref`s
+    /// are never fetched.
+    pub schemas: BTreeMap<String, PathBuf>,
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             job_types: vec!["*".into()],
+            schemas: BTreeMap::new(),
         }
     }
 }
@@ -65,6 +73,9 @@ impl ValidationConfig {
                      nor \"*\""
                 );
             }
+        }
+        if let Some(bad) = self.schemas.keys().find(|t| !is_valid_job_type(t)) {
+            bail!("validation.schemas: {bad:?} is not a job type");
         }
         Ok(())
     }

@@ -42,13 +42,15 @@ fn reserved_queue(body: &Value) -> Option<&str> {
 }
 
 /// The configured rules on a parsed job: the job-type allowlist (422 `invalid_job_type`,
-/// audited: an unregistered type is a probe or a misconfigured producer), then the
-/// per-request quotas on priority and timeout (422 `quota_exceeded`).
+/// audited: an unregistered type is a probe or a misconfigured producer), the type's JSON
+/// Schema for `args` (422 `schema_validation_failed` with the failing path, never the value),
+/// then the per-request quotas on priority and timeout (422 `quota_exceeded`).
 pub(crate) async fn check_job_rules(
     req: &HttpRequest,
     caller: &Authenticated,
     rules: &Rules,
     new: &NewJob,
+    args: &Value,
 ) -> Result<(), ApiError> {
     if !rules.allowlist.allows(&new.job_type) {
         let event = audit::event(
@@ -67,6 +69,18 @@ pub(crate) async fn check_job_rules(
         )
         .with_details(json!({ "field": "type" }))
         .with_hint("add the type to [validation] job_types on the server"));
+    }
+    if let Err(v) = rules.schemas.check(&new.job_type, args) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema_validation_failed",
+            "args do not match the schema of this job type",
+        )
+        .with_details(json!({
+            "field": "args",
+            "instance_path": v.instance_path,
+            "schema_path": v.schema_path,
+        })));
     }
     let quotas = &rules.quotas;
     if new.priority > quotas.max_priority {
@@ -106,7 +120,7 @@ pub async fn enqueue(
     }
     let new = parse_new_job(&body.0, &rules.envelope, now_ms())?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
-    check_job_rules(&req, &caller, &rules, &new).await?;
+    check_job_rules(&req, &caller, &rules, &new, &body.0["args"]).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
     // administrator acting on the system scope may use it to act for a tenant, as with the
     // header.
