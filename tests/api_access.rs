@@ -260,6 +260,13 @@ async fn case(h: &Harness, route: &Route, cred: &Cred, other: bool) -> Case {
             body: Some(json!({"type": "matrix.job", "args": [1], "options": {"queue": "matrix"}})),
             ..plain(route.path)
         },
+        ("POST", "/ojs/v1/jobs/batch") => Case {
+            body: Some(json!({"jobs": [
+                {"type": "matrix.job", "args": [1], "options": {"queue": "matrix"}},
+                {"type": "matrix.job", "args": [2], "options": {"queue": "matrix"}},
+            ]})),
+            ..plain(route.path)
+        },
         ("GET" | "DELETE", "/ojs/v1/jobs/{id}") => {
             let id = h.job(scope, json!({"queue": "matrix"})).await;
             Case {

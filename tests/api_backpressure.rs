@@ -466,3 +466,66 @@ async fn per_tenant_job_and_queue_limits() {
         );
     }
 }
+
+#[tokio::test]
+async fn batches_are_all_or_nothing_under_bounds_quotas_and_validation() {
+    let server = TestServer::start(ServerOptions {
+        extra_toml: "[quotas]\nmax_pending_jobs_per_principal = 6\n".into(),
+        ..ServerOptions::default()
+    });
+    let api = Api::new(&server);
+    let job =
+        |n: u32, queue: &str| json!({"type": "bp.batch", "args": [n], "options": {"queue": queue}});
+    let api = &api;
+    let batch = |jobs: Vec<Value>| async move {
+        api.call(
+            Method::POST,
+            "/ojs/v1/jobs/batch",
+            Some(json!({ "jobs": jobs })),
+            &[],
+        )
+        .await
+    };
+    let res = batch(vec![job(1, "b1"), job(2, "b2")]).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    assert_eq!(res.body["count"], 2);
+    assert_eq!(res.body["jobs"][1]["state"], "available");
+
+    // One invalid envelope refuses the batch and names its index.
+    let res = batch(vec![job(3, "b1"), json!({"args": []}), job(4, "b1")]).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.body);
+    assert_eq!(res.body["error"]["details"]["index"], 1);
+    assert_eq!(api.depth("b1").await, 1);
+
+    // A bound that the batch would cross refuses all of it.
+    api.configure("b3", json!({"max_depth": 2})).await;
+    let res = batch(vec![job(5, "b3"), job(6, "b3"), job(7, "b3")]).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert_eq!(res.body["error"]["code"], "queue_full");
+    assert_eq!(api.depth("b3").await, 0);
+    assert_eq!(
+        batch(vec![job(5, "b3"), job(6, "b3")]).await.status,
+        StatusCode::CREATED
+    );
+
+    // So does the principal's quota (4 of 6 used; 3 more do not fit, 2 do).
+    let res = batch(vec![job(8, "b1"), job(9, "b1"), job(10, "b1")]).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.body["error"]["code"], "quota_exceeded");
+    assert_eq!(api.depth("b1").await, 1);
+
+    // Repeated ids in one batch are a conflict, and nothing is stored.
+    let id = "019a0b6e-1c2d-7e3f-8a4b-5c6d7e8f9a0b";
+    let with_id = json!({"id": id, "type": "bp.batch", "args": [], "options": {"queue": "b1"}});
+    let res = batch(vec![with_id.clone(), with_id]).await;
+    assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.body);
+    assert_eq!(api.depth("b1").await, 1);
+
+    // Shape of the batch itself.
+    for body in [json!({}), json!({"jobs": []}), json!({"jobs": {}})] {
+        let res = api
+            .call(Method::POST, "/ojs/v1/jobs/batch", Some(body), &[])
+            .await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    }
+}

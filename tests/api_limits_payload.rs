@@ -534,3 +534,44 @@ fn an_invalid_schema_stops_the_server_from_starting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.json"), "{stderr}");
 }
+
+#[tokio::test]
+async fn batch_bodies_have_their_own_limit() {
+    let server = TestServer::start(ServerOptions {
+        extra_toml: "[payload]\nmax_batch_bytes = 2048\n".into(),
+        ..ServerOptions::default()
+    })
+    .with_body_limit(1024);
+    // A batch body of exactly `size` bytes.
+    let batch_of_size = |size: usize| {
+        let base = br#"{"jobs":[{"type":"pad.job","args":[]}]}"#;
+        let mut out = base[..base.len() - 1].to_vec();
+        out.resize(size - 1, b' ');
+        out.push(b'}');
+        out
+    };
+    let send = |bytes: Vec<u8>| {
+        let server = &server;
+        async move {
+            let res = server
+                .client()
+                .post(server.url("/ojs/v1/jobs/batch"))
+                .header("Authorization", server.auth())
+                .header("Content-Type", "application/json")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            res.status()
+        }
+    };
+    // Larger than a single job body may be, within the batch limit.
+    assert_eq!(send(batch_of_size(2048)).await, StatusCode::CREATED);
+    assert_eq!(
+        send(batch_of_size(2049)).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // The single-job route keeps its own, smaller limit.
+    let (status, _) = post_raw(&server, Some("application/json"), job_of_size(1025)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}

@@ -11,19 +11,13 @@ mod conformance;
 
 use conformance::KnownFailure;
 
-/// Tests that no server following the OJS error catalogue as the HTTP binding spells it can
-/// pass, or that need a route Bulwark does not serve (see CONFORMANCE-NOTES.md).
-const KNOWN_FAILURES: &[KnownFailure] = &[
-    (
-        "EXT-BP-001",
-        "asserts error.code \"QUEUE_FULL\"; Bulwark answers 429 with Retry-After and the \
+/// Tests that no server answering with the lower_snake error codes of the HTTP binding can
+/// pass (see CONFORMANCE-NOTES.md).
+const KNOWN_FAILURES: &[KnownFailure] = &[(
+    "EXT-BP-001",
+    "asserts error.code \"QUEUE_FULL\"; Bulwark answers 429 with Retry-After and the \
          lower_snake code queue_full, as for every other error code (CONFORMANCE-NOTES.md)",
-    ),
-    (
-        "EXT-BP-005",
-        "enqueues through POST /ojs/v1/jobs/batch, which Bulwark does not serve yet",
-    ),
-];
+)];
 
 #[test]
 fn ext_backpressure() {

@@ -71,6 +71,12 @@ pub const ROUTES: &[Route] = &[
         "recent job events",
     ),
     route("POST", "/ojs/v1/jobs", Tenant(Enqueue), "enqueue a job"),
+    route(
+        "POST",
+        "/ojs/v1/jobs/batch",
+        Tenant(Enqueue),
+        "enqueue jobs, all or none",
+    ),
     route("GET", "/ojs/v1/jobs/{id}", Tenant(Inspect), "read a job"),
     route(
         "DELETE",

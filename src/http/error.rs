@@ -134,6 +134,18 @@ impl ApiError {
         e
     }
 
+    /// Adds `details.index`: which job of a batch was refused.
+    #[must_use]
+    pub fn with_index(mut self, index: usize) -> Self {
+        match &mut self.details {
+            Some(Value::Object(map)) => {
+                map.insert("index".into(), index.into());
+            }
+            _ => self.details = Some(json!({ "index": index })),
+        }
+        self
+    }
+
     /// Replaces the `Retry-After` of a 429 or 503.
     #[must_use]
     pub fn with_retry_after(mut self, secs: u64) -> Self {

@@ -83,6 +83,8 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .service(resource("/ojs/v1/queues/{name}/stats").route(web::get().to(queues::stats)))
             .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))
             .service(resource("/ojs/v1/jobs").route(web::post().to(jobs::enqueue)))
+            // Before `{id}`, which would otherwise match `batch`.
+            .service(resource("/ojs/v1/jobs/batch").route(web::post().to(jobs::enqueue_batch)))
             .service(
                 resource("/ojs/v1/jobs/{id}")
                     .route(web::get().to(jobs::info))

@@ -316,6 +316,19 @@ impl QueueActor {
                 limits,
                 reply,
             } => deliver(reply, self.enqueue(b, *job, tenant, owner, limits), failed),
+            Msg::EnqueueBatch {
+                jobs,
+                limits,
+                reply,
+            } => {
+                let result = self.enqueue_batch(b, jobs, limits);
+                // A failure after the first write would leave part of the batch in the
+                // transaction: abort the whole turn instead.
+                if matches!(result, Err(QueueError::Unavailable)) {
+                    *failed = true;
+                }
+                deliver(reply, result, failed)
+            }
             Msg::SetBound {
                 tenant,
                 queue,
@@ -596,6 +609,86 @@ impl QueueActor {
             dropped,
             bound,
         })
+    }
+
+    fn enqueue_batch(
+        &mut self,
+        b: &mut Batch<'_>,
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: Limits,
+    ) -> Result<Vec<Job>, QueueError> {
+        // Every check for the whole batch first, counting the batch's own jobs, so that nothing
+        // is written unless everything fits.
+        let over = |used: u64, limit: u64| limit > 0 && used >= limit;
+        let mut ids = std::collections::HashSet::new();
+        let mut owners: HashMap<&str, u64> = HashMap::new();
+        let mut tenants: HashMap<&str, u64> = HashMap::new();
+        let mut new_queues: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        let mut depths: HashMap<QueueKey, u64> = HashMap::new();
+        for (new, tenant, owner) in &jobs {
+            if let Some(id) = new.id {
+                if !ids.insert(id) || b.exists(id)? {
+                    return Err(QueueError::Duplicate);
+                }
+            }
+            if let Some(owner) = owner.as_deref() {
+                let n = owners.entry(owner).or_default();
+                if over(self.idx.owned(owner) + *n, limits.max_pending_per_principal) {
+                    return Err(QueueError::QuotaExceeded {
+                        quota: Quota::PrincipalPending,
+                        limit: limits.max_pending_per_principal,
+                    });
+                }
+                *n += 1;
+            }
+            let key: QueueKey = (tenant.clone(), new.queue.clone());
+            if let Some(t) = tenant.as_deref() {
+                let n = tenants.entry(t).or_default();
+                if over(self.idx.tenant_jobs(t) + *n, limits.max_pending_per_tenant) {
+                    return Err(QueueError::QuotaExceeded {
+                        quota: Quota::TenantPending,
+                        limit: limits.max_pending_per_tenant,
+                    });
+                }
+                *n += 1;
+                let fresh = new_queues.entry(t).or_default();
+                if !self.idx.has_queue(&key) && !fresh.contains(new.queue.as_str()) {
+                    let have = self.idx.tenant_queue_count(t) + fresh.len() as u64;
+                    if over(have, limits.max_queues_per_tenant) {
+                        return Err(QueueError::QuotaExceeded {
+                            quota: Quota::TenantQueues,
+                            limit: limits.max_queues_per_tenant,
+                        });
+                    }
+                    fresh.insert(new.queue.as_str());
+                }
+            }
+            let bound = self
+                .bounds
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| QueueBound::default_with(limits.default_max_depth));
+            let depth = self.idx.depth(&key) + depths.get(&key).copied().unwrap_or(0);
+            if bound.is_full(depth) {
+                return Err(QueueError::QueueFull {
+                    depth,
+                    bound: bound.max_depth,
+                    strategy: bound.strategy,
+                });
+            }
+            *depths.entry(key).or_default() += 1;
+        }
+        let mut stored = Vec::with_capacity(jobs.len());
+        for (new, tenant, owner) in jobs {
+            match self.enqueue(b, new, tenant, owner, limits) {
+                Ok(done) => stored.push(done.job),
+                Err(e) => {
+                    error!(error = %e, "batch enqueue failed after its checks passed");
+                    return Err(QueueError::Unavailable);
+                }
+            }
+        }
+        Ok(stored)
     }
 
     /// The per-principal and per-tenant counts a new job of `key` owned by `owner` would pass.

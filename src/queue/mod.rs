@@ -108,6 +108,22 @@ impl QueueHandle {
         .await
     }
 
+    /// Enqueues every job (each with its tenant and owner) in one transaction, or none: a
+    /// duplicate id, a quota or a full queue refuses the whole batch. Full `drop_oldest`
+    /// queues refuse batches too.
+    pub async fn enqueue_batch(
+        &self,
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: bounds::Limits,
+    ) -> Result<Vec<Job>, QueueError> {
+        self.call(|reply| Msg::EnqueueBatch {
+            jobs,
+            limits,
+            reply,
+        })
+        .await
+    }
+
     /// Sets a queue's bound (kept in the database), or removes it with `None`.
     pub async fn set_bound(
         &self,

@@ -141,6 +141,12 @@ pub(crate) enum Msg {
         limits: Limits,
         reply: Reply<Enqueued>,
     },
+    /// Enqueues every job or none (each with its tenant and owner).
+    EnqueueBatch {
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: Limits,
+        reply: Reply<Vec<Job>>,
+    },
     /// Sets (or with `None` removes) a queue's bound.
     SetBound {
         tenant: Option<String>,

@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::http::actions::{require_policy_token, used_event};
 use crate::http::audit;
 use crate::http::auth::Authenticated;
-use crate::http::body::OjsJson;
+use crate::http::body::{OjsBatchJson, OjsJson};
 use crate::http::error::ApiError;
 use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
@@ -102,25 +102,30 @@ pub(crate) async fn check_job_rules(
     Ok(())
 }
 
-/// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
-/// nothing). An action job type also needs a valid policy token, dry run or not.
-pub async fn enqueue(
-    req: HttpRequest,
-    caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    rules: web::Data<RulesHandle>,
-    actions: web::Data<ActionGuard>,
-    body: OjsJson,
-) -> Result<HttpResponse, ApiError> {
-    let rules = rules.current();
+/// A job that passed every check but the policy token, with the tenant it is stored for and
+/// its owner.
+struct Prepared {
+    new: NewJob,
+    tenant: Option<String>,
+    owner: String,
+}
+
+/// Reads one envelope and applies every check of an enqueue except the policy token: reserved
+/// queues, the envelope, the queue ACL, the configured rules, `meta.tenant_id` and the owner.
+async fn prepare(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    rules: &Rules,
+    body: &Value,
+) -> Result<Prepared, ApiError> {
     // Reserved queues are refused as a permission matter (OJS security §15.2), before the
     // envelope's pattern check would call them malformed.
-    if let Some(reserved) = reserved_queue(&body.0) {
+    if let Some(reserved) = reserved_queue(body) {
         caller.allow(Permission::Enqueue, reserved).await?;
     }
-    let new = parse_new_job(&body.0, &rules.envelope, now_ms())?;
+    let new = parse_new_job(body, &rules.envelope, now_ms())?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
-    check_job_rules(&req, &caller, &rules, &new, &body.0["args"]).await?;
+    check_job_rules(req, caller, rules, &new, &body["args"]).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
     // administrator acting on the system scope may use it to act for a tenant, as with the
     // header.
@@ -158,6 +163,21 @@ pub async fn enqueue(
         Some(named) => named.clone(),
         None => caller.principal.id().to_string(),
     };
+    Ok(Prepared { new, tenant, owner })
+}
+
+/// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
+/// nothing). An action job type also needs a valid policy token, dry run or not.
+pub async fn enqueue(
+    req: HttpRequest,
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    rules: web::Data<RulesHandle>,
+    actions: web::Data<ActionGuard>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let rules = rules.current();
+    let Prepared { new, tenant, owner } = prepare(&req, &caller, &rules, &body.0).await?;
     // Last of the checks, so that the token is judged for exactly the job that would be
     // stored: its type, the tenant it is stored for, and the principal.
     let token = require_policy_token(
@@ -332,4 +352,72 @@ pub async fn activate(
     let mut view = job_json(&job);
     view["previous_state"] = "pending".into();
     Ok(json(StatusCode::OK, &json!({ "job": view })))
+}
+
+/// Most jobs in one batch.
+pub const MAX_BATCH_JOBS: usize = 1000;
+
+/// `POST /ojs/v1/jobs/batch`: `{"jobs": [envelope, ...]}`, all stored in one transaction or
+/// none. Each envelope gets every check of a single enqueue; the first refusal answers for the
+/// whole batch with the job's index in `details.index`. The body may be up to
+/// `payload.max_batch_bytes`. Action job types (which need a policy token each) and dry runs are
+/// enqueued one at a time, not in batches.
+pub async fn enqueue_batch(
+    req: HttpRequest,
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    rules: web::Data<RulesHandle>,
+    actions: web::Data<ActionGuard>,
+    body: OjsBatchJson,
+) -> Result<HttpResponse, ApiError> {
+    let rules = rules.current();
+    let items = body
+        .0
+        .get("jobs")
+        .and_then(Value::as_array)
+        .filter(|j| !j.is_empty() && j.len() <= MAX_BATCH_JOBS)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "jobs",
+                format!("jobs must be an array of 1 to {MAX_BATCH_JOBS} job envelopes"),
+            )
+        })?;
+    let mut jobs = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let at = |e: ApiError| e.with_index(index);
+        let Prepared { new, tenant, owner } =
+            prepare(&req, &caller, &rules, item).await.map_err(at)?;
+        if actions.is_action(&new.job_type) {
+            return Err(at(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "action job types need a policy token each: enqueue them one at a time",
+            )));
+        }
+        if new.dry_run {
+            return Err(at(ApiError::invalid(
+                "options.dry_run",
+                "dry runs are not supported in batches",
+            )));
+        }
+        jobs.push((new, tenant, Some(owner)));
+    }
+    let count = jobs.len();
+    let stored = queue
+        .enqueue_batch(jobs, rules.limits())
+        .await
+        .map_err(|e| ApiError::from(e).with_retry_after(rules.backpressure.retry_after_secs))?;
+    let views: Vec<Value> = stored.iter().map(job_json).collect();
+    let event = audit::event(
+        &req,
+        "job.batch_enqueued",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("count", count);
+    audit::emit(&req, event).await;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({ "jobs": views, "count": count }),
+    ))
 }

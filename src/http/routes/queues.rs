@@ -58,6 +58,9 @@ pub async fn stats(
         .find(|q| q.name == name)
         .map(|q| q.counts)
         .unwrap_or_default();
+    let mut summary = serde_json::to_value(&counts).unwrap_or_else(|_| json!({}));
+    summary["name"] = json!(name);
+    summary["depth"] = json!(info.depth);
     let pressure = match info.bound.max_depth {
         0 => Value::Null,
         #[allow(clippy::cast_precision_loss)]
@@ -73,6 +76,7 @@ pub async fn stats(
                 "pressure": pressure,
                 "counts": counts,
             },
+            "queue": summary,
             "backpressure": bound_json(&info),
         }),
     ))
