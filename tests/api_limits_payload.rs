@@ -179,6 +179,21 @@ async fn body_size_at_the_limit_passes_and_one_over_is_413() {
     let after = queues(&server).await;
     let count = |v: &Value| v["queues"][0]["counts"]["available"].as_u64();
     assert_eq!(count(&after), count(&before).map(|n| n + 1));
+    // The refusals are counted.
+    let metrics = server
+        .client()
+        .get(server.url("/metrics"))
+        .header("Authorization", server.auth())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bulwark_limit_refusals_total{code=\"payload_too_large\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// Sends a body with chunked transfer encoding, in chunks of 1 KiB.

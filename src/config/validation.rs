@@ -104,7 +104,7 @@ impl Default for QuotaConfig {
     fn default() -> Self {
         Self {
             max_pending_jobs_per_principal: 100_000,
-            max_running_jobs_per_principal: 1_000,
+            max_running_jobs_per_principal: 10_000,
             max_priority: 100,
             max_timeout_ms: 3_600_000,
             max_pending_jobs_per_tenant: 1_000_000,

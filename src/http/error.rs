@@ -231,6 +231,19 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if matches!(
+            self.code,
+            "payload_too_large"
+                | "request_timeout"
+                | "invalid_payload"
+                | "unsupported_media_type"
+                | "invalid_job_type"
+                | "schema_validation_failed"
+                | "queue_full"
+                | "quota_exceeded"
+        ) {
+            metrics::counter!(crate::metrics::LIMIT_REFUSALS, "code" => self.code).increment(1);
+        }
         let mut res = HttpResponse::build(self.status);
         res.content_type(OJS_JSON);
         if self.status == StatusCode::UNAUTHORIZED {

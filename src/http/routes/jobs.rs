@@ -225,6 +225,7 @@ pub async fn enqueue(
         None => stored.await?,
     };
     if let Some(dropped) = &done.dropped {
+        metrics::counter!(crate::metrics::BACKPRESSURE_DROPPED).increment(1);
         let event = audit::event(
             &req,
             "backpressure.dropped",
