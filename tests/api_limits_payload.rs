@@ -548,6 +548,25 @@ fn an_invalid_schema_stops_the_server_from_starting() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.json"), "{stderr}");
+    // `config check` compiles the schemas too.
+    let out = std::process::Command::new(common::bin_path())
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    std::fs::write(&schema, r#"{"type": "array"}"#).unwrap();
+    let out = std::process::Command::new(common::bin_path())
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
