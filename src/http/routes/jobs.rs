@@ -284,6 +284,7 @@ async fn enqueue_bounded(
     let limits = rules.limits();
     let retry_after = rules.backpressure.retry_after_secs;
     let deadline = Instant::now() + block_timeout(req, rules);
+    let mut pause = BLOCK_POLL_FIRST;
     loop {
         let result = queue
             .enqueue_with(new.clone(), tenant.clone(), Some(owner.clone()), limits)
@@ -293,7 +294,9 @@ async fn enqueue_bounded(
                 strategy: Strategy::Block,
                 ..
             }) if Instant::now() < deadline => {
-                tokio::time::sleep(BLOCK_POLL).await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(BLOCK_POLL_MAX);
             }
             Err(e) => return Err(ApiError::from(e).with_retry_after(retry_after)),
             Ok(done) => return Ok(done),
@@ -301,8 +304,10 @@ async fn enqueue_bounded(
     }
 }
 
-/// How often a blocked enqueue looks for room again.
-const BLOCK_POLL: Duration = Duration::from_millis(50);
+/// How soon a blocked enqueue first looks for room again; the pause doubles up to
+/// [`BLOCK_POLL_MAX`], so many blocked producers cost the queue actor little.
+const BLOCK_POLL_FIRST: Duration = Duration::from_millis(25);
+const BLOCK_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// `GET /ojs/v1/jobs/{id}`
 pub async fn info(
