@@ -380,6 +380,20 @@ async fn args_and_meta_limits_at_the_limit_and_one_over() {
     assert_eq!(post(&server, &meta_at).await.0, StatusCode::CREATED);
     let mid = queues(&server).await;
     assert_ne!(before, mid);
+    // The manifest declares the limits in force (OJS payload limits §8.1).
+    let manifest: Value = server
+        .client()
+        .get(server.url("/ojs/manifest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limits = &manifest["capabilities"]["payload_limits"];
+    assert_eq!(limits["max_meta_bytes"], 60);
+    assert_eq!(limits["max_args_bytes"], 100);
+    assert_eq!(limits["max_envelope_bytes"], BODY_LIMIT);
     let meta_over = json!({"type": "a.b", "args": [], "meta": {"k": "m".repeat(53)}});
     let (status, body) = post(&server, &meta_over).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
