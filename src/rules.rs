@@ -172,6 +172,8 @@ impl Rules {
             max_running_per_principal: self.quotas.max_running_jobs_per_principal,
             max_pending_per_tenant: self.quotas.max_pending_jobs_per_tenant,
             max_queues_per_tenant: self.quotas.max_queues_per_tenant,
+            max_active_per_tenant: self.quotas.max_active_jobs_per_tenant,
+            max_scheduled_per_tenant: self.quotas.max_scheduled_jobs_per_tenant,
         }
     }
 

@@ -422,7 +422,9 @@ async fn per_principal_pending_and_running_quotas() {
 #[tokio::test]
 async fn per_tenant_job_and_queue_limits() {
     let server = TestServer::start(ServerOptions {
-        extra_toml: "[quotas]\nmax_pending_jobs_per_tenant = 3\nmax_queues_per_tenant = 2\n".into(),
+        extra_toml: "[quotas]\nmax_pending_jobs_per_tenant = 3\nmax_queues_per_tenant = 2\n\
+                     max_active_jobs_per_tenant = 1\nmax_scheduled_jobs_per_tenant = 1\n"
+            .into(),
         ..ServerOptions::default()
     });
     let api = Api::new(&server);
@@ -439,6 +441,7 @@ async fn per_tenant_job_and_queue_limits() {
     // A third queue for the tenant is refused; its existing queues still take jobs.
     let res = api.enqueue_with("c", 3, &acme).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert_eq!(res.body["error"]["code"], "tenant_limit_exceeded");
     assert_eq!(
         res.body["error"]["details"]["quota"],
         "max_queues_per_tenant"
@@ -457,6 +460,40 @@ async fn per_tenant_job_and_queue_limits() {
     assert_eq!(
         api.enqueue_with("a", 6, &globex).await.status,
         StatusCode::CREATED
+    );
+    // Active jobs per tenant: a fetch for the tenant claims one, then is refused.
+    let fetch = |tenant: [(&'static str, &'static str); 1]| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                "/ojs/v1/workers/fetch",
+                Some(json!({"queues": ["a"], "count": 5, "worker_id": "w"})),
+                &tenant,
+            )
+            .await
+        }
+    };
+    assert_eq!(fetch(acme).await.body["jobs"].as_array().unwrap().len(), 1);
+    let res = fetch(acme).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert_eq!(
+        res.body["error"]["details"]["quota"],
+        "max_active_jobs_per_tenant"
+    );
+    // Scheduled jobs per tenant.
+    let later = |n: u32| json!({"type": "bp.job", "args": [n], "options": {"queue": "a", "delay_until": "+PT1H"}});
+    let res = api
+        .call(Method::POST, "/ojs/v1/jobs", Some(later(7)), &globex)
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let res = api
+        .call(Method::POST, "/ojs/v1/jobs", Some(later(8)), &globex)
+        .await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert_eq!(
+        res.body["error"]["details"]["quota"],
+        "max_scheduled_jobs_per_tenant"
     );
     // The system scope has no tenant limit.
     for n in 0..4 {

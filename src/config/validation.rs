@@ -98,6 +98,11 @@ pub struct QuotaConfig {
     pub max_pending_jobs_per_tenant: u64,
     /// Distinct queues one tenant may have jobs in.
     pub max_queues_per_tenant: u64,
+    /// Jobs of one tenant active at once, over all its queues (multi-tenancy
+    /// `max_concurrency`; fetch claims no more).
+    pub max_active_jobs_per_tenant: u64,
+    /// Scheduled (future) jobs of one tenant.
+    pub max_scheduled_jobs_per_tenant: u64,
 }
 
 impl Default for QuotaConfig {
@@ -109,6 +114,8 @@ impl Default for QuotaConfig {
             max_timeout_ms: 3_600_000,
             max_pending_jobs_per_tenant: 1_000_000,
             max_queues_per_tenant: 1_000,
+            max_active_jobs_per_tenant: 100_000,
+            max_scheduled_jobs_per_tenant: 100_000,
         }
     }
 }

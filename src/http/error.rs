@@ -241,6 +241,7 @@ impl ResponseError for ApiError {
                 | "schema_validation_failed"
                 | "queue_full"
                 | "quota_exceeded"
+                | "tenant_limit_exceeded"
         ) {
             metrics::counter!(crate::metrics::LIMIT_REFUSALS, "code" => self.code).increment(1);
         }
@@ -318,7 +319,7 @@ impl From<QueueError> for ApiError {
             .with_header("X-OJS-Queue-Depth", depth.to_string())
             .with_header("X-OJS-Queue-Bound", bound.to_string()),
             (QueueError::QuotaExceeded { quota, limit }, _) => Self::too_many(
-                "quota_exceeded",
+                if quota.is_tenant() { "tenant_limit_exceeded" } else { "quota_exceeded" },
                 format!("quota {} ({limit}) is used up", quota.as_str()),
                 5,
             )

@@ -527,7 +527,8 @@ impl QueueActor {
             return Err(QueueError::Duplicate);
         }
         let key: QueueKey = (tenant.clone(), new.queue.clone());
-        self.check_quotas(&key, owner.as_deref(), &limits)?;
+        let scheduled = !new.pending && new.run_at.is_some_and(|at| at > now);
+        self.check_quotas(&key, owner.as_deref(), scheduled, &limits)?;
         let bound = self
             .bounds
             .get(&key)
@@ -623,6 +624,7 @@ impl QueueActor {
         let mut ids = std::collections::HashSet::new();
         let mut owners: HashMap<&str, u64> = HashMap::new();
         let mut tenants: HashMap<&str, u64> = HashMap::new();
+        let mut scheduled: HashMap<&str, u64> = HashMap::new();
         let mut new_queues: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
         let mut depths: HashMap<QueueKey, u64> = HashMap::new();
         for (new, tenant, owner) in &jobs {
@@ -651,6 +653,19 @@ impl QueueActor {
                     });
                 }
                 *n += 1;
+                if !new.pending && new.run_at.is_some_and(|at| at > b.now) {
+                    let n = scheduled.entry(t).or_default();
+                    if over(
+                        self.idx.tenant_scheduled(t) + *n,
+                        limits.max_scheduled_per_tenant,
+                    ) {
+                        return Err(QueueError::QuotaExceeded {
+                            quota: Quota::TenantScheduled,
+                            limit: limits.max_scheduled_per_tenant,
+                        });
+                    }
+                    *n += 1;
+                }
                 let fresh = new_queues.entry(t).or_default();
                 if !self.idx.has_queue(&key) && !fresh.contains(new.queue.as_str()) {
                     let have = self.idx.tenant_queue_count(t) + fresh.len() as u64;
@@ -696,6 +711,7 @@ impl QueueActor {
         &self,
         key: &QueueKey,
         owner: Option<&str>,
+        scheduled: bool,
         limits: &Limits,
     ) -> Result<(), QueueError> {
         let over = |used: u64, limit: u64| limit > 0 && used >= limit;
@@ -723,6 +739,17 @@ impl QueueActor {
                 return Err(QueueError::QuotaExceeded {
                     quota: Quota::TenantQueues,
                     limit: limits.max_queues_per_tenant,
+                });
+            }
+            if scheduled
+                && over(
+                    self.idx.tenant_scheduled(tenant),
+                    limits.max_scheduled_per_tenant,
+                )
+            {
+                return Err(QueueError::QuotaExceeded {
+                    quota: Quota::TenantScheduled,
+                    limit: limits.max_scheduled_per_tenant,
                 });
             }
         }
@@ -786,19 +813,30 @@ impl QueueActor {
     fn fetch(&mut self, b: &mut Batch<'_>, req: &FetchRequest) -> Result<Vec<Job>, QueueError> {
         let now = b.now;
         let mut claimed = Vec::new();
-        let held = self.idx.held(&req.holder.principal);
-        if req.max_running > 0 && held >= req.max_running {
-            return Err(QueueError::QuotaExceeded {
-                quota: Quota::PrincipalRunning,
-                limit: req.max_running,
-            });
-        }
-        let count = if req.max_running > 0 {
-            req.count
-                .min(usize::try_from(req.max_running - held).unwrap_or(usize::MAX))
-        } else {
-            req.count
+        // A fetch claims no more than the principal's and the tenant's running quotas leave.
+        let mut count = req.count;
+        let mut room = |used: u64, limit: u64, quota: Quota| {
+            if limit == 0 {
+                return Ok(());
+            }
+            if used >= limit {
+                return Err(QueueError::QuotaExceeded { quota, limit });
+            }
+            count = count.min(usize::try_from(limit - used).unwrap_or(usize::MAX));
+            Ok(())
         };
+        room(
+            self.idx.held(&req.holder.principal),
+            req.max_running,
+            Quota::PrincipalRunning,
+        )?;
+        if let Some(tenant) = req.holder.tenant.as_deref() {
+            room(
+                self.idx.tenant_active(tenant),
+                req.max_tenant_active,
+                Quota::TenantActive,
+            )?;
+        }
         for queue in &req.queues {
             while claimed.len() < count {
                 let Some(id) = self.idx.peek_ready(req.holder.tenant.as_deref(), queue) else {

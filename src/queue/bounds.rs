@@ -78,6 +78,8 @@ pub struct Limits {
     pub max_running_per_principal: u64,
     pub max_pending_per_tenant: u64,
     pub max_queues_per_tenant: u64,
+    pub max_active_per_tenant: u64,
+    pub max_scheduled_per_tenant: u64,
 }
 
 /// Which quota refused a request.
@@ -87,6 +89,8 @@ pub enum Quota {
     PrincipalRunning,
     TenantPending,
     TenantQueues,
+    TenantActive,
+    TenantScheduled,
 }
 
 impl Quota {
@@ -98,7 +102,15 @@ impl Quota {
             Self::PrincipalRunning => "max_running_jobs_per_principal",
             Self::TenantPending => "max_pending_jobs_per_tenant",
             Self::TenantQueues => "max_queues_per_tenant",
+            Self::TenantActive => "max_active_jobs_per_tenant",
+            Self::TenantScheduled => "max_scheduled_jobs_per_tenant",
         }
+    }
+
+    /// Whether the limit is the tenant's (OJS multi-tenancy §8.2: `tenant_limit_exceeded`).
+    #[must_use]
+    pub fn is_tenant(self) -> bool {
+        !matches!(self, Self::PrincipalPending | Self::PrincipalRunning)
     }
 }
 

@@ -279,6 +279,7 @@ mod tests {
             holder: holder(),
             visibility_timeout_ms: None,
             max_running: 0,
+            max_tenant_active: 0,
         };
         queue.fetch(req).await.unwrap().pop()
     }

@@ -34,6 +34,8 @@ pub struct FetchRequest {
     pub visibility_timeout_ms: Option<u64>,
     /// The most jobs the holder's principal may hold active at once (0: no limit).
     pub max_running: u64,
+    /// The most jobs the holder's tenant may have active at once (0: no limit).
+    pub max_tenant_active: u64,
 }
 
 /// What an enqueue did beyond storing the job.

@@ -76,6 +76,10 @@ pub struct Indexes {
     holders: HashMap<String, u64>,
     /// Non-terminal jobs per tenant (the per-tenant quota).
     tenants: HashMap<String, u64>,
+    /// Active jobs per tenant.
+    tenant_active: HashMap<String, u64>,
+    /// Scheduled jobs per tenant.
+    tenant_scheduled: HashMap<String, u64>,
 }
 
 fn bump(map: &mut HashMap<String, u64>, key: &str) {
@@ -110,6 +114,13 @@ impl Indexes {
         }
         if let (JobState::Active, Some(lease)) = (job.state, &job.lease) {
             bump(&mut self.holders, &lease.principal);
+        }
+        if let Some(tenant) = &job.tenant {
+            match job.state {
+                JobState::Active => bump(&mut self.tenant_active, tenant),
+                JobState::Scheduled => bump(&mut self.tenant_scheduled, tenant),
+                _ => {}
+            }
         }
         match job.state {
             JobState::Available => {
@@ -159,6 +170,13 @@ impl Indexes {
         }
         if let (JobState::Active, Some(lease)) = (job.state, &job.lease) {
             drop_one(&mut self.holders, &lease.principal);
+        }
+        if let Some(tenant) = &job.tenant {
+            match job.state {
+                JobState::Active => drop_one(&mut self.tenant_active, tenant),
+                JobState::Scheduled => drop_one(&mut self.tenant_scheduled, tenant),
+                _ => {}
+            }
         }
         match job.state {
             JobState::Available => {
@@ -291,6 +309,18 @@ impl Indexes {
     #[must_use]
     pub fn tenant_jobs(&self, tenant: &str) -> u64 {
         self.tenants.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Active jobs of a tenant.
+    #[must_use]
+    pub fn tenant_active(&self, tenant: &str) -> u64 {
+        self.tenant_active.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Scheduled jobs of a tenant.
+    #[must_use]
+    pub fn tenant_scheduled(&self, tenant: &str) -> u64 {
+        self.tenant_scheduled.get(tenant).copied().unwrap_or(0)
     }
 
     /// Whether the queue is known (has or had jobs since start).

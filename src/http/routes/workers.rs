@@ -99,7 +99,7 @@ pub async fn fetch(
     rules: web::Data<crate::rules::RulesHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    let max_running = rules.current().quotas.max_running_jobs_per_principal;
+    let quotas = rules.current().quotas.clone();
     let obj = object(&body.0)?;
     let queues = obj
         .get("queues")
@@ -140,7 +140,8 @@ pub async fn fetch(
         count,
         holder: holder(&caller, obj, false)?,
         visibility_timeout_ms: visibility(obj)?,
-        max_running,
+        max_running: quotas.max_running_jobs_per_principal,
+        max_tenant_active: quotas.max_active_jobs_per_tenant,
     };
     let jobs = queue.fetch(req).await?;
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
