@@ -280,6 +280,43 @@ mod tests {
         assert!(!err.to_string().contains("secret"));
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,8}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever serde_json writes (never a duplicate key), the strict parser reads as
+        /// serde_json does, and refuses exactly when the nesting is over the limit.
+        #[test]
+        fn round_trips_what_serde_json_writes(v in any_json(), max in 1usize..8) {
+            let text = serde_json::to_vec(&v).unwrap();
+            match parse(&text, max) {
+                Ok(parsed) => {
+                    proptest::prop_assert!(depth(&v) <= max);
+                    let loose: Value = serde_json::from_slice(&text).unwrap();
+                    proptest::prop_assert_eq!(parsed, loose);
+                }
+                Err(StrictError::TooDeep { .. }) => proptest::prop_assert!(depth(&v) > max),
+                Err(e) => proptest::prop_assert!(false, "unexpected {:?}", e),
+            }
+        }
+    }
+
     #[test]
     fn invalid_utf8_and_trailing_garbage() {
         assert_eq!(parse(b"{\"a\": \"\xff\"}", 32), Err(StrictError::Utf8));
