@@ -673,6 +673,8 @@ struct Server {
 }
 
 impl Server {
+    /// A server on the defaults, except the quotas and the queue bound: one key drives every
+    /// producer and worker here, and the backlog is the thing being measured.
     fn start() -> (Server, String, String) {
         let dir = tempfile::Builder::new()
             .prefix("bulwark-load-")
@@ -685,7 +687,10 @@ impl Server {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\nshutdown_timeout_secs = 1\n\n\
-                 [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n\n{}",
+                 [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n\n\
+                 [quotas]\nmax_pending_jobs_per_principal = 0\n\
+                 max_running_jobs_per_principal = 0\n\n\
+                 [backpressure]\ndefault_max_depth = 0\n\n{}",
                 path.join("data").display().to_string(),
                 path.join("secrets").display().to_string(),
                 LOAD_LIMITS,

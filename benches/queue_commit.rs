@@ -120,6 +120,8 @@ async fn drain(handle: &QueueHandle, workers: usize, total: u64) -> Duration {
                             count: FETCH_COUNT,
                             holder: holder.clone(),
                             visibility_timeout_ms: None,
+                            max_running: 0,
+                            max_tenant_active: 0,
                         })
                         .await
                         .expect("fetch");

@@ -215,10 +215,23 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     let audit_log = config.audit_config().log_file;
     let retention = tokio::spawn(apply_audit_retention(audit.clone()));
     let limiter = LimiterHandle::spawn(&config.limits);
-    let reloads = config.source.clone().and_then(|path| {
-        crate::limiter::reload::spawn_on_sighup(path, limiter.clone(), audit.clone())
-    });
+    let rules = crate::rules::RulesHandle::new(&config)?;
+    let reloadable = crate::config::reload::Reloadable {
+        limiter: limiter.clone(),
+        rules: rules.clone(),
+    };
+    let reloads = config
+        .source
+        .clone()
+        .and_then(|path| crate::config::reload::spawn_on_sighup(path, reloadable, audit.clone()));
+    if rules.current().allowlist.is_open() {
+        warn!(
+            "no job-type allowlist: every well-formed job type is accepted; list the types in \
+             [validation] job_types (OJS security SEC-008)"
+        );
+    }
     let shared = http::Shared {
+        rules,
         config: Arc::new(config),
         queue: queue.clone(),
         auth,

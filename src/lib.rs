@@ -18,6 +18,7 @@ pub mod job;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;
+pub mod rules;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -49,6 +49,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { config },
         } => {
             let config = Config::load(config.as_deref())?;
+            // The JSON Schemas are files of their own: compile them as a start would.
+            bulwark::rules::Rules::load(&config)?;
             println!("{config:#?}");
             Ok(())
         }

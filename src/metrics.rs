@@ -31,6 +31,13 @@ pub const AUDIT_RECORDS: &str = "bulwark_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "bulwark_audit_write_failures_total";
 /// `bulwark_http_responses_total{class}`
 pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
+/// `bulwark_limit_refusals_total{code}`: requests refused by a payload limit, the validation
+/// rules, a queue bound or a quota (`payload_too_large`, `request_timeout`, `invalid_payload`,
+/// `unsupported_media_type`, `invalid_job_type`, `schema_validation_failed`, `queue_full`,
+/// `quota_exceeded`).
+pub const LIMIT_REFUSALS: &str = "bulwark_limit_refusals_total";
+/// `bulwark_backpressure_dropped_total`: jobs discarded by drop-oldest queues.
+pub const BACKPRESSURE_DROPPED: &str = "bulwark_backpressure_dropped_total";
 /// `bulwark_jobs{state}` (gauge, refreshed at each scrape)
 pub const JOBS: &str = "bulwark_jobs";
 /// `bulwark_rate_limited_total{scope}`: requests refused by a rate limit.
@@ -81,6 +88,14 @@ fn describe() {
         "Audit records that could not be written"
     );
     metrics::describe_counter!(HTTP_RESPONSES, "HTTP responses by status class");
+    metrics::describe_counter!(
+        LIMIT_REFUSALS,
+        "Requests refused by a payload limit, validation rule, queue bound or quota, by code"
+    );
+    metrics::describe_counter!(
+        BACKPRESSURE_DROPPED,
+        "Jobs discarded to make room in full drop-oldest queues"
+    );
     metrics::describe_gauge!(JOBS, "Jobs by state");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
     metrics::describe_counter!(

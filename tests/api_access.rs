@@ -260,6 +260,13 @@ async fn case(h: &Harness, route: &Route, cred: &Cred, other: bool) -> Case {
             body: Some(json!({"type": "matrix.job", "args": [1], "options": {"queue": "matrix"}})),
             ..plain(route.path)
         },
+        ("POST", "/ojs/v1/jobs/batch") => Case {
+            body: Some(json!({"jobs": [
+                {"type": "matrix.job", "args": [1], "options": {"queue": "matrix"}},
+                {"type": "matrix.job", "args": [2], "options": {"queue": "matrix"}},
+            ]})),
+            ..plain(route.path)
+        },
         ("GET" | "DELETE", "/ojs/v1/jobs/{id}") => {
             let id = h.job(scope, json!({"queue": "matrix"})).await;
             Case {
@@ -340,6 +347,13 @@ async fn case(h: &Harness, route: &Route, cred: &Cred, other: bool) -> Case {
                 ..plain(&format!("/ojs/v1/admin/users/{name}/password"))
             }
         }
+        ("GET", "/ojs/v1/queues/{name}/stats" | "/ojs/v1/admin/queues/{name}/config") => {
+            plain(&route.path.replace("{name}", "matrix"))
+        }
+        ("PUT", "/ojs/v1/admin/queues/{name}/config") => Case {
+            body: Some(json!({"backpressure": {"max_depth": 0}})),
+            ..plain(&route.path.replace("{name}", "matrix"))
+        },
         ("POST", "/ojs/v1/auth/login" | "/ojs/v1/auth/refresh" | "/ojs/v1/auth/logout") => Case {
             body: Some(json!({})),
             ..plain(route.path)

@@ -586,7 +586,10 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     std::fs::write(server.config_path(), &good).unwrap();
     sighup(&server);
     let record = audited(&server, "config.reloaded").await;
-    assert_eq!(record["detail"]["sections"], "limits");
+    assert!(record["detail"]["sections"]
+        .as_str()
+        .unwrap()
+        .starts_with("limits"));
     let res = enqueue(&server, job("re")).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(header_u64(&res, "x-ratelimit-limit"), 50);
@@ -603,5 +606,46 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     let res = enqueue(&server, job("re")).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(header_u64(&res, "x-ratelimit-limit"), 50);
-    assert!(server.log().contains("the old limits stay"));
+    assert!(server.log().contains("the old settings stay"));
+
+    // The request rules reload with the limits: a job-type allowlist takes effect at once.
+    let listed = format!("{good}\n[validation]\njob_types = [\"listed.*\"]\n");
+    std::fs::write(server.config_path(), &listed).unwrap();
+    sighup(&server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let res = enqueue(&server, job("re")).await;
+        if res.status() == StatusCode::UNPROCESSABLE_ENTITY {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allowlist not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A schema that does not compile keeps the old rules (and limits) whole.
+    std::fs::write(
+        server.config_path(),
+        format!("{listed}\n[validation.schemas]\n\"listed.a\" = \"missing.json\"\n"),
+    )
+    .unwrap();
+    sighup(&server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while records_of(&server, "config.reload_failed") < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second failure");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        enqueue(&server, job("re")).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+fn records_of(server: &TestServer, event_type: &str) -> usize {
+    std::fs::read_to_string(server.dir.join("data").join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("\"event_type\":\"{event_type}\"")))
+        .count()
 }

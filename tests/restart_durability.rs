@@ -37,12 +37,21 @@ async fn drain_all(server: &TestServer, client: &reqwest::Client, queue: &str) -
     }
 }
 
+/// The checks drain every job into `active` with one key and never ack most of them: lift the
+/// per-principal running quota, which exists to stop exactly that.
+fn drain_options() -> ServerOptions {
+    ServerOptions {
+        extra_toml: format!(
+            "{}[quotas]\nmax_running_jobs_per_principal = 0\n",
+            common::UNLIMITED
+        ),
+        ..ServerOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_enqueue_that_got_201_survives_sigkill_exactly_once() {
-    let mut server = TestServer::start(ServerOptions {
-        extra_toml: common::UNLIMITED.into(),
-        ..ServerOptions::default()
-    });
+    let mut server = TestServer::start(drain_options());
     let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
     let attempted = Arc::new(Mutex::new(HashSet::<String>::new()));
     let stop_at = Instant::now() + Duration::from_secs(20);
@@ -123,10 +132,7 @@ async fn every_enqueue_that_got_201_survives_sigkill_exactly_once() {
 async fn acked_completions_survive_sigkill_and_claimed_jobs_come_back() {
     const JOBS: usize = 3000;
     const VISIBILITY_MS: u64 = 2000;
-    let mut server = TestServer::start(ServerOptions {
-        extra_toml: common::UNLIMITED.into(),
-        ..ServerOptions::default()
-    });
+    let mut server = TestServer::start(drain_options());
     let client = server.client();
     let mut all = HashSet::new();
     for chunk in 0..JOBS / 100 {

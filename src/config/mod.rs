@@ -11,7 +11,10 @@ use serde::Deserialize;
 pub mod limits;
 pub mod sessions;
 pub use limits::LimitsConfig;
+pub mod reload;
+pub mod validation;
 pub use sessions::SessionsConfig;
+pub use validation::{BackpressureConfig, PayloadConfig, QuotaConfig, ValidationConfig};
 
 use crate::auth::actions::ActionsConfig;
 use crate::auth::jwt::JwtConfig;
@@ -39,6 +42,13 @@ pub struct Config {
     /// The file this configuration was read from, for reloads (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    pub payload: PayloadConfig,
+    pub validation: ValidationConfig,
+    pub quotas: QuotaConfig,
+    pub backpressure: BackpressureConfig,
+    /// The folder of the config file: relative paths in it (schemas) start there.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -253,8 +263,10 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                Self::parse(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                let mut config = Self::parse(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                config
             }
         };
         config.validate()?;
@@ -303,6 +315,10 @@ impl Config {
         }
         self.policy()?;
         self.sessions.validate()?;
+        self.payload.validate()?;
+        self.validation.validate()?;
+        self.quotas.validate()?;
+        self.backpressure.validate()?;
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().context("invalid [auth.jwt]")?;
         }
@@ -326,6 +342,8 @@ impl Config {
             honour_test_directives: self.testing.honour_test_directives,
             default_timeout_ms: self.queue.default_timeout_ms,
             default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
+            max_args_bytes: self.payload.max_args_bytes,
+            max_meta_bytes: self.payload.max_meta_bytes,
         }
     }
 
@@ -409,6 +427,10 @@ mod tests {
             d.server.request_head_timeout_secs
         );
         assert_eq!(c.server.keep_alive_secs, d.server.keep_alive_secs);
+        assert_eq!(c.payload, d.payload);
+        assert_eq!(c.validation, d.validation);
+        assert_eq!(c.quotas, d.quotas);
+        assert_eq!(c.backpressure, d.backpressure);
     }
 
     #[test]

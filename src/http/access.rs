@@ -60,11 +60,23 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/ojs/v1/queues", Tenant(Inspect), "list queues"),
     route(
         "GET",
+        "/ojs/v1/queues/{name}/stats",
+        Tenant(Inspect),
+        "a queue's depth and bound",
+    ),
+    route(
+        "GET",
         "/ojs/v1/events",
         Tenant(Inspect),
         "recent job events",
     ),
     route("POST", "/ojs/v1/jobs", Tenant(Enqueue), "enqueue a job"),
+    route(
+        "POST",
+        "/ojs/v1/jobs/batch",
+        Tenant(Enqueue),
+        "enqueue jobs, all or none",
+    ),
     route("GET", "/ojs/v1/jobs/{id}", Tenant(Inspect), "read a job"),
     route(
         "DELETE",
@@ -186,6 +198,18 @@ pub const ROUTES: &[Route] = &[
         "/ojs/v1/admin/audit",
         System(Admin),
         "query the audit trail",
+    ),
+    route(
+        "GET",
+        "/ojs/v1/admin/queues/{name}/config",
+        System(Admin),
+        "read a queue's backpressure bound",
+    ),
+    route(
+        "PUT",
+        "/ojs/v1/admin/queues/{name}/config",
+        System(Admin),
+        "set a queue's backpressure bound",
     ),
     route(
         "POST",

@@ -8,15 +8,13 @@ use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::strict_json::{self, StrictError};
+use crate::rules::{Rules, RulesHandle};
 
-/// The largest body a route accepts, in bytes (app data).
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit(pub usize);
-
-/// A parsed JSON request body.
+/// A parsed JSON request body: valid UTF-8, no duplicate keys, nesting within the limit.
 pub struct OjsJson(pub Value);
 
 fn too_large(limit: usize) -> ApiError {
@@ -24,6 +22,14 @@ fn too_large(limit: usize) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         format!("the request body exceeds {limit} bytes"),
+    )
+}
+
+fn unsupported() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send application/openjobspec+json or application/json",
     )
 }
 
@@ -35,14 +41,76 @@ fn is_json(content_type: &str) -> bool {
         || essence.eq_ignore_ascii_case("application/openjobspec+json")
 }
 
-impl FromRequest for OjsJson {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+impl From<StrictError> for ApiError {
+    fn from(e: StrictError) -> Self {
+        let path = e.path().map(str::to_string);
+        let err = ApiError::invalid_payload(e.to_string());
+        match path {
+            Some(p) => err.with_details(json!({ "field": p })),
+            None => err,
+        }
+    }
+}
 
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<BodyLimit>>()
-            .map_or(2 * 1024 * 1024, |l| l.0);
+/// Reads the body up to `limit` bytes. Slow bodies are the caller's to time out.
+async fn read_limited(mut payload: Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::invalid_payload("the request body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads and strictly parses a JSON body of at most `limit` bytes under `rules`.
+async fn read_json(
+    content_type: Option<String>,
+    declared: Option<u64>,
+    payload: Payload,
+    limit: usize,
+    rules: &Rules,
+) -> Result<Value, ApiError> {
+    // An over-long declared length is refused before a byte of the body is read.
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    if let Some(ct) = &content_type {
+        if !is_json(ct) {
+            return Err(unsupported());
+        }
+    }
+    let timeout = rules.body_read_timeout();
+    let body = tokio::time::timeout(timeout, read_limited(payload, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    timeout.as_secs()
+                ),
+            )
+        })??;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_payload("a JSON request body is required"));
+    }
+    if content_type.is_none() {
+        return Err(unsupported());
+    }
+    Ok(strict_json::parse(&body, rules.payload.max_json_depth)?)
+}
+
+impl OjsJson {
+    fn extract(req: &HttpRequest, payload: &mut Payload, batch: bool) -> BodyFuture {
+        let rules = req.app_data::<web::Data<RulesHandle>>().map_or_else(
+            || std::sync::Arc::new(Rules::from_config(&crate::config::Config::default())),
+            |r| r.current(),
+        );
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -52,49 +120,41 @@ impl FromRequest for OjsJson {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let mut payload = payload.take();
+        let payload = payload.take();
         Box::pin(async move {
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(limit));
-            }
-            if let Some(ct) = &content_type {
-                if !is_json(ct) {
-                    return Err(ApiError::new(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported_media_type",
-                        "send application/openjobspec+json or application/json",
-                    ));
-                }
-            }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk
-                    .map_err(|_| ApiError::invalid_payload("the request body could not be read"))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::invalid_payload("a JSON request body is required"));
-            }
-            if content_type.is_none() {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send application/openjobspec+json or application/json",
-                ));
-            }
-            // serde_json's messages can quote the input; only the position is reported.
-            let value: Value = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::invalid_payload(format!(
-                    "the request body is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-            Ok(OjsJson(value))
+            let limit = if batch {
+                rules.payload.max_batch_bytes
+            } else {
+                rules.max_body_bytes
+            };
+            read_json(content_type, declared, payload, limit, &rules)
+                .await
+                .map(OjsJson)
         })
+    }
+}
+
+type BodyFuture = Pin<Box<dyn Future<Output = Result<OjsJson, ApiError>>>>;
+
+impl FromRequest for OjsJson {
+    type Error = ApiError;
+    type Future = BodyFuture;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        Self::extract(req, payload, false)
+    }
+}
+
+/// A batch body: like [`OjsJson`], under the batch limit (`payload.max_batch_bytes`).
+pub struct OjsBatchJson(pub Value);
+
+impl FromRequest for OjsBatchJson {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let inner = OjsJson::extract(req, payload, true);
+        Box::pin(async move { inner.await.map(|OjsJson(v)| OjsBatchJson(v)) })
     }
 }
 

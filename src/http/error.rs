@@ -30,7 +30,13 @@ pub struct ApiError {
     details: Option<Value>,
     hint: Option<&'static str>,
     retry_after_secs: Option<u64>,
+    /// Extra headers (boxed: errors travel in `Result`s and must stay small).
+    headers: Option<Box<ExtraHeaders>>,
 }
+
+/// Response headers beyond the standard ones.
+#[derive(Debug, Default)]
+struct ExtraHeaders(Vec<(&'static str, String)>);
 
 impl ApiError {
     /// A new error.
@@ -43,7 +49,15 @@ impl ApiError {
             details: None,
             hint: None,
             retry_after_secs: None,
+            headers: None,
         }
+    }
+
+    /// Adds a response header (values are ours: numbers and validated names).
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.get_or_insert_default().0.push((name, value));
+        self
     }
 
     #[must_use]
@@ -112,6 +126,35 @@ impl ApiError {
         e
     }
 
+    /// 429 with `Retry-After` and a code of its own (`queue_full`, `quota_exceeded`).
+    #[must_use]
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        e.retry_after_secs = Some(retry_after_secs.max(1));
+        e
+    }
+
+    /// Adds `details.index`: which job of a batch was refused.
+    #[must_use]
+    pub fn with_index(mut self, index: usize) -> Self {
+        match &mut self.details {
+            Some(Value::Object(map)) => {
+                map.insert("index".into(), index.into());
+            }
+            _ => self.details = Some(json!({ "index": index })),
+        }
+        self
+    }
+
+    /// Replaces the `Retry-After` of a 429 or 503.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        if self.retry_after_secs.is_some() {
+            self.retry_after_secs = Some(secs.max(1));
+        }
+        self
+    }
+
     /// 404 for a job (or any resource) the caller cannot see.
     #[must_use]
     pub fn not_found(resource: &'static str) -> Self {
@@ -143,6 +186,7 @@ impl ApiError {
             403 => "permission_error",
             404 => "not_found_error",
             405 => "invalid_request_error",
+            408 => "timeout_error",
             409 => "conflict_error",
             429 => "rate_limit_error",
             _ => "server_error",
@@ -187,6 +231,20 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if matches!(
+            self.code,
+            "payload_too_large"
+                | "request_timeout"
+                | "invalid_payload"
+                | "unsupported_media_type"
+                | "invalid_job_type"
+                | "schema_validation_failed"
+                | "queue_full"
+                | "quota_exceeded"
+                | "tenant_limit_exceeded"
+        ) {
+            metrics::counter!(crate::metrics::LIMIT_REFUSALS, "code" => self.code).increment(1);
+        }
         let mut res = HttpResponse::build(self.status);
         res.content_type(OJS_JSON);
         if self.status == StatusCode::UNAUTHORIZED {
@@ -197,6 +255,9 @@ impl ResponseError for ApiError {
         }
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        for (name, value) in self.headers.iter().flat_map(|h| h.0.iter()) {
+            res.insert_header((*name, value.as_str()));
         }
         res.body(self.body().to_string())
     }
@@ -228,6 +289,12 @@ impl From<Invalid> for ApiError {
             .with_hint(
                 "remove the attributes, or set [api] unknown_fields = \"preserve\" on the server",
             ),
+            InvalidKind::TooLarge => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.message,
+            )
+            .with_details(json!({ "field": field })),
         }
     }
 }
@@ -243,6 +310,20 @@ impl From<QueueError> for ApiError {
             (QueueError::LeaseNotHeld, _) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
                 .with_hint("only the worker that fetched the job, with the same credential, may ack, nack or heartbeat it"),
             (QueueError::NotInDeadLetter, _) => Self::not_found("dead letter job"),
+            (QueueError::QueueFull { depth, bound, strategy }, _) => Self::too_many(
+                "queue_full",
+                format!("the queue has reached its depth bound ({bound})"),
+                5,
+            )
+            .with_details(json!({ "depth": depth, "bound": bound, "strategy": strategy.as_str() }))
+            .with_header("X-OJS-Queue-Depth", depth.to_string())
+            .with_header("X-OJS-Queue-Bound", bound.to_string()),
+            (QueueError::QuotaExceeded { quota, limit }, _) => Self::too_many(
+                if quota.is_tenant() { "tenant_limit_exceeded" } else { "quota_exceeded" },
+                format!("quota {} ({limit}) is used up", quota.as_str()),
+                5,
+            )
+            .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
             (_, ErrorKind::NotFound) => Self::not_found("job"),
             (QueueError::Storage(inner), _) => {
                 error!(error = %inner, "storage failure");

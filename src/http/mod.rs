@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod strict_json;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -22,13 +23,14 @@ use crate::audit::AuditHandle;
 use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
-use body::BodyLimit;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, keys, sessions, system, workers};
+use routes::{admin, dead_letter, jobs, keys, queues, sessions, system, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
 pub struct Shared {
+    /// Payload limits, validation rules and quotas; swapped by a config reload.
+    pub rules: crate::rules::RulesHandle,
     pub config: Arc<Config>,
     pub queue: QueueHandle,
     pub auth: AuthHandle,
@@ -64,8 +66,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             }))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::from(shared.actions.clone()))
-            .app_data(web::Data::new(config.envelope_rules()))
-            .app_data(web::Data::new(BodyLimit(config.server.max_body_bytes)))
+            .app_data(web::Data::new(shared.rules.clone()))
             .app_data(web::Data::new(system::StartedAt(shared.started)))
             .app_data(web::QueryConfig::default().error_handler(|_, _| {
                 ApiError::invalid("query", "the query string is malformed").into()
@@ -82,8 +83,11 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .service(resource("/metrics").route(web::get().to(system::metrics)))
             .service(resource("/ojs/v1/health").route(web::get().to(system::health)))
             .service(resource("/ojs/v1/queues").route(web::get().to(system::list_queues)))
+            .service(resource("/ojs/v1/queues/{name}/stats").route(web::get().to(queues::stats)))
             .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))
             .service(resource("/ojs/v1/jobs").route(web::post().to(jobs::enqueue)))
+            // Before `{id}`, which would otherwise match `batch`.
+            .service(resource("/ojs/v1/jobs/batch").route(web::post().to(jobs::enqueue_batch)))
             .service(
                 resource("/ojs/v1/jobs/{id}")
                     .route(web::get().to(jobs::info))
@@ -105,6 +109,11 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                     .route(web::post().to(dead_letter::retry)),
             );
         cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)))
+            .service(
+                resource("/ojs/v1/admin/queues/{name}/config")
+                    .route(web::get().to(queues::config))
+                    .route(web::put().to(queues::set_config)),
+            )
             .service(
                 resource("/ojs/v1/admin/keys")
                     .route(web::get().to(keys::list))

@@ -16,6 +16,8 @@ pub enum InvalidKind {
     Policy,
     /// Attributes the server does not know, in `reject` mode (422).
     UnknownFields,
+    /// `args` or `meta` larger than its limit (413).
+    TooLarge,
 }
 
 /// A validation failure with the field it concerns.
@@ -46,6 +48,15 @@ impl Invalid {
         }
     }
 
+    fn too_large(field: &str, limit: usize) -> Self {
+        Self {
+            kind: InvalidKind::TooLarge,
+            message: format!("{field} exceeds {limit} bytes"),
+            field: Some(field.to_string()),
+            unknown: Vec::new(),
+        }
+    }
+
     pub(crate) fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_string());
         self
@@ -62,6 +73,10 @@ pub struct EnvelopeRules {
     pub honour_test_directives: bool,
     pub default_timeout_ms: u64,
     pub default_visibility_timeout_ms: u64,
+    /// Largest serialized `args`, in bytes (413 above it).
+    pub max_args_bytes: usize,
+    /// Largest serialized `meta`, in bytes (413 above it).
+    pub max_meta_bytes: usize,
 }
 
 impl Default for EnvelopeRules {
@@ -71,6 +86,8 @@ impl Default for EnvelopeRules {
             honour_test_directives: false,
             default_timeout_ms: 30_000,
             default_visibility_timeout_ms: 30_000,
+            max_args_bytes: 1024 * 1024,
+            max_meta_bytes: 64 * 1024,
         }
     }
 }
@@ -215,6 +232,48 @@ pub(crate) fn attribute_name(prefix: &str, key: &str) -> String {
     }
 }
 
+/// Meta keys: `^[a-zA-Z0-9_.-]{1,128}$` (OJS security §8).
+#[must_use]
+pub fn is_valid_meta_key(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether a string carries a line break that could split a log line or a header.
+fn has_line_break(s: &str) -> bool {
+    s.bytes().any(|b| b == b'\r' || b == b'\n')
+}
+
+/// Meta keys match the key pattern and no string in a meta value carries CR or LF (log and
+/// header injection, OJS security §8). The error names the key when it is valid, never the value.
+fn check_meta(meta: &Map<String, Value>) -> Result<(), Invalid> {
+    fn clean(v: &Value) -> bool {
+        match v {
+            Value::String(s) => !has_line_break(s),
+            Value::Array(items) => items.iter().all(clean),
+            Value::Object(map) => map.iter().all(|(k, v)| !has_line_break(k) && clean(v)),
+            _ => true,
+        }
+    }
+    for (key, value) in meta {
+        if !is_valid_meta_key(key) {
+            return Err(Invalid::request(
+                "meta keys must match ^[a-zA-Z0-9_.-]{1,128}$",
+                "meta",
+            ));
+        }
+        if !clean(value) {
+            return Err(Invalid::request(
+                "meta values must not contain carriage returns or line feeds",
+                &format!("meta.{key}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn json_text(v: &Value) -> Payload {
     Payload(v.to_string())
 }
@@ -273,6 +332,9 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
         Some(v @ Value::Array(_)) => json_text(v),
         Some(_) => return Err(Invalid::request("args must be a JSON array", "args")),
     };
+    if args.0.len() > rules.max_args_bytes {
+        return Err(Invalid::too_large("args", rules.max_args_bytes));
+    }
 
     let id =
         match obj.get("id") {
@@ -285,9 +347,18 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
 
     let meta = match obj.get("meta") {
         None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(json_text(v)),
+        Some(v @ Value::Object(m)) => {
+            check_meta(m)?;
+            Some(json_text(v))
+        }
         Some(_) => return Err(Invalid::request("meta must be a JSON object", "meta")),
     };
+    if meta
+        .as_ref()
+        .is_some_and(|m| m.0.len() > rules.max_meta_bytes)
+    {
+        return Err(Invalid::too_large("meta", rules.max_meta_bytes));
+    }
 
     let schema = match obj.get("schema") {
         None | Some(Value::Null) => None,
@@ -677,6 +748,61 @@ mod tests {
             let err = parse_new_job(&body, &strict(), 0).unwrap_err();
             assert_eq!(err.kind, InvalidKind::Request, "{body}");
         }
+    }
+
+    #[test]
+    fn args_and_meta_limits_at_the_limit_and_one_over() {
+        let rules = EnvelopeRules {
+            max_args_bytes: 10,
+            max_meta_bytes: 12,
+            ..EnvelopeRules::default()
+        };
+        // `["abcdef"]` is 10 bytes, `{"k":"abcd"}` is 12.
+        let ok = json!({"type": "a.b", "args": ["abcdef"], "meta": {"k": "abcd"}});
+        parse_new_job(&ok, &rules, 0).unwrap();
+        let big_args = json!({"type": "a.b", "args": ["abcdefg"]});
+        let err = parse_new_job(&big_args, &rules, 0).unwrap_err();
+        assert_eq!(
+            (err.kind, err.field.as_deref()),
+            (InvalidKind::TooLarge, Some("args"))
+        );
+        let big_meta = json!({"type": "a.b", "args": [], "meta": {"k": "abcde"}});
+        let err = parse_new_job(&big_meta, &rules, 0).unwrap_err();
+        assert_eq!(
+            (err.kind, err.field.as_deref()),
+            (InvalidKind::TooLarge, Some("meta"))
+        );
+    }
+
+    #[test]
+    fn meta_keys_and_line_breaks() {
+        let key128 = "k".repeat(128);
+        for good in ["a", "trace.id", "X-Request_1", key128.as_str()] {
+            assert!(is_valid_meta_key(good), "{good}");
+            let body = json!({"type": "a.b", "args": [], "meta": {good: "v"}});
+            parse_new_job(&body, &strict(), 0).unwrap();
+        }
+        let key129 = "k".repeat(129);
+        for bad in ["", "a b", "a/b", "é", "a:b", key129.as_str()] {
+            assert!(!is_valid_meta_key(bad), "{bad}");
+            let body = json!({"type": "a.b", "args": [], "meta": {bad: "v"}});
+            let err = parse_new_job(&body, &strict(), 0).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("meta"));
+        }
+        for value in [
+            json!("a\nb"),
+            json!("a\rb"),
+            json!(["ok", "x\ny"]),
+            json!({"inner": "x\r\n"}),
+            json!({"in\nner": "x"}),
+        ] {
+            let body = json!({"type": "a.b", "args": [], "meta": {"note": value}});
+            let err = parse_new_job(&body, &strict(), 0).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("meta.note"), "{body}");
+            assert!(!err.message.contains('x'));
+        }
+        // Line breaks in args are the job's business.
+        parse_new_job(&json!({"type": "a.b", "args": ["a\nb"]}), &strict(), 0).unwrap();
     }
 
     #[test]

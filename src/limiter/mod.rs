@@ -7,13 +7,12 @@
 //! [`middleware::limits`] middleware checks connections and the global and per-address budgets
 //! before authentication; the auth extractor checks the tenant and principal budgets
 //! ([`LimiterHandle::check_caller`]); the enqueue and nack routes consult [`abuse`]; SIGHUP
-//! runs [`reload::reload_from_file`].
+//! runs [`crate::config::reload::reload_from_file`].
 
 pub mod abuse;
 pub mod connections;
 pub mod middleware;
 pub mod rates;
-pub mod reload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,17 +7,21 @@
 //! therefore a promise that the change is on disk. If the commit fails, every sender of the turn
 //! gets `Unavailable` and the in-memory indexes are rebuilt from the file.
 
+use std::collections::HashMap;
+
 use redb::{ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::bounds::{self, Limits, QueueBound, Quota, Strategy};
 use super::events::{Event, EventLog};
 use super::msg::{
     AckRequest, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest, Holder, Msg,
     NackRequest, Page, QueueStats, Reply,
 };
-use super::sched::Indexes;
+use super::msg::{BoundInfo, Enqueued};
+use super::sched::{Indexes, QueueKey};
 use super::{QueueConfig, QueueError};
 use crate::clock::{now_ms, Millis};
 use crate::job::envelope::NewJob;
@@ -26,6 +30,7 @@ use crate::job::{Job, JobId, JobState, Lease};
 use crate::store::{codec, tables, Store, StoreError};
 
 type Table<'t> = redb::Table<'t, u128, &'static [u8]>;
+type ConfigTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 /// What to send once the turn's outcome is known: `true` if the commit succeeded.
 type Delivery = Box<dyn FnOnce(bool) + Send>;
@@ -40,11 +45,14 @@ pub(super) struct QueueActor {
     config: QueueConfig,
     draining: bool,
     rng: SystemRandom,
+    /// Bounds set through the admin API (mirror of the `queue_config` table).
+    bounds: HashMap<QueueKey, QueueBound>,
 }
 
 /// One turn's write transaction and what it produced.
 struct Batch<'t> {
     table: Table<'t>,
+    config: ConfigTable<'t>,
     now: Millis,
     dirty: bool,
     events: Vec<Event>,
@@ -114,6 +122,27 @@ fn deliver<T: Send + 'static>(
     })
 }
 
+/// The configured queue bounds. A record that does not decode is skipped with an error in the
+/// log (that queue falls back to the default bound) rather than keeping the server down.
+fn load_bounds(store: &Store) -> Result<HashMap<QueueKey, QueueBound>, QueueError> {
+    let txn = store.db().begin_read().map_err(StoreError::from)?;
+    let table = txn
+        .open_table(tables::QUEUE_CONFIG)
+        .map_err(StoreError::from)?;
+    let mut out = HashMap::new();
+    for entry in table.iter().map_err(StoreError::from)? {
+        let (key, value) = entry.map_err(StoreError::from)?;
+        let bound = codec::decode::<QueueBound>(value.value());
+        match (bounds::parse_table_key(key.value()), bound) {
+            (Some(k), Ok(b)) => {
+                out.insert(k, b);
+            }
+            _ => error!("unreadable queue bound record skipped"),
+        }
+    }
+    Ok(out)
+}
+
 fn load_indexes(store: &Store) -> Result<Indexes, QueueError> {
     let txn = store.db().begin_read().map_err(StoreError::from)?;
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
@@ -137,6 +166,7 @@ impl QueueActor {
             dead_letter = totals.dead_letter,
             "queue indexes rebuilt"
         );
+        let bounds = load_bounds(&store)?;
         Ok(Self {
             store,
             idx,
@@ -144,6 +174,7 @@ impl QueueActor {
             config,
             draining: false,
             rng: SystemRandom::new(),
+            bounds,
         })
     }
 
@@ -208,8 +239,17 @@ impl QueueActor {
                     return;
                 }
             };
+            let config = match txn.open_table(tables::QUEUE_CONFIG) {
+                Ok(t) => t,
+                Err(e) => {
+                    error!(error = %e, "queue could not open the queue config table");
+                    self.fail_all(msgs);
+                    return;
+                }
+            };
             let mut batch = Batch {
                 table,
+                config,
                 now,
                 dirty: false,
                 events: Vec::new(),
@@ -247,6 +287,10 @@ impl QueueActor {
                 Ok(idx) => self.idx = idx,
                 Err(e) => error!(error = %e, "queue could not rebuild its indexes"),
             }
+            match load_bounds(&self.store) {
+                Ok(bounds) => self.bounds = bounds,
+                Err(e) => error!(error = %e, "queue could not reload its bounds"),
+            }
         }
         for d in deliveries {
             d(committed);
@@ -269,8 +313,44 @@ impl QueueActor {
                 job,
                 tenant,
                 owner,
+                limits,
                 reply,
-            } => deliver(reply, self.enqueue(b, *job, tenant, owner), failed),
+            } => deliver(reply, self.enqueue(b, *job, tenant, owner, limits), failed),
+            Msg::EnqueueBatch {
+                jobs,
+                limits,
+                reply,
+            } => {
+                let result = self.enqueue_batch(b, jobs, limits);
+                // A failure after the first write would leave part of the batch in the
+                // transaction: abort the whole turn instead.
+                if matches!(result, Err(QueueError::Unavailable)) {
+                    *failed = true;
+                }
+                deliver(reply, result, failed)
+            }
+            Msg::SetBound {
+                tenant,
+                queue,
+                bound,
+                reply,
+            } => deliver(reply, self.set_bound(b, tenant, queue, bound), failed),
+            Msg::Bound {
+                tenant,
+                queue,
+                default_max_depth,
+                reply,
+            } => {
+                let key = (tenant, queue);
+                let configured = self.bounds.get(&key).cloned();
+                let info = BoundInfo {
+                    depth: self.idx.depth(&key),
+                    configured: configured.is_some(),
+                    bound: configured
+                        .unwrap_or_else(|| QueueBound::default_with(default_max_depth)),
+                };
+                deliver(reply, Ok(info), failed)
+            }
             Msg::Fetch { req, reply } => deliver(reply, self.fetch(b, &req), failed),
             Msg::Ack { req, reply } => deliver(reply, self.ack(b, req), failed),
             Msg::Nack { req, reply } => deliver(reply, self.nack(b, *req), failed),
@@ -439,11 +519,36 @@ impl QueueActor {
         new: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
-    ) -> Result<Job, QueueError> {
+        limits: Limits,
+    ) -> Result<Enqueued, QueueError> {
         let now = b.now;
         let id = new.id.unwrap_or_else(JobId::generate);
         if b.exists(id)? {
             return Err(QueueError::Duplicate);
+        }
+        let key: QueueKey = (tenant.clone(), new.queue.clone());
+        let scheduled = !new.pending && new.run_at.is_some_and(|at| at > now);
+        self.check_quotas(&key, owner.as_deref(), scheduled, &limits)?;
+        let bound = self
+            .bounds
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| QueueBound::default_with(limits.default_max_depth));
+        let depth = self.idx.depth(&key);
+        let mut dropped = None;
+        if bound.is_full(depth) {
+            let victim = match bound.strategy {
+                Strategy::DropOldest => self.idx.oldest_ready(&key),
+                Strategy::Reject | Strategy::Block => None,
+            };
+            let Some(victim) = victim else {
+                return Err(QueueError::QueueFull {
+                    depth,
+                    bound: bound.max_depth,
+                    strategy: bound.strategy,
+                });
+            };
+            dropped = Some(self.drop_job(b, victim)?);
         }
         let (state, scheduled_at) = if new.pending {
             (JobState::Pending, None)
@@ -499,14 +604,241 @@ impl QueueActor {
             },
             &job,
         );
+        Ok(Enqueued {
+            depth: self.idx.depth(&key),
+            job,
+            dropped,
+            bound,
+        })
+    }
+
+    fn enqueue_batch(
+        &mut self,
+        b: &mut Batch<'_>,
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: Limits,
+    ) -> Result<Vec<Job>, QueueError> {
+        // Every check for the whole batch first, counting the batch's own jobs, so that nothing
+        // is written unless everything fits.
+        let over = |used: u64, limit: u64| limit > 0 && used >= limit;
+        let mut ids = std::collections::HashSet::new();
+        let mut owners: HashMap<&str, u64> = HashMap::new();
+        let mut tenants: HashMap<&str, u64> = HashMap::new();
+        let mut scheduled: HashMap<&str, u64> = HashMap::new();
+        let mut new_queues: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        let mut depths: HashMap<QueueKey, u64> = HashMap::new();
+        for (new, tenant, owner) in &jobs {
+            if let Some(id) = new.id {
+                if !ids.insert(id) || b.exists(id)? {
+                    return Err(QueueError::Duplicate);
+                }
+            }
+            if let Some(owner) = owner.as_deref() {
+                let n = owners.entry(owner).or_default();
+                if over(self.idx.owned(owner) + *n, limits.max_pending_per_principal) {
+                    return Err(QueueError::QuotaExceeded {
+                        quota: Quota::PrincipalPending,
+                        limit: limits.max_pending_per_principal,
+                    });
+                }
+                *n += 1;
+            }
+            let key: QueueKey = (tenant.clone(), new.queue.clone());
+            if let Some(t) = tenant.as_deref() {
+                let n = tenants.entry(t).or_default();
+                if over(self.idx.tenant_jobs(t) + *n, limits.max_pending_per_tenant) {
+                    return Err(QueueError::QuotaExceeded {
+                        quota: Quota::TenantPending,
+                        limit: limits.max_pending_per_tenant,
+                    });
+                }
+                *n += 1;
+                if !new.pending && new.run_at.is_some_and(|at| at > b.now) {
+                    let n = scheduled.entry(t).or_default();
+                    if over(
+                        self.idx.tenant_scheduled(t) + *n,
+                        limits.max_scheduled_per_tenant,
+                    ) {
+                        return Err(QueueError::QuotaExceeded {
+                            quota: Quota::TenantScheduled,
+                            limit: limits.max_scheduled_per_tenant,
+                        });
+                    }
+                    *n += 1;
+                }
+                let fresh = new_queues.entry(t).or_default();
+                if !self.idx.has_queue(&key) && !fresh.contains(new.queue.as_str()) {
+                    let have = self.idx.tenant_queue_count(t) + fresh.len() as u64;
+                    if over(have, limits.max_queues_per_tenant) {
+                        return Err(QueueError::QuotaExceeded {
+                            quota: Quota::TenantQueues,
+                            limit: limits.max_queues_per_tenant,
+                        });
+                    }
+                    fresh.insert(new.queue.as_str());
+                }
+            }
+            let bound = self
+                .bounds
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| QueueBound::default_with(limits.default_max_depth));
+            let depth = self.idx.depth(&key) + depths.get(&key).copied().unwrap_or(0);
+            if bound.is_full(depth) {
+                return Err(QueueError::QueueFull {
+                    depth,
+                    bound: bound.max_depth,
+                    strategy: bound.strategy,
+                });
+            }
+            *depths.entry(key).or_default() += 1;
+        }
+        let mut stored = Vec::with_capacity(jobs.len());
+        for (new, tenant, owner) in jobs {
+            match self.enqueue(b, new, tenant, owner, limits) {
+                Ok(done) => stored.push(done.job),
+                Err(e) => {
+                    error!(error = %e, "batch enqueue failed after its checks passed");
+                    return Err(QueueError::Unavailable);
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// The per-principal and per-tenant counts a new job of `key` owned by `owner` would pass.
+    fn check_quotas(
+        &self,
+        key: &QueueKey,
+        owner: Option<&str>,
+        scheduled: bool,
+        limits: &Limits,
+    ) -> Result<(), QueueError> {
+        let over = |used: u64, limit: u64| limit > 0 && used >= limit;
+        if let Some(owner) = owner {
+            if over(self.idx.owned(owner), limits.max_pending_per_principal) {
+                return Err(QueueError::QuotaExceeded {
+                    quota: Quota::PrincipalPending,
+                    limit: limits.max_pending_per_principal,
+                });
+            }
+        }
+        if let Some(tenant) = key.0.as_deref() {
+            if over(self.idx.tenant_jobs(tenant), limits.max_pending_per_tenant) {
+                return Err(QueueError::QuotaExceeded {
+                    quota: Quota::TenantPending,
+                    limit: limits.max_pending_per_tenant,
+                });
+            }
+            if !self.idx.has_queue(key)
+                && over(
+                    self.idx.tenant_queue_count(tenant),
+                    limits.max_queues_per_tenant,
+                )
+            {
+                return Err(QueueError::QuotaExceeded {
+                    quota: Quota::TenantQueues,
+                    limit: limits.max_queues_per_tenant,
+                });
+            }
+            if scheduled
+                && over(
+                    self.idx.tenant_scheduled(tenant),
+                    limits.max_scheduled_per_tenant,
+                )
+            {
+                return Err(QueueError::QuotaExceeded {
+                    quota: Quota::TenantScheduled,
+                    limit: limits.max_scheduled_per_tenant,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Discards an available job to make room (drop-oldest backpressure).
+    fn drop_job(&mut self, b: &mut Batch<'_>, id: JobId) -> Result<Job, QueueError> {
+        let Some(mut job) = b.load(id)? else {
+            error!(job_id = %id, "ready index names a missing job; rebuilding indexes");
+            self.idx = load_indexes(&self.store)?;
+            return Err(QueueError::Unavailable);
+        };
+        self.idx.remove(&job);
+        job.push_error(
+            Failure {
+                code: "backpressure_dropped".into(),
+                message: "discarded to make room in a full drop-oldest queue".into(),
+                error_type: None,
+                retryable: Some(false),
+                details: None,
+            }
+            .into_error(job.attempt, b.now),
+        );
+        job.state = JobState::Discarded;
+        job.discarded_at = Some(b.now);
+        job.completed_at = Some(b.now);
+        b.save(&job)?;
+        self.idx.add(&job);
+        b.event("backpressure.dropped", &job);
         Ok(job)
+    }
+
+    fn set_bound(
+        &mut self,
+        b: &mut Batch<'_>,
+        tenant: Option<String>,
+        queue: String,
+        bound: Option<QueueBound>,
+    ) -> Result<(), QueueError> {
+        let key = bounds::table_key(tenant.as_deref(), &queue);
+        match &bound {
+            Some(bound) => {
+                let bytes = codec::encode(bound)?;
+                b.config
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            None => {
+                b.config.remove(key.as_str()).map_err(StoreError::from)?;
+            }
+        }
+        b.dirty = true;
+        match bound {
+            Some(bound) => self.bounds.insert((tenant, queue), bound),
+            None => self.bounds.remove(&(tenant, queue)),
+        };
+        Ok(())
     }
 
     fn fetch(&mut self, b: &mut Batch<'_>, req: &FetchRequest) -> Result<Vec<Job>, QueueError> {
         let now = b.now;
         let mut claimed = Vec::new();
+        // A fetch claims no more than the principal's and the tenant's running quotas leave.
+        let mut count = req.count;
+        let mut room = |used: u64, limit: u64, quota: Quota| {
+            if limit == 0 {
+                return Ok(());
+            }
+            if used >= limit {
+                return Err(QueueError::QuotaExceeded { quota, limit });
+            }
+            count = count.min(usize::try_from(limit - used).unwrap_or(usize::MAX));
+            Ok(())
+        };
+        room(
+            self.idx.held(&req.holder.principal),
+            req.max_running,
+            Quota::PrincipalRunning,
+        )?;
+        if let Some(tenant) = req.holder.tenant.as_deref() {
+            room(
+                self.idx.tenant_active(tenant),
+                req.max_tenant_active,
+                Quota::TenantActive,
+            )?;
+        }
         for queue in &req.queues {
-            while claimed.len() < req.count {
+            while claimed.len() < count {
                 let Some(id) = self.idx.peek_ready(req.holder.tenant.as_deref(), queue) else {
                     break;
                 };
@@ -555,7 +887,7 @@ impl QueueActor {
                 b.event("job.started", &job);
                 claimed.push(job);
             }
-            if claimed.len() >= req.count {
+            if claimed.len() >= count {
                 break;
             }
         }
@@ -782,6 +1114,8 @@ impl QueueActor {
 
     fn reset(&mut self, b: &mut Batch<'_>) -> Result<(), QueueError> {
         b.table.retain(|_, _| false).map_err(StoreError::from)?;
+        b.config.retain(|_, _| false).map_err(StoreError::from)?;
+        self.bounds.clear();
         b.dirty = true;
         b.events.clear();
         self.idx = Indexes::default();

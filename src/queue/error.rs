@@ -27,6 +27,19 @@ pub enum QueueError {
     LeaseNotHeld,
     #[error("the job is not in the dead letter queue")]
     NotInDeadLetter,
+    /// The queue is at its depth bound (`ojs-backpressure.md`).
+    #[error("the queue is at its depth bound")]
+    QueueFull {
+        depth: u64,
+        bound: u64,
+        strategy: super::bounds::Strategy,
+    },
+    /// A per-principal or per-tenant quota is used up.
+    #[error("quota {} exceeded", quota.as_str())]
+    QuotaExceeded {
+        quota: super::bounds::Quota,
+        limit: u64,
+    },
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
     /// The actor is gone or its commit failed; the operation did not happen.
@@ -41,6 +54,7 @@ impl QueueError {
         match self {
             Self::NotFound | Self::OtherTenant | Self::NotInDeadLetter => ErrorKind::NotFound,
             Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
+            Self::QueueFull { .. } | Self::QuotaExceeded { .. } => ErrorKind::TooManyRequests,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
         }
     }

@@ -2,6 +2,7 @@
 //! [`actor`] for the group-commit loop; [`QueueHandle`] is how everything else talks to it.
 
 mod actor;
+pub mod bounds;
 pub mod error;
 pub mod events;
 pub mod msg;
@@ -14,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::QueueError;
 pub use events::{Event, EventFilter};
 pub use msg::{
-    AckRequest, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest, Holder, NackRequest,
-    Page, QueueStats, Scope,
+    AckRequest, BoundInfo, Enqueued, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest,
+    Holder, NackRequest, Page, QueueStats, Scope,
 };
 pub use sched::QueueSummary;
 
@@ -76,17 +77,80 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Unavailable)?
     }
 
-    /// Enqueues a job for `tenant`, owned by `owner`; returns once it is durably on disk.
+    /// Enqueues a job for `tenant`, owned by `owner`, with no quota and no default bound;
+    /// returns once it is durably on disk.
     pub async fn enqueue(
         &self,
         job: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
     ) -> Result<Job, QueueError> {
+        self.enqueue_with(job, tenant, owner, bounds::Limits::default())
+            .await
+            .map(|e| e.job)
+    }
+
+    /// Enqueues a job under the queue's bound and the quotas of `limits`.
+    pub async fn enqueue_with(
+        &self,
+        job: NewJob,
+        tenant: Option<String>,
+        owner: Option<String>,
+        limits: bounds::Limits,
+    ) -> Result<Enqueued, QueueError> {
         self.call(|reply| Msg::Enqueue {
             job: Box::new(job),
             tenant,
             owner,
+            limits,
+            reply,
+        })
+        .await
+    }
+
+    /// Enqueues every job (each with its tenant and owner) in one transaction, or none: a
+    /// duplicate id, a quota or a full queue refuses the whole batch. Full `drop_oldest`
+    /// queues refuse batches too.
+    pub async fn enqueue_batch(
+        &self,
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: bounds::Limits,
+    ) -> Result<Vec<Job>, QueueError> {
+        self.call(|reply| Msg::EnqueueBatch {
+            jobs,
+            limits,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets a queue's bound (kept in the database), or removes it with `None`.
+    pub async fn set_bound(
+        &self,
+        tenant: Option<String>,
+        queue: String,
+        bound: Option<bounds::QueueBound>,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Msg::SetBound {
+            tenant,
+            queue,
+            bound,
+            reply,
+        })
+        .await
+    }
+
+    /// A queue's bound (configured or the default) and its depth.
+    pub async fn bound(
+        &self,
+        tenant: Option<String>,
+        queue: String,
+        default_max_depth: u64,
+    ) -> Result<BoundInfo, QueueError> {
+        self.call(|reply| Msg::Bound {
+            tenant,
+            queue,
+            default_max_depth,
             reply,
         })
         .await
@@ -214,6 +278,8 @@ mod tests {
             count: 1,
             holder: holder(),
             visibility_timeout_ms: None,
+            max_running: 0,
+            max_tenant_active: 0,
         };
         queue.fetch(req).await.unwrap().pop()
     }

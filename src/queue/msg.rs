@@ -2,6 +2,7 @@
 
 use tokio::sync::oneshot;
 
+use super::bounds::{Limits, QueueBound};
 use super::events::{Event, EventFilter};
 use super::sched::{QueueSummary, StateCounts};
 use super::QueueError;
@@ -31,6 +32,30 @@ pub struct FetchRequest {
     pub count: usize,
     pub holder: Holder,
     pub visibility_timeout_ms: Option<u64>,
+    /// The most jobs the holder's principal may hold active at once (0: no limit).
+    pub max_running: u64,
+    /// The most jobs the holder's tenant may have active at once (0: no limit).
+    pub max_tenant_active: u64,
+}
+
+/// What an enqueue did beyond storing the job.
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    pub job: Job,
+    /// The job discarded to make room (drop-oldest queues).
+    pub dropped: Option<Job>,
+    /// The queue's depth after the enqueue, and its bound.
+    pub depth: u64,
+    pub bound: QueueBound,
+}
+
+/// A queue's bound as the admin API shows it.
+#[derive(Clone, Debug)]
+pub struct BoundInfo {
+    pub bound: QueueBound,
+    /// Set through the admin API (otherwise the configured default).
+    pub configured: bool,
+    pub depth: u64,
 }
 
 /// `POST /workers/ack`.
@@ -115,7 +140,27 @@ pub(crate) enum Msg {
         job: Box<NewJob>,
         tenant: Option<String>,
         owner: Option<String>,
-        reply: Reply<Job>,
+        limits: Limits,
+        reply: Reply<Enqueued>,
+    },
+    /// Enqueues every job or none (each with its tenant and owner).
+    EnqueueBatch {
+        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        limits: Limits,
+        reply: Reply<Vec<Job>>,
+    },
+    /// Sets (or with `None` removes) a queue's bound.
+    SetBound {
+        tenant: Option<String>,
+        queue: String,
+        bound: Option<QueueBound>,
+        reply: Reply<()>,
+    },
+    Bound {
+        tenant: Option<String>,
+        queue: String,
+        default_max_depth: u64,
+        reply: Reply<BoundInfo>,
     },
     Fetch {
         req: FetchRequest,

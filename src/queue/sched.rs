@@ -70,6 +70,30 @@ pub struct Indexes {
     dead: BTreeMap<(Millis, JobId), QueueKey>,
     queues: BTreeMap<QueueKey, QueueSummary>,
     next_seq: u64,
+    /// Non-terminal jobs per owner (the per-principal pending quota).
+    owners: HashMap<String, u64>,
+    /// Active jobs per lease holder (the per-principal running quota).
+    holders: HashMap<String, u64>,
+    /// Non-terminal jobs per tenant (the per-tenant quota).
+    tenants: HashMap<String, u64>,
+    /// Active jobs per tenant.
+    tenant_active: HashMap<String, u64>,
+    /// Scheduled jobs per tenant.
+    tenant_scheduled: HashMap<String, u64>,
+}
+
+fn bump(map: &mut HashMap<String, u64>, key: &str) {
+    *map.entry(key.to_string()).or_default() += 1;
+}
+
+/// Decrements a count, dropping the entry at zero so the maps stay as small as the live set.
+fn drop_one(map: &mut HashMap<String, u64>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 fn ready_key(job: &Job) -> ReadyKey {
@@ -80,6 +104,24 @@ impl Indexes {
     /// Indexes a job by its current state.
     pub fn add(&mut self, job: &Job) {
         self.next_seq = self.next_seq.max(job.seq + 1);
+        if !job.state.is_terminal() {
+            if let Some(owner) = &job.owner {
+                bump(&mut self.owners, owner);
+            }
+            if let Some(tenant) = &job.tenant {
+                bump(&mut self.tenants, tenant);
+            }
+        }
+        if let (JobState::Active, Some(lease)) = (job.state, &job.lease) {
+            bump(&mut self.holders, &lease.principal);
+        }
+        if let Some(tenant) = &job.tenant {
+            match job.state {
+                JobState::Active => bump(&mut self.tenant_active, tenant),
+                JobState::Scheduled => bump(&mut self.tenant_scheduled, tenant),
+                _ => {}
+            }
+        }
         match job.state {
             JobState::Available => {
                 self.ready
@@ -118,6 +160,24 @@ impl Indexes {
 
     /// Removes a job from every index, as it was indexed (call before mutating it).
     pub fn remove(&mut self, job: &Job) {
+        if !job.state.is_terminal() {
+            if let Some(owner) = &job.owner {
+                drop_one(&mut self.owners, owner);
+            }
+            if let Some(tenant) = &job.tenant {
+                drop_one(&mut self.tenants, tenant);
+            }
+        }
+        if let (JobState::Active, Some(lease)) = (job.state, &job.lease) {
+            drop_one(&mut self.holders, &lease.principal);
+        }
+        if let Some(tenant) = &job.tenant {
+            match job.state {
+                JobState::Active => drop_one(&mut self.tenant_active, tenant),
+                JobState::Scheduled => drop_one(&mut self.tenant_scheduled, tenant),
+                _ => {}
+            }
+        }
         match job.state {
             JobState::Available => {
                 if let Some(set) = self.ready.get_mut(&queue_key(job)) {
@@ -222,6 +282,71 @@ impl Indexes {
             .filter(|((t, _), _)| t.as_deref() == tenant)
             .map(|(_, q)| q.clone())
             .collect()
+    }
+
+    /// Non-terminal jobs of one queue: its depth for backpressure.
+    #[must_use]
+    pub fn depth(&self, key: &QueueKey) -> u64 {
+        self.queues.get(key).map_or(0, |q| {
+            let c = &q.counts;
+            c.scheduled + c.available + c.pending + c.active + c.retryable
+        })
+    }
+
+    /// Non-terminal jobs owned by a principal.
+    #[must_use]
+    pub fn owned(&self, owner: &str) -> u64 {
+        self.owners.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Active jobs held by a principal.
+    #[must_use]
+    pub fn held(&self, principal: &str) -> u64 {
+        self.holders.get(principal).copied().unwrap_or(0)
+    }
+
+    /// Non-terminal jobs of a tenant.
+    #[must_use]
+    pub fn tenant_jobs(&self, tenant: &str) -> u64 {
+        self.tenants.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Active jobs of a tenant.
+    #[must_use]
+    pub fn tenant_active(&self, tenant: &str) -> u64 {
+        self.tenant_active.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Scheduled jobs of a tenant.
+    #[must_use]
+    pub fn tenant_scheduled(&self, tenant: &str) -> u64 {
+        self.tenant_scheduled.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Whether the queue is known (has or had jobs since start).
+    #[must_use]
+    pub fn has_queue(&self, key: &QueueKey) -> bool {
+        self.queues.contains_key(key)
+    }
+
+    /// Queues a tenant has.
+    #[must_use]
+    pub fn tenant_queue_count(&self, tenant: &str) -> u64 {
+        let start = (Some(tenant.to_string()), String::new());
+        self.queues
+            .range(start..)
+            .take_while(|((t, _), _)| t.as_deref() == Some(tenant))
+            .count() as u64
+    }
+
+    /// The oldest `available` job of a queue (lowest enqueue sequence), for drop-oldest.
+    #[must_use]
+    pub fn oldest_ready(&self, key: &QueueKey) -> Option<JobId> {
+        self.ready
+            .get(key)?
+            .iter()
+            .min_by_key(|(_, seq, _)| *seq)
+            .map(|(_, _, id)| *id)
     }
 
     /// How many queues there are, over all tenants.

@@ -41,6 +41,7 @@ impl Store {
             txn.open_multimap_table(tables::AUDIT_BY)?;
             txn.open_table(tables::USERS)?;
             txn.open_table(tables::REFRESH_TOKENS)?;
+            txn.open_table(tables::QUEUE_CONFIG)?;
         }
         txn.commit()?;
         Ok(Self {

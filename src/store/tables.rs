@@ -22,3 +22,7 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Refresh token records by the SHA-256 digest of the token (the token itself is never stored).
 /// Written by the accounts service (and the offline CLI, which revokes them).
 pub const REFRESH_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_tokens");
+
+/// Queue bounds set through the admin API, by `<tenant>/<queue>` (`queue::bounds::table_key`).
+/// Written only by the queue actor.
+pub const QUEUE_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("queue_config");

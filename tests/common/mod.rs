@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 pub struct ServerOptions {
     /// Extra TOML appended to the generated config (whole tables, e.g. `[testing]\n...`).
     pub extra_toml: String,
-    /// Conformance mode: preserve unknown envelope attributes, honour test directives and
-    /// expose the reset route.
+    /// Conformance mode: preserve unknown envelope attributes, honour test directives, expose
+    /// the reset route, and allow every job type. The default payload limits, quotas and queue
+    /// bounds stay in force: no suite comes near them.
     pub conformance: bool,
     /// Environment variables for the server process (e.g. `OJS_SECRET_*`).
     pub env: Vec<(String, String)>,
@@ -250,7 +251,8 @@ fn config_text(dir: &Path, opts: &ServerOptions) -> String {
     if opts.conformance {
         text.push_str(
             "[api]\nunknown_fields = \"preserve\"\n\n\
-             [testing]\nallow_reset = true\nhonour_test_directives = true\n\n",
+             [testing]\nallow_reset = true\nhonour_test_directives = true\n\n\
+             [validation]\njob_types = [\"*\"]\n\n",
         );
         text.push_str(CONFORMANCE_LIMITS);
     }

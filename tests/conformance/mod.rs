@@ -62,6 +62,8 @@ pub struct Step {
     pub duration_ms: Option<u64>,
     pub assertions: Option<Map<String, Value>>,
     pub parallel_with: Option<String>,
+    /// How many times to send the step (each response is checked; the last is recorded).
+    pub repeat: u64,
 }
 
 const STEP_KEYS: &[&str] = &[
@@ -79,6 +81,7 @@ const STEP_KEYS: &[&str] = &[
     "parallel_with",
     // Informational in the suites (values are referenced through templates instead).
     "captures",
+    "repeat",
 ];
 
 const TEST_KEYS: &[&str] = &[
@@ -92,6 +95,9 @@ const TEST_KEYS: &[&str] = &[
     "setup",
     "steps",
     "teardown",
+    // Prose for the reader (e.g. ext-backpressure's "Queue X must have max_depth=1"); the
+    // steps themselves establish it, so there is nothing to run.
+    "preconditions",
 ];
 
 /// The suites folder: `OJS_CONFORMANCE_SUITES` or `<crate>/../shared/ojs-conformance/suites`.
@@ -283,7 +289,18 @@ fn parse_step(v: &Value) -> Result<Step, String> {
         Some(Value::Object(a)) => Some(a.clone()),
         Some(_) => return Err(format!("step {id}: assertions must be an object")),
     };
+    let repeat = match ms("repeat")? {
+        None => 1,
+        Some(0) => return Err(format!("step {id}: repeat must be at least 1")),
+        Some(n) => n,
+    };
+    if repeat > 1 && obj.get("parallel_with").is_some_and(|p| !p.is_null()) {
+        return Err(format!(
+            "step {id}: repeat with parallel_with is not supported"
+        ));
+    }
     Ok(Step {
+        repeat,
         action,
         path,
         headers,
@@ -827,6 +844,25 @@ async fn run_steps(
                         mismatch,
                         response: None,
                     })?;
+                }
+                i += 1;
+            }
+            _ if steps[i].repeat > 1 && parallel_group(steps, i).len() == 1 => {
+                for _ in 0..step.repeat {
+                    let snapshot = records.clone();
+                    let outcome = send(target, step, &snapshot).await?;
+                    records.insert(&step.id, outcome.response.clone());
+                    if let Some(a) = &step.assertions {
+                        let resolved = engine::resolve_value(&Value::Object(a.clone()), records);
+                        let resolved = resolved.as_object().cloned().unwrap_or_default();
+                        check_response(&resolved, &outcome.response, outcome.elapsed).map_err(
+                            |mismatch| Failure {
+                                step: step.id.clone(),
+                                mismatch,
+                                response: Some(response_summary(&outcome.response)),
+                            },
+                        )?;
+                    }
                 }
                 i += 1;
             }

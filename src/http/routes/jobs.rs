@@ -18,11 +18,14 @@ use crate::clock::now_ms;
 use crate::http::actions::{require_policy_token, used_event};
 use crate::http::audit;
 use crate::http::auth::Authenticated;
-use crate::http::body::OjsJson;
+use crate::http::body::{OjsBatchJson, OjsJson};
 use crate::http::error::ApiError;
-use crate::job::envelope::{parse_new_job, EnvelopeRules, NAME_MAX};
+use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
-use crate::queue::QueueHandle;
+use crate::queue::bounds::Strategy;
+use crate::queue::{Enqueued, QueueError, QueueHandle};
+use crate::rules::{Rules, RulesHandle};
+use std::time::{Duration, Instant};
 
 /// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.
 fn reserved_queue(body: &Value) -> Option<&str> {
@@ -38,23 +41,91 @@ fn reserved_queue(body: &Value) -> Option<&str> {
     (queue.starts_with(RESERVED_QUEUE_PREFIX) && plain).then_some(queue)
 }
 
-/// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
-/// nothing). An action job type also needs a valid policy token, dry run or not.
-pub async fn enqueue(
-    req: HttpRequest,
-    caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    rules: web::Data<EnvelopeRules>,
-    actions: web::Data<ActionGuard>,
-    body: OjsJson,
-) -> Result<HttpResponse, ApiError> {
+/// The configured rules on a parsed job: the job-type allowlist (422 `invalid_job_type`,
+/// audited: an unregistered type is a probe or a misconfigured producer), the type's JSON
+/// Schema for `args` (422 `schema_validation_failed` with the failing path, never the value),
+/// then the per-request quotas on priority and timeout (422 `quota_exceeded`).
+pub(crate) async fn check_job_rules(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    rules: &Rules,
+    new: &NewJob,
+    args: &Value,
+) -> Result<(), ApiError> {
+    if !rules.allowlist.allows(&new.job_type) {
+        let event = audit::event(
+            req,
+            "job.type_refused",
+            Outcome::Denied,
+            Some(&caller.principal),
+        )
+        .detail("job_type", new.job_type.clone())
+        .detail("queue", new.queue.clone());
+        audit::emit(req, event).await;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job_type",
+            "the job type is not registered on this server",
+        )
+        .with_details(json!({ "field": "type" }))
+        .with_hint("add the type to [validation] job_types on the server"));
+    }
+    if let Err(v) = rules.schemas.check(&new.job_type, args) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema_validation_failed",
+            "args do not match the schema of this job type",
+        )
+        .with_details(json!({
+            "field": "args",
+            "instance_path": v.instance_path,
+            "schema_path": v.schema_path,
+        })));
+    }
+    let quotas = &rules.quotas;
+    if new.priority > quotas.max_priority {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            format!("priority may be at most {}", quotas.max_priority),
+        )
+        .with_details(json!({ "field": "options.priority", "max": quotas.max_priority })));
+    }
+    if new.timeout_ms > quotas.max_timeout_ms {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            format!("timeout_ms may be at most {}", quotas.max_timeout_ms),
+        )
+        .with_details(json!({ "field": "options.timeout_ms", "max": quotas.max_timeout_ms })));
+    }
+    Ok(())
+}
+
+/// A job that passed every check but the policy token, with the tenant it is stored for and
+/// its owner.
+struct Prepared {
+    new: NewJob,
+    tenant: Option<String>,
+    owner: String,
+}
+
+/// Reads one envelope and applies every check of an enqueue except the policy token: reserved
+/// queues, the envelope, the queue ACL, the configured rules, `meta.tenant_id` and the owner.
+async fn prepare(
+    req: &HttpRequest,
+    caller: &Authenticated,
+    rules: &Rules,
+    body: &Value,
+) -> Result<Prepared, ApiError> {
     // Reserved queues are refused as a permission matter (OJS security §15.2), before the
     // envelope's pattern check would call them malformed.
-    if let Some(reserved) = reserved_queue(&body.0) {
+    if let Some(reserved) = reserved_queue(body) {
         caller.allow(Permission::Enqueue, reserved).await?;
     }
-    let mut new = parse_new_job(&body.0, &rules, now_ms())?;
+    let new = parse_new_job(body, &rules.envelope, now_ms())?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
+    check_job_rules(req, caller, rules, &new, &body["args"]).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
     // administrator acting on the system scope may use it to act for a tenant, as with the
     // header.
@@ -92,6 +163,25 @@ pub async fn enqueue(
         Some(named) => named.clone(),
         None => caller.principal.id().to_string(),
     };
+    Ok(Prepared { new, tenant, owner })
+}
+
+/// `POST /ojs/v1/jobs`: 201 once the job is on disk (or 200 for a dry run, which stores
+/// nothing). An action job type also needs a valid policy token, dry run or not.
+pub async fn enqueue(
+    req: HttpRequest,
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    rules: web::Data<RulesHandle>,
+    actions: web::Data<ActionGuard>,
+    body: OjsJson,
+) -> Result<HttpResponse, ApiError> {
+    let rules = rules.current();
+    let Prepared {
+        mut new,
+        tenant,
+        owner,
+    } = prepare(&req, &caller, &rules, &body.0).await?;
     // Last of the checks, so that the token is judged for exactly the job that would be
     // stored: its type, the tenant it is stored for, and the principal.
     let token = require_policy_token(
@@ -128,21 +218,103 @@ pub async fn enqueue(
             }),
         ));
     }
+    // Abuse detection sees each stored submission (not dry runs): spikes and payload floods
+    // are refused, all-top-priority floods demoted.
     crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new).await?;
-    let job = match &token {
+    let queue_name = new.queue.clone();
+    let stored = enqueue_bounded(&req, &queue, &rules, new, tenant, owner);
+    let done = match &token {
         // The token's use is on disk before the job is; a failed enqueue adds a failure record.
         Some(claims) => {
-            let used = used_event(&req, &caller, claims, &new.queue, false);
-            audit::guarded(&req, used, queue.enqueue(new, tenant, Some(owner))).await?
+            let used = used_event(&req, &caller, claims, &queue_name, false);
+            audit::guarded(&req, used, stored).await?
         }
-        None => queue.enqueue(new, tenant, Some(owner)).await?,
+        None => stored.await?,
     };
-    let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(&job) }));
+    if let Some(dropped) = &done.dropped {
+        metrics::counter!(crate::metrics::BACKPRESSURE_DROPPED).increment(1);
+        let event = audit::event(
+            &req,
+            "backpressure.dropped",
+            Outcome::Success,
+            Some(&caller.principal),
+        )
+        .detail("job_id", dropped.id.to_string())
+        .detail("queue", dropped.queue.clone())
+        .detail("for_job_id", done.job.id.to_string());
+        audit::emit(&req, event).await;
+    }
+    let job = &done.job;
+    let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(job) }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/ojs/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
     }
+    if let Some(pressure) = done.bound.pressure(done.depth) {
+        let headers = res.headers_mut();
+        for (name, value) in [
+            ("x-ojs-queue-depth", done.depth.to_string()),
+            ("x-ojs-queue-bound", done.bound.max_depth.to_string()),
+            ("x-ojs-queue-pressure", format!("{pressure:.2}")),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), v);
+            }
+        }
+    }
     Ok(res)
 }
+
+/// How long a `block` queue may hold this request: `OJS-Block-Timeout` (seconds) when sent,
+/// otherwise the configured maximum, never more than it.
+fn block_timeout(req: &HttpRequest, rules: &Rules) -> Duration {
+    let max = rules.backpressure.max_block_secs;
+    let asked = req
+        .headers()
+        .get("ojs-block-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(max);
+    Duration::from_secs(asked.min(max))
+}
+
+/// Stores a job under its queue's bound and the caller's quotas. A full `block` queue is retried
+/// until there is room or the block timeout passes; then, like a `reject` queue, 429
+/// `queue_full` with the depth headers.
+async fn enqueue_bounded(
+    req: &HttpRequest,
+    queue: &QueueHandle,
+    rules: &Rules,
+    new: NewJob,
+    tenant: Option<String>,
+    owner: String,
+) -> Result<Enqueued, ApiError> {
+    let limits = rules.limits();
+    let retry_after = rules.backpressure.retry_after_secs;
+    let deadline = Instant::now() + block_timeout(req, rules);
+    let mut pause = BLOCK_POLL_FIRST;
+    loop {
+        let result = queue
+            .enqueue_with(new.clone(), tenant.clone(), Some(owner.clone()), limits)
+            .await;
+        match result {
+            Err(QueueError::QueueFull {
+                strategy: Strategy::Block,
+                ..
+            }) if Instant::now() < deadline => {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(BLOCK_POLL_MAX);
+            }
+            Err(e) => return Err(ApiError::from(e).with_retry_after(retry_after)),
+            Ok(done) => return Ok(done),
+        }
+    }
+}
+
+/// How soon a blocked enqueue first looks for room again; the pause doubles up to
+/// [`BLOCK_POLL_MAX`], so many blocked producers cost the queue actor little.
+const BLOCK_POLL_FIRST: Duration = Duration::from_millis(25);
+const BLOCK_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// `GET /ojs/v1/jobs/{id}`
 pub async fn info(
@@ -193,4 +365,78 @@ pub async fn activate(
     let mut view = job_json(&job);
     view["previous_state"] = "pending".into();
     Ok(json(StatusCode::OK, &json!({ "job": view })))
+}
+
+/// Most jobs in one batch.
+pub const MAX_BATCH_JOBS: usize = 1000;
+
+/// `POST /ojs/v1/jobs/batch`: `{"jobs": [envelope, ...]}`, all stored in one transaction or
+/// none. Each envelope gets every check of a single enqueue; the first refusal answers for the
+/// whole batch with the job's index in `details.index`. The body may be up to
+/// `payload.max_batch_bytes`. Action job types (which need a policy token each) and dry runs are
+/// enqueued one at a time, not in batches.
+pub async fn enqueue_batch(
+    req: HttpRequest,
+    caller: Authenticated,
+    queue: web::Data<QueueHandle>,
+    rules: web::Data<RulesHandle>,
+    actions: web::Data<ActionGuard>,
+    body: OjsBatchJson,
+) -> Result<HttpResponse, ApiError> {
+    let rules = rules.current();
+    let items = body
+        .0
+        .get("jobs")
+        .and_then(Value::as_array)
+        .filter(|j| !j.is_empty() && j.len() <= MAX_BATCH_JOBS)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "jobs",
+                format!("jobs must be an array of 1 to {MAX_BATCH_JOBS} job envelopes"),
+            )
+        })?;
+    let mut jobs = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let at = |e: ApiError| e.with_index(index);
+        let Prepared {
+            mut new,
+            tenant,
+            owner,
+        } = prepare(&req, &caller, &rules, item).await.map_err(at)?;
+        if actions.is_action(&new.job_type) {
+            return Err(at(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "action job types need a policy token each: enqueue them one at a time",
+            )));
+        }
+        if new.dry_run {
+            return Err(at(ApiError::invalid(
+                "options.dry_run",
+                "dry runs are not supported in batches",
+            )));
+        }
+        crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new)
+            .await
+            .map_err(at)?;
+        jobs.push((new, tenant, Some(owner)));
+    }
+    let count = jobs.len();
+    let stored = queue
+        .enqueue_batch(jobs, rules.limits())
+        .await
+        .map_err(|e| ApiError::from(e).with_retry_after(rules.backpressure.retry_after_secs))?;
+    let views: Vec<Value> = stored.iter().map(job_json).collect();
+    let event = audit::event(
+        &req,
+        "job.batch_enqueued",
+        Outcome::Success,
+        Some(&caller.principal),
+    )
+    .detail("count", count);
+    audit::emit(&req, event).await;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({ "jobs": views, "count": count }),
+    ))
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod dead_letter;
 pub mod jobs;
 pub mod keys;
+pub mod queues;
 pub mod sessions;
 pub mod system;
 pub mod workers;

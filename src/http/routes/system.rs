@@ -43,7 +43,8 @@ pub async fn health(queue: web::Data<QueueHandle>, started: web::Data<StartedAt>
 }
 
 /// `GET /ojs/manifest`: public.
-pub async fn manifest() -> HttpResponse {
+pub async fn manifest(rules: web::Data<crate::rules::RulesHandle>) -> HttpResponse {
+    let rules = rules.current();
     json(
         StatusCode::OK,
         &json!({
@@ -57,11 +58,26 @@ pub async fn manifest() -> HttpResponse {
             "conformance_level": 1,
             "protocols": ["http"],
             "backend": "redb",
-            "extensions": ["dead-letter"],
+            "extensions": ["dead-letter", "backpressure", "bulk-operations"],
             "capabilities": {
                 "authentication": ["api_key"],
                 "authorization": ["roles", "queue_acl", "tenant_isolation"],
                 "unknown_fields": "configurable",
+                // OJS payload limits §8.1 (the binding keeps `extensions` a list of names, so
+                // the limits are declared here).
+                "payload_limits": {
+                    "max_envelope_bytes": rules.max_body_bytes,
+                    "max_batch_bytes": rules.payload.max_batch_bytes,
+                    "max_args_bytes": rules.payload.max_args_bytes,
+                    "max_meta_bytes": rules.payload.max_meta_bytes,
+                    "max_json_depth": rules.payload.max_json_depth,
+                    "max_queue_name_bytes": crate::job::envelope::NAME_MAX,
+                    "max_job_type_bytes": crate::job::envelope::NAME_MAX,
+                    "supported_compression": [],
+                    "external_references": false,
+                    "chunking": false,
+                    "per_queue_limits": false,
+                },
             },
         }),
     )

@@ -117,8 +117,10 @@ pub async fn fetch(
     queue: web::Data<QueueHandle>,
     config: web::Data<Config>,
     limiter: web::Data<LimiterHandle>,
+    rules: web::Data<crate::rules::RulesHandle>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
+    let quotas = rules.current().quotas.clone();
     let obj = object(&body.0)?;
     let queues = obj
         .get("queues")
@@ -160,6 +162,8 @@ pub async fn fetch(
         count,
         holder: holder(&caller, obj, false)?,
         visibility_timeout_ms: visibility(obj)?,
+        max_running: quotas.max_running_jobs_per_principal,
+        max_tenant_active: quotas.max_active_jobs_per_tenant,
     };
     let deadline = tokio::time::Instant::now() + wait;
     let jobs = loop {

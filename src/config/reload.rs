@@ -1,35 +1,53 @@
 //! Reloading the configuration without a restart: SIGHUP re-reads the config file, validates
-//! all of it, and publishes the new `[limits]`. An invalid file changes nothing: the old limits
-//! stay and `config.reload_failed` is audited; a good one audits `config.reloaded`. Other
-//! sections can hook in here later; the listener timeouts in `[server]` need a restart.
+//! all of it (schemas compiled included), and only then publishes the new `[limits]` to the
+//! limiter and the new request rules (`[payload]`, `[validation]`, `[quotas]`,
+//! `[backpressure]`). An invalid file changes nothing: the old settings stay and
+//! `config.reload_failed` is audited; a good one audits `config.reloaded`. The listener
+//! timeouts in `[server]` need a restart; secrets are re-read by the vault's watcher.
 
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::LimiterHandle;
+use super::Config;
 use crate::audit::{AuditEvent, AuditHandle, Outcome};
-use crate::config::Config;
+use crate::limiter::LimiterHandle;
+use crate::rules::{Rules, RulesHandle};
+
+/// What a reload publishes to.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub limiter: LimiterHandle,
+    pub rules: RulesHandle,
+}
 
 /// Longest error text kept in the audit record.
 const MAX_REASON: usize = 300;
 
-/// Re-reads `path`, validates it and publishes its limits; audits the outcome.
+/// Re-reads `path`, validates it and publishes its limits and rules; audits the outcome.
 pub async fn reload_from_file(
     path: &Path,
-    limiter: &LimiterHandle,
+    to: &Reloadable,
     audit: &AuditHandle,
 ) -> anyhow::Result<()> {
     let file = path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(Some(&file)))
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
+    // Reading, validating and compiling schemas block: off the async threads.
+    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<(Config, Rules)> {
+        let config = Config::load(Some(&file))?;
+        let rules = Rules::load(&config)?;
+        Ok((config, rules))
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
     let result = match loaded {
-        Ok(config) => limiter
-            .reload(config.limits)
-            .await
-            .map_err(anyhow::Error::from),
+        Ok((config, rules)) => match to.limiter.reload(config.limits).await {
+            Ok(()) => {
+                to.rules.publish(rules);
+                Ok(())
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
+        },
         Err(e) => Err(e),
     };
     match &result {
@@ -40,14 +58,17 @@ pub async fn reload_from_file(
                 .emit(
                     AuditEvent::new("config.reloaded", Outcome::Success)
                         .detail("path", path.display().to_string())
-                        .detail("sections", "limits"),
+                        .detail(
+                            "sections",
+                            "limits, payload, validation, quotas, backpressure",
+                        ),
                 )
                 .await;
         }
         Err(e) => {
             metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "failure").increment(1);
             let reason: String = format!("{e:#}").chars().take(MAX_REASON).collect();
-            warn!(path = %path.display(), error = %reason, "configuration reload failed; the old limits stay");
+            warn!(path = %path.display(), error = %reason, "configuration reload failed; the old settings stay");
             audit
                 .emit(
                     AuditEvent::new("config.reload_failed", Outcome::Failure)
@@ -65,7 +86,7 @@ pub async fn reload_from_file(
 /// reloads on each until the returned task is aborted.
 pub fn spawn_on_sighup(
     path: PathBuf,
-    limiter: LimiterHandle,
+    to: Reloadable,
     audit: AuditHandle,
 ) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -77,7 +98,7 @@ pub fn spawn_on_sighup(
         while hup.recv().await.is_some() {
             info!("SIGHUP received, reloading the configuration");
             // The outcome is logged and audited inside.
-            let _ = reload_from_file(&path, &limiter, &audit).await;
+            let _ = reload_from_file(&path, &to, &audit).await;
         }
     }))
 }
