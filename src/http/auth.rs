@@ -153,6 +153,12 @@ async fn forbidden_with(
 }
 
 impl Authenticated {
+    /// The request this caller made.
+    #[must_use]
+    pub fn request(&self) -> &HttpRequest {
+        &self.req
+    }
+
     /// The lease holder this caller is, with the `worker_id` it gave.
     #[must_use]
     pub fn holder(&self, worker_id: Option<String>) -> Holder {

@@ -39,6 +39,12 @@ pub struct ApiError {
 struct ExtraHeaders(Vec<(&'static str, String)>);
 
 impl ApiError {
+    /// The OJS error code (`invalid_payload`, `quota_exceeded`, ...).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
     /// A new error.
     #[must_use]
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

@@ -65,6 +65,31 @@ pub async fn refuse(
     rate_limited(scope, limited.retry_after_secs)
 }
 
+/// Audits a refusal by a quota, a tenant limit or a full queue: once per principal and code a
+/// minute, so a client hammering a full queue cannot flood the trail (every refusal is counted
+/// in `bulwark_limit_refusals_total`). Other errors pass through unrecorded.
+pub async fn audit_limit_refusal(req: &HttpRequest, principal: &Principal, error: &ApiError) {
+    let code = error.code();
+    if !matches!(
+        code,
+        "quota_exceeded" | "tenant_limit_exceeded" | "queue_full"
+    ) {
+        return;
+    }
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        return;
+    };
+    if limiter
+        .rates()
+        .report_key(&format!("limit:{code}:{}", principal.id()))
+    {
+        let event =
+            crate::http::audit::event(req, "limit.refused", Outcome::Denied, Some(principal))
+                .detail("code", code);
+        crate::http::audit::emit(req, event).await;
+    }
+}
+
 /// The OJS `rate_limited` envelope for `scope`.
 #[must_use]
 pub fn rate_limited(scope: Scope, retry_after_secs: u64) -> ApiError {

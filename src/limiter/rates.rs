@@ -269,12 +269,16 @@ impl Rates {
     /// Whether a refusal of `key` in `scope` should be audited (the first in a minute).
     #[must_use]
     pub fn report(&self, scope: Scope, key: &str) -> bool {
+        self.report_key(&format!("{}:{key}", scope.as_str()))
+    }
+
+    /// Whether a refusal named `key` should be audited (the first in a minute).
+    #[must_use]
+    pub fn report_key(&self, key: &str) -> bool {
         if self.reports.len() >= self.max_tracked {
             return false;
         }
-        self.reports
-            .check_key(&format!("{}:{key}", scope.as_str()))
-            .is_ok()
+        self.reports.check_key(&key.to_string()).is_ok()
     }
 
     /// Forgets keys whose budget is full again.

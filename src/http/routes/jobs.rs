@@ -222,7 +222,13 @@ pub async fn enqueue(
     // are refused, all-top-priority floods demoted.
     crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new).await?;
     let queue_name = new.queue.clone();
-    let stored = enqueue_bounded(&req, &queue, &rules, new, tenant, owner);
+    let stored = async {
+        let result = enqueue_bounded(&req, &queue, &rules, new, tenant, owner).await;
+        if let Err(e) = &result {
+            crate::limiter::middleware::audit_limit_refusal(&req, &caller.principal, e).await;
+        }
+        result
+    };
     let done = match &token {
         // The token's use is on disk before the job is; a failed enqueue adds a failure record.
         Some(claims) => {
@@ -422,10 +428,14 @@ pub async fn enqueue_batch(
         jobs.push((new, tenant, Some(owner)));
     }
     let count = jobs.len();
-    let stored = queue
-        .enqueue_batch(jobs, rules.limits())
-        .await
-        .map_err(|e| ApiError::from(e).with_retry_after(rules.backpressure.retry_after_secs))?;
+    let stored = match queue.enqueue_batch(jobs, rules.limits()).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            let e = ApiError::from(e).with_retry_after(rules.backpressure.retry_after_secs);
+            crate::limiter::middleware::audit_limit_refusal(&req, &caller.principal, &e).await;
+            return Err(e);
+        }
+    };
     let views: Vec<Value> = stored.iter().map(job_json).collect();
     let event = audit::event(
         &req,

@@ -167,7 +167,19 @@ pub async fn fetch(
     };
     let deadline = tokio::time::Instant::now() + wait;
     let jobs = loop {
-        let jobs = queue.fetch(req.clone()).await?;
+        let jobs = match queue.fetch(req.clone()).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                let e = ApiError::from(e);
+                crate::limiter::middleware::audit_limit_refusal(
+                    caller.request(),
+                    &caller.principal,
+                    &e,
+                )
+                .await;
+                return Err(e);
+            }
+        };
         let now = tokio::time::Instant::now();
         if !jobs.is_empty() || now >= deadline {
             break jobs;
