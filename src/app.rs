@@ -20,6 +20,8 @@ use crate::config::Config;
 use crate::http;
 use crate::queue::QueueHandle;
 use crate::store::Store;
+use crate::vault::watch::SecretWatcher;
+use crate::vault::{KekReloader, KeySource, VaultHandle, VaultKeys};
 
 /// The file the bootstrap admin key is written to, inside the secrets folder.
 pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
@@ -149,6 +151,18 @@ pub fn load_action_guard(config: &Config) -> anyhow::Result<ActionGuard> {
     Ok(guard)
 }
 
+/// Loads the key-encryption keys (creating one on first start) from the configured folder and
+/// the `OJS_SECRET_KEK_*` variables.
+pub fn load_keys(config: &Config) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
+    let vault = config.vault_config();
+    let source = KeySource {
+        dir: vault.kek_dir,
+        active: vault.active,
+    };
+    KekReloader::load(source, crate::vault::keyring::env_keys())
+        .context("cannot load the key-encryption keys ([vault])")
+}
+
 /// `bulwark serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
     if config.testing.allow_reset || config.testing.honour_test_directives {
@@ -163,9 +177,11 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
         .ok()
         .map(secrecy::SecretString::from);
-    let (store, queue, queue_thread, audit, audit_thread, accounts) =
+    let (store, queue, queue_thread, audit, audit_thread, accounts, kek_reloader, keys) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_secrets_dir(&setup.secrets.dir)?;
+            // The KEKs first: without them no job can be written or read.
+            let (kek_reloader, keys) = load_keys(&setup)?;
             let store = Store::open(&setup.storage.data_dir)?;
             info!(path = %store.path().display(), "database open");
             bootstrap(&store, &setup)?;
@@ -174,10 +190,34 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             let key = audit::load_or_create_key(&setup.secrets.dir)?;
             let (audit, audit_thread) =
                 AuditHandle::spawn(&setup.audit_config(), key, Some(store.clone()))?;
-            let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
-            Ok((store, queue, thread, audit, audit_thread, accounts))
+            let (queue, thread) =
+                QueueHandle::spawn(store.clone(), keys.clone(), setup.queue_config())?;
+            Ok((
+                store,
+                queue,
+                thread,
+                audit,
+                audit_thread,
+                accounts,
+                kek_reloader,
+                keys,
+            ))
         })
         .await??;
+    let vault = VaultHandle::spawn(
+        &config.vault_config(),
+        keys,
+        store.clone(),
+        queue.clone(),
+        Some(audit.clone()),
+    );
+    let watcher = SecretWatcher::spawn(config.watch_config(), Some(audit.clone()));
+    watcher
+        .register(Arc::new(crate::vault::KekWatch {
+            reloader: kek_reloader,
+            vault: vault.clone(),
+        }))
+        .await;
     accounts.start_maintenance();
     let jwt = match &config.auth.jwt {
         Some(jwt) => Some(
@@ -222,6 +262,8 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         started: Instant::now(),
         accounts,
         actions,
+        vault,
+        watcher: watcher.clone(),
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();

@@ -50,6 +50,44 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyTokenCommand,
     },
+    /// Prepare the secrets folder and create a key-encryption key if there is none (the server
+    /// also does this on first start).
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The key vault: key-encryption keys and the data keys they wrap. These commands open the
+    /// database, so they run while the server is stopped; on a running server use
+    /// `GET /ojs/v1/admin/vault` and `POST /ojs/v1/admin/vault/rewrap`.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+/// `bulwark vault ...`
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Each KEK with the number of jobs whose data key it wraps, and unreadable jobs.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create a new KEK file; as the newest key it becomes active at the next (re)load unless
+    /// `[vault] active_kek` names another.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-wrap every data key that is not under the active KEK (payloads are not
+    /// re-encrypted), so old KEKs can be retired.
+    Rewrap {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records per write transaction.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
 }
 
 /// `bulwark policy-token ...`

@@ -20,3 +20,4 @@ pub mod queue;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod vault;

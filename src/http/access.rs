@@ -188,6 +188,18 @@ pub const ROUTES: &[Route] = &[
         "query the audit trail",
     ),
     route(
+        "GET",
+        "/ojs/v1/admin/vault",
+        System(Admin),
+        "key vault status (jobs per KEK, unreadable jobs, re-wrap progress)",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/admin/vault/rewrap",
+        System(Admin),
+        "re-wrap data keys with the active KEK",
+    ),
+    route(
         "POST",
         "/ojs/v1/admin/reset",
         System(Admin),

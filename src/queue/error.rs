@@ -27,6 +27,10 @@ pub enum QueueError {
     LeaseNotHeld,
     #[error("the job is not in the dead letter queue")]
     NotInDeadLetter,
+    /// The job's record cannot be opened with the keys this server holds (its KEK is not
+    /// loaded, or the record was moved or tampered with). Fails closed.
+    #[error("job {0} cannot be decrypted")]
+    Unreadable(crate::job::JobId),
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
     /// The actor is gone or its commit failed; the operation did not happen.
@@ -42,6 +46,7 @@ impl QueueError {
             Self::NotFound | Self::OtherTenant | Self::NotInDeadLetter => ErrorKind::NotFound,
             Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
+            Self::Unreadable(_) => ErrorKind::Internal,
         }
     }
 }

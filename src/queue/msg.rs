@@ -110,6 +110,8 @@ pub struct QueueStats {
     pub queues: usize,
 }
 
+pub use crate::vault::RewrapStep;
+
 pub(crate) enum Msg {
     Enqueue {
         job: Box<NewJob>,
@@ -178,6 +180,11 @@ pub(crate) enum Msg {
     },
     Reset {
         reply: Reply<()>,
+    },
+    Rewrap {
+        after: Option<u128>,
+        batch: usize,
+        reply: Reply<RewrapStep>,
     },
     /// Start answering heartbeats with `quiet` (graceful shutdown).
     Drain,

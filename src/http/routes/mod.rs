@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod keys;
 pub mod sessions;
 pub mod system;
+pub mod vault;
 pub mod workers;
 
 use actix_web::http::StatusCode;
