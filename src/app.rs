@@ -283,6 +283,9 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     queue.drain().await;
     handle.stop(true).await;
     let _ = running.await;
+    // The watcher's reloaders hold the vault, which holds a queue handle: let them go so the
+    // queue thread can end.
+    drop(watcher);
     drop(queue);
     // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.
     tokio::task::spawn_blocking(move || queue_thread.join())

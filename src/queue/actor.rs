@@ -63,7 +63,13 @@ impl Batch<'_> {
         let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
         let Some(guard) = guard else { return Ok(None) };
         match envelope::open_job(&self.ring, guard.value()) {
-            Ok(job) => Ok(Some(job)),
+            Ok(job) if job.id == id => Ok(Some(job)),
+            // A whole record copied onto another row: its own id no longer matches the key.
+            Ok(_) => {
+                self.keys.count_failure();
+                warn!(job_id = %id, "job record belongs to another row");
+                Err(QueueError::Unreadable(id))
+            }
             Err(e) if e.is_unreadable() => {
                 self.keys.count_failure();
                 warn!(job_id = %id, error = %e, "job record cannot be opened");
@@ -102,7 +108,9 @@ impl Batch<'_> {
     /// block its queue or the timers; it stays on disk for when its key comes back.
     fn set_aside(&self, idx: &mut Indexes, id: JobId) -> Result<(), QueueError> {
         if let Some(head) = self.load_head(id)? {
-            idx.remove(&head);
+            if head.id == id {
+                idx.remove(&head);
+            }
         }
         Ok(())
     }
@@ -160,10 +168,15 @@ fn load_indexes(store: &Store) -> Result<Indexes, QueueError> {
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
     let mut idx = Indexes::default();
     for entry in table.iter().map_err(StoreError::from)? {
-        let (_, value) = entry.map_err(StoreError::from)?;
+        let (key, value) = entry.map_err(StoreError::from)?;
         // Only the clear part: the indexes need no payload, and a job whose key is missing
         // still has its place (it fails closed when read).
         let head = envelope::job_head(value.value())?;
+        if head.job.id.as_u128() != key.value() {
+            // A record copied onto another row is never scheduled; reading it fails closed.
+            error!(row = %JobId(uuid::Uuid::from_u128(key.value())), "job record belongs to another row; left out");
+            continue;
+        }
         idx.add(&head.job);
     }
     Ok(idx)

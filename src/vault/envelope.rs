@@ -85,11 +85,22 @@ pub struct Sealed {
     pub errors: Option<Bytes>,
 }
 
+/// A version-2 job record: the clear part and the sealed part.
 #[derive(Serialize, Deserialize)]
-struct StoredJob {
+pub struct StoredJob {
     /// The job with its payload fields emptied.
-    job: Job,
-    sealed: Sealed,
+    pub job: Job,
+    pub sealed: Sealed,
+}
+
+/// Reads a version-2 record without decrypting it (for tools and tests that inspect the file).
+pub fn read_record(bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    codec::decode_as(RECORD_SEALED, bytes)
+}
+
+/// Writes a version-2 record as it is (no sealing: `stored` is already sealed).
+pub fn write_record(stored: &StoredJob) -> Result<Vec<u8>, StoreError> {
+    codec::encode_as(RECORD_SEALED, stored)
 }
 
 /// What an error entry keeps sealed: the worker's message and details.

@@ -3,6 +3,9 @@
 //! it when one of its folders changes (notify, non-recursive, debounced), on SIGHUP, and on a
 //! slow timer (subPath mounts and network file systems send no events).
 //!
+//! Events are debounced here (not with a debouncing crate) so that access events — a reload
+//! opening the files it watches — can be left out before they start the quiet period.
+//!
 //! Folders are watched, never files: a Kubernetes secret mount swaps a `..data` symlink, editors
 //! save by rename, and both leave a watch on the old file deaf. A reloader re-reads and
 //! validates its whole set before swapping it in; when it fails, the old set stays, the error
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -78,30 +81,31 @@ impl SecretWatcher {
     /// Starts the watcher (inside a tokio runtime).
     #[must_use]
     pub fn spawn(config: WatchConfig, audit: Option<AuditHandle>) -> Self {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(256);
         // Weak, so the watcher's own callback does not keep the task alive.
         let events = tx.downgrade();
-        let debouncer = notify_debouncer_mini::new_debouncer(
-            config.debounce,
-            move |result: notify_debouncer_mini::DebounceEventResult| match result {
-                Ok(evs) => {
-                    let paths = evs.into_iter().map(|e| e.path).collect();
-                    // Full means a reload is already queued; it re-reads everything anyway.
+        let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            match result {
+                // Reading a secret opens it: access events would make every reload trigger
+                // the next one.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
+                Ok(event) => {
                     if let Some(events) = events.upgrade() {
-                        let _ = events.try_send(Command::Changed(paths));
+                        // Full means reloads are queued already; they re-read everything.
+                        let _ = events.try_send(Command::Changed(event.paths));
                     }
                 }
                 Err(e) => warn!(error = %e, "secret watcher error"),
-            },
-        );
-        let debouncer = match debouncer {
-            Ok(d) => Some(d),
+            }
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
             Err(e) => {
                 warn!(error = %e, "cannot watch secret folders; relying on SIGHUP and the timer");
                 None
             }
         };
-        tokio::spawn(run(rx, debouncer, config, audit));
+        tokio::spawn(run(rx, watcher, config, audit));
         Self { tx }
     }
 
@@ -119,13 +123,9 @@ impl SecretWatcher {
     }
 }
 
-fn watch_dir(
-    debouncer: &mut Option<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>>,
-    name: &str,
-    dir: &Path,
-) {
-    let Some(d) = debouncer.as_mut() else { return };
-    match d.watcher().watch(dir, RecursiveMode::NonRecursive) {
+fn watch_dir(watcher: &mut Option<notify::RecommendedWatcher>, name: &str, dir: &Path) {
+    let Some(w) = watcher.as_mut() else { return };
+    match w.watch(dir, RecursiveMode::NonRecursive) {
         Ok(()) => debug!(secret = name, dir = %dir.display(), "watching"),
         Err(e) => warn!(
             secret = name,
@@ -176,9 +176,19 @@ async fn reload_one(reloader: Arc<dyn Reload>, audit: Option<&AuditHandle>, why:
     }
 }
 
+async fn reload_all(
+    reloaders: &[(Arc<dyn Reload>, Vec<PathBuf>)],
+    audit: Option<&AuditHandle>,
+    why: &'static str,
+) {
+    for (r, _) in reloaders {
+        reload_one(r.clone(), audit, why).await;
+    }
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Command>,
-    mut debouncer: Option<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>>,
+    mut watcher: Option<notify::RecommendedWatcher>,
     config: WatchConfig,
     audit: Option<AuditHandle>,
 ) {
@@ -186,10 +196,19 @@ async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut timer = tokio::time::interval(config.interval.max(Duration::from_secs(1)));
     timer.tick().await;
+    // Paths changed since the last reload, and when the burst is over (debounce).
+    let mut pending: Vec<PathBuf> = Vec::new();
+    let mut quiet_at: Option<tokio::time::Instant> = None;
     loop {
         let hup_recv = async {
             match hup.as_mut() {
                 Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let settle = async {
+            match quiet_at {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -199,7 +218,7 @@ async fn run(
                 Some(Command::Register(r)) => {
                     let mut dirs = r.dirs();
                     for dir in dirs.clone() {
-                        watch_dir(&mut debouncer, r.name(), &dir);
+                        watch_dir(&mut watcher, r.name(), &dir);
                         // Events may name the folder by its resolved path.
                         if let Ok(real) = dir.canonicalize() {
                             if real != dir {
@@ -210,30 +229,28 @@ async fn run(
                     reloaders.push((r, dirs));
                 }
                 Some(Command::Changed(paths)) => {
-                    for (r, dirs) in &reloaders {
-                        if paths.iter().any(|p| under(dirs, p)) {
-                            reload_one(r.clone(), audit.as_ref(), "file_change").await;
-                        }
-                    }
+                    pending.extend(paths);
+                    quiet_at = Some(tokio::time::Instant::now() + config.debounce);
                 }
                 Some(Command::ReloadAll(done)) => {
-                    for (r, _) in &reloaders {
-                        reload_one(r.clone(), audit.as_ref(), "request").await;
-                    }
+                    reload_all(&reloaders, audit.as_ref(), "request").await;
                     let _ = done.send(());
                 }
             },
+            () = settle => {
+                quiet_at = None;
+                let paths = std::mem::take(&mut pending);
+                for (r, dirs) in &reloaders {
+                    if paths.iter().any(|p| under(dirs, p)) {
+                        reload_one(r.clone(), audit.as_ref(), "file_change").await;
+                    }
+                }
+            }
             _ = hup_recv => {
                 info!("SIGHUP: re-reading every secret");
-                for (r, _) in &reloaders {
-                    reload_one(r.clone(), audit.as_ref(), "sighup").await;
-                }
+                reload_all(&reloaders, audit.as_ref(), "sighup").await;
             }
-            _ = timer.tick() => {
-                for (r, _) in &reloaders {
-                    reload_one(r.clone(), audit.as_ref(), "timer").await;
-                }
-            }
+            _ = timer.tick() => reload_all(&reloaders, audit.as_ref(), "timer").await,
         }
     }
     debug!("secret watcher stopped");
