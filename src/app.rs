@@ -218,6 +218,15 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             vault: vault.clone(),
         }))
         .await;
+    if config.auth.actions.enabled() {
+        watcher
+            .register(Arc::new(actions::PolicySecretReload {
+                guard: actions.clone(),
+                config: config.auth.actions.clone(),
+                secrets_dir: config.secrets.dir.clone(),
+            }))
+            .await;
+    }
     accounts.start_maintenance();
     let jwt = match &config.auth.jwt {
         Some(jwt) => Some(

@@ -243,3 +243,72 @@ pub enum ConfigCommand {
         config: Option<PathBuf>,
     },
 }
+
+/// The positions (1-based, after the program name) of command-line arguments that look like
+/// secrets: Bulwark credentials and tokens (`bwk_`, `bws_`, `bwr_`, `bpt_`), JWTs, `…=value`
+/// pairs named like a secret, and long runs of hex or base64 (keys). Command lines are visible
+/// to other users (`ps`) and kept in shell history; the caller warns without echoing the value.
+#[must_use]
+pub fn secret_looking_args(args: &[String]) -> Vec<usize> {
+    fn looks_secret(arg: &str) -> bool {
+        let pair = arg
+            .split_once('=')
+            .filter(|(_, v)| !v.is_empty() && !v.starts_with('='));
+        let value = pair.map_or(arg, |(name, value)| {
+            let name = name.to_ascii_lowercase();
+            if ["password", "secret", "token", "key"]
+                .iter()
+                .any(|w| name.contains(w))
+            {
+                return "bwk_";
+            }
+            value
+        });
+        if ["bwk_", "bws_", "bwr_", "bpt_"]
+            .iter()
+            .any(|p| value.starts_with(p))
+        {
+            return true;
+        }
+        if value.starts_with("eyJ") && value.matches('.').count() == 2 {
+            return true;
+        }
+        let keyish = value.len() >= 32
+            && value.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+            })
+            && value.bytes().any(|b| b.is_ascii_digit())
+            && !value.contains('/');
+        keyish
+    }
+    args.iter()
+        .enumerate()
+        .filter(|(_, a)| looks_secret(a))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_on_the_command_line_are_spotted() {
+        let args: Vec<String> = [
+            "serve",
+            "--config",
+            "config/bulwark.toml",
+            "bwk_live_abcd_efgh",
+            "--password=hunter2",
+            "q6Vb1k3yTT0aTfQ2o3n6mJ7a8vP9dW1xZ2cY4eR5tU0=",
+            "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln",
+            "--name",
+            "billing-producer",
+            "/var/lib/bulwark/a/very/long/path/that/is/not/a/key/at/all",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        assert_eq!(secret_looking_args(&args), vec![4, 5, 6, 7]);
+    }
+}

@@ -19,6 +19,15 @@ use bulwark::config::Config;
 use bulwark::store::Store;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for position in bulwark::cli::secret_looking_args(&args) {
+        // The value is not repeated: it is already where it should not be.
+        eprintln!(
+            "bulwark: warning: command-line argument {position} looks like a secret; command \
+             lines are visible to other users and kept in shell history: pass secrets in files \
+             or OJS_SECRET_* variables"
+        );
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
