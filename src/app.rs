@@ -218,6 +218,10 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             vault: vault.clone(),
         }))
         .await;
+    match crate::auth::session::SessionKeyReload::new(accounts.sessions(), &config.secrets.dir) {
+        Ok(reload) => watcher.register(Arc::new(reload)).await,
+        Err(e) => warn!(error = %e, "the session signing key will not be reloaded"),
+    }
     if config.auth.actions.enabled() {
         watcher
             .register(Arc::new(actions::PolicySecretReload {
