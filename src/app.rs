@@ -247,6 +247,15 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         Some(audit.clone()),
     )?;
 
+    if let (Some(slot), Some(jwt)) = (auth.jwt_slot(), &config.auth.jwt) {
+        watcher
+            .register(Arc::new(crate::auth::jwt::JwtReload::new(
+                slot,
+                jwt.clone(),
+                config.secrets.dir.clone(),
+            )))
+            .await;
+    }
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
