@@ -83,6 +83,9 @@ pub struct Sealed {
     pub result: Option<Bytes>,
     /// The texts of the current error and of the error history ([`ErrorTexts`]).
     pub errors: Option<Bytes>,
+    /// Unknown envelope attributes kept in `preserve` mode (client data like any other).
+    #[serde(default)]
+    pub extra: Option<Bytes>,
 }
 
 /// A version-2 job record: the clear part and the sealed part.
@@ -293,6 +296,11 @@ pub fn seal_job(ring: &KeyRing, job: &Job) -> Result<Vec<u8>, VaultError> {
             .map(|r| field("result", &r.0))
             .transpose()?,
         errors,
+        extra: job
+            .extra
+            .as_ref()
+            .map(|x| field("extra", &x.0))
+            .transpose()?,
     };
     let blank = |e: &JobError| JobError {
         message: String::new(),
@@ -303,6 +311,7 @@ pub fn seal_job(ring: &KeyRing, job: &Job) -> Result<Vec<u8>, VaultError> {
         args: Payload(String::new()),
         meta: None,
         result: None,
+        extra: None,
         error: job.error.as_ref().map(blank),
         errors: job.errors.iter().map(blank).collect(),
         key: None,
@@ -369,6 +378,12 @@ pub fn open_job(ring: &KeyRing, bytes: &[u8]) -> Result<Job, VaultError> {
         .result
         .as_ref()
         .map(|r| field("result", r))
+        .transpose()?
+        .map(Payload);
+    job.extra = sealed
+        .extra
+        .as_ref()
+        .map(|x| field("extra", x))
         .transpose()?
         .map(Payload);
     if let Some(errors) = &sealed.errors {
