@@ -332,8 +332,9 @@ impl QueueActor {
                 job,
                 tenant,
                 owner,
+                key,
                 reply,
-            } => deliver(reply, self.enqueue(b, *job, tenant, owner), failed),
+            } => deliver(reply, self.enqueue(b, *job, tenant, owner, key), failed),
             Msg::Fetch { req, reply } => deliver(reply, self.fetch(b, &req), failed),
             Msg::Ack { req, reply } => deliver(reply, self.ack(b, req), failed),
             Msg::Nack { req, reply } => deliver(reply, self.nack(b, *req), failed),
@@ -523,13 +524,15 @@ impl QueueActor {
         new: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
+        key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
     ) -> Result<Job, QueueError> {
         let now = b.now;
         let id = new.id.unwrap_or_else(JobId::generate);
         if b.exists(id)? {
             return Err(QueueError::Duplicate);
         }
-        let job = Job::from_new(new, id, tenant, owner, self.idx.take_seq(), now);
+        let mut job = Job::from_new(new, id, tenant, owner, self.idx.take_seq(), now);
+        job.key = key;
         let state = job.state;
         b.save(&job)?;
         self.idx.add(&job);

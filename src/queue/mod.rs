@@ -53,6 +53,7 @@ impl Default for QueueConfig {
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::Sender<Msg>,
+    keys: VaultKeys,
 }
 
 impl QueueHandle {
@@ -64,12 +65,12 @@ impl QueueHandle {
         config: QueueConfig,
     ) -> Result<(Self, JoinHandle<()>), QueueError> {
         let (tx, rx) = mpsc::channel(config.mailbox.max(1));
-        let actor = actor::QueueActor::load(store, keys, config)?;
+        let actor = actor::QueueActor::load(store, keys.clone(), config)?;
         let thread = std::thread::Builder::new()
             .name("bulwark-queue".into())
             .spawn(move || actor.run(rx))
             .map_err(|_| QueueError::Unavailable)?;
-        Ok((Self { tx }, thread))
+        Ok((Self { tx, keys }, thread))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, QueueError> {
@@ -84,14 +85,27 @@ impl QueueHandle {
     /// Enqueues a job for `tenant`, owned by `owner`; returns once it is durably on disk.
     pub async fn enqueue(
         &self,
-        job: NewJob,
+        mut job: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
     ) -> Result<Job, QueueError> {
+        // The id is fixed here so the args and meta can be sealed on the caller's thread (the
+        // associated data names the job); the queue thread then only stores them.
+        let id = *job.id.get_or_insert_with(JobId::generate);
+        let key = crate::vault::envelope::preseal(
+            &self.keys.ring(),
+            id,
+            tenant.as_deref(),
+            &job.args,
+            job.meta.as_ref(),
+        )
+        .ok()
+        .map(std::sync::Arc::new);
         self.call(|reply| Msg::Enqueue {
             job: Box::new(job),
             tenant,
             owner,
+            key,
             reply,
         })
         .await

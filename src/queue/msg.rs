@@ -117,6 +117,8 @@ pub(crate) enum Msg {
         job: Box<NewJob>,
         tenant: Option<String>,
         owner: Option<String>,
+        /// The job's data key with its args and meta already sealed (by the caller's thread).
+        key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
         reply: Reply<Job>,
     },
     Fetch {

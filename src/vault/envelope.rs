@@ -119,6 +119,15 @@ pub struct JobKey {
     kek: String,
     wrapped: Vec<u8>,
     cipher: Aes256Gcm,
+    /// The sealed args and meta (which never change after enqueue), so a later write of the
+    /// job does not encrypt them again.
+    fields: Option<SealedFields>,
+}
+
+/// A job's sealed args and meta.
+struct SealedFields {
+    args: Bytes,
+    meta: Option<Bytes>,
 }
 
 impl std::fmt::Debug for JobKey {
@@ -233,7 +242,29 @@ pub fn new_job_key(ring: &KeyRing, job: JobId) -> Result<JobKey, VaultError> {
         kek: kek.id().to_string(),
         wrapped: wrapped?,
         cipher: cipher?,
+        fields: None,
     })
+}
+
+/// A fresh data key for a new job with its args and meta already sealed: the enqueue path
+/// calls this on the HTTP worker, so the queue actor only stores the result.
+pub fn preseal(
+    ring: &KeyRing,
+    job: JobId,
+    tenant: Option<&str>,
+    args: &Payload,
+    meta: Option<&Payload>,
+) -> Result<JobKey, VaultError> {
+    let mut key = new_job_key(ring, job)?;
+    let field = |name: &str, text: &str| -> Result<Bytes, VaultError> {
+        seal(&key.cipher, &field_aad(tenant, job, name), text.as_bytes()).map(Bytes)
+    };
+    let fields = SealedFields {
+        args: field("args", &args.0)?,
+        meta: meta.map(|m| field("meta", &m.0)).transpose()?,
+    };
+    key.fields = Some(fields);
+    Ok(key)
 }
 
 fn text_of(bytes: Zeroizing<Vec<u8>>) -> Result<String, VaultError> {
@@ -284,12 +315,20 @@ pub fn seal_job(ring: &KeyRing, job: &Job) -> Result<Vec<u8>, VaultError> {
     } else {
         None
     };
+    // Args and meta never change after enqueue; their ciphertexts are reused when known.
+    let (args, meta) = match &key.fields {
+        Some(f) => (f.args.clone(), f.meta.clone()),
+        None => (
+            field("args", &job.args.0)?,
+            job.meta.as_ref().map(|m| field("meta", &m.0)).transpose()?,
+        ),
+    };
     let sealed = Sealed {
         v: ENVELOPE_VERSION,
         kek: key.kek.clone(),
         dek: Bytes(key.wrapped.clone()),
-        args: field("args", &job.args.0)?,
-        meta: job.meta.as_ref().map(|m| field("meta", &m.0)).transpose()?,
+        args,
+        meta,
         result: job
             .result
             .as_ref()
@@ -412,6 +451,10 @@ pub fn open_job(ring: &KeyRing, bytes: &[u8]) -> Result<Job, VaultError> {
         kek: sealed.kek,
         wrapped: sealed.dek.0,
         cipher,
+        fields: Some(SealedFields {
+            args: sealed.args,
+            meta: sealed.meta,
+        }),
     }));
     Ok(job)
 }
@@ -512,6 +555,26 @@ mod tests {
         let again = seal_job(&r, &back).unwrap();
         assert_ne!(again, bytes);
         assert_eq!(open_job(&r, &again).unwrap().args, j.args);
+    }
+
+    #[test]
+    fn presealed_args_are_what_a_later_open_returns() {
+        let r = ring(&[("a", 1)], "a");
+        let mut j = job(Some("acme"));
+        let key = preseal(&r, j.id, Some("acme"), &j.args, j.meta.as_ref()).unwrap();
+        j.key = Some(Arc::new(key));
+        let bytes = seal_job(&r, &j).unwrap();
+        let back = open_job(&r, &bytes).unwrap();
+        assert_eq!((back.args, back.meta), (j.args.clone(), j.meta.clone()));
+        // Sealed for another tenant, the same args do not open here.
+        let mut k = job(Some("acme"));
+        let other = preseal(&r, k.id, Some("evil"), &k.args, k.meta.as_ref()).unwrap();
+        k.key = Some(Arc::new(other));
+        let bytes = seal_job(&r, &k).unwrap();
+        assert!(matches!(
+            open_job(&r, &bytes),
+            Err(VaultError::Undecryptable)
+        ));
     }
 
     #[test]
