@@ -151,8 +151,7 @@ impl KeyRing {
         self.keys.is_empty()
     }
 
-    /// Same ids and active key (used to tell whether a reload changed anything; a key whose
-    /// bytes changed under the same id is also a change, see [`load`]).
+    /// The active key's id.
     #[must_use]
     pub fn active_id(&self) -> Option<&str> {
         self.active.as_deref()
