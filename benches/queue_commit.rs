@@ -39,7 +39,12 @@ impl Fixture {
             .tempdir()
             .expect("temp dir");
         let store = Store::open(&dir.path().join("data")).expect("store");
-        let (handle, join) = QueueHandle::spawn(store, QueueConfig::default()).expect("queue");
+        let kek = bulwark::vault::keyring::Kek::new("bench", &[7; 32], None);
+        let keys = bulwark::vault::VaultKeys::fixed(
+            bulwark::vault::KeyRing::new(vec![kek], None).expect("ring"),
+        );
+        let (handle, join) =
+            QueueHandle::spawn(store, keys, QueueConfig::default()).expect("queue");
         Self {
             handle: Some(handle),
             join: Some(join),

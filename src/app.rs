@@ -21,6 +21,8 @@ use crate::http;
 use crate::limiter::LimiterHandle;
 use crate::queue::QueueHandle;
 use crate::store::Store;
+use crate::vault::watch::SecretWatcher;
+use crate::vault::{KekReloader, KeySource, VaultHandle, VaultKeys};
 
 /// The file the bootstrap admin key is written to, inside the secrets folder.
 pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
@@ -150,6 +152,18 @@ pub fn load_action_guard(config: &Config) -> anyhow::Result<ActionGuard> {
     Ok(guard)
 }
 
+/// Loads the key-encryption keys (creating one on first start) from the configured folder and
+/// the `OJS_SECRET_KEK_*` variables.
+pub fn load_keys(config: &Config) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
+    let vault = config.vault_config();
+    let source = KeySource {
+        dir: vault.kek_dir,
+        active: vault.active,
+    };
+    KekReloader::load(source, crate::vault::keyring::env_keys())
+        .context("cannot load the key-encryption keys ([vault])")
+}
+
 /// `bulwark serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
     if config.testing.allow_reset || config.testing.honour_test_directives {
@@ -164,9 +178,11 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
         .ok()
         .map(secrecy::SecretString::from);
-    let (store, queue, queue_thread, audit, audit_thread, accounts) =
+    let (store, queue, queue_thread, audit, audit_thread, accounts, kek_reloader, keys) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_secrets_dir(&setup.secrets.dir)?;
+            // The KEKs first: without them no job can be written or read.
+            let (kek_reloader, keys) = load_keys(&setup)?;
             let store = Store::open(&setup.storage.data_dir)?;
             info!(path = %store.path().display(), "database open");
             bootstrap(&store, &setup)?;
@@ -175,10 +191,47 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             let key = audit::load_or_create_key(&setup.secrets.dir)?;
             let (audit, audit_thread) =
                 AuditHandle::spawn(&setup.audit_config(), key, Some(store.clone()))?;
-            let (queue, thread) = QueueHandle::spawn(store.clone(), setup.queue_config())?;
-            Ok((store, queue, thread, audit, audit_thread, accounts))
+            let (queue, thread) =
+                QueueHandle::spawn(store.clone(), keys.clone(), setup.queue_config())?;
+            Ok((
+                store,
+                queue,
+                thread,
+                audit,
+                audit_thread,
+                accounts,
+                kek_reloader,
+                keys,
+            ))
         })
         .await??;
+    let vault = VaultHandle::spawn(
+        &config.vault_config(),
+        keys,
+        store.clone(),
+        queue.clone(),
+        Some(audit.clone()),
+    );
+    let watcher = SecretWatcher::spawn(config.watch_config(), Some(audit.clone()));
+    watcher
+        .register(Arc::new(crate::vault::KekWatch {
+            reloader: kek_reloader,
+            vault: vault.clone(),
+        }))
+        .await;
+    match crate::auth::session::SessionKeyReload::new(accounts.sessions(), &config.secrets.dir) {
+        Ok(reload) => watcher.register(Arc::new(reload)).await,
+        Err(e) => warn!(error = %e, "the session signing key will not be reloaded"),
+    }
+    if config.auth.actions.enabled() {
+        watcher
+            .register(Arc::new(actions::PolicySecretReload {
+                guard: actions.clone(),
+                config: config.auth.actions.clone(),
+                secrets_dir: config.secrets.dir.clone(),
+            }))
+            .await;
+    }
     accounts.start_maintenance();
     let jwt = match &config.auth.jwt {
         Some(jwt) => Some(
@@ -195,6 +248,15 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         Some(audit.clone()),
     )?;
 
+    if let (Some(slot), Some(jwt)) = (auth.jwt_slot(), &config.auth.jwt) {
+        watcher
+            .register(Arc::new(crate::auth::jwt::JwtReload::new(
+                slot,
+                jwt.clone(),
+                config.secrets.dir.clone(),
+            )))
+            .await;
+    }
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
@@ -243,6 +305,8 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         accounts,
         actions,
         limiter,
+        vault,
+        watcher: watcher.clone(),
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();
@@ -267,6 +331,9 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     queue.drain().await;
     handle.stop(true).await;
     let _ = running.await;
+    // The watcher's reloaders hold the vault, which holds a queue handle: let them go so the
+    // queue thread can end.
+    drop(watcher);
     drop(queue);
     // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.
     tokio::task::spawn_blocking(move || queue_thread.join())

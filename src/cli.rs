@@ -50,6 +50,44 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyTokenCommand,
     },
+    /// Prepare the secrets folder and create a key-encryption key if there is none (the server
+    /// also does this on first start).
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The key vault: key-encryption keys and the data keys they wrap. These commands open the
+    /// database, so they run while the server is stopped; on a running server use
+    /// `GET /ojs/v1/admin/vault` and `POST /ojs/v1/admin/vault/rewrap`.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+/// `bulwark vault ...`
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Each KEK with the number of jobs whose data key it wraps, and unreadable jobs.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create a new KEK file; as the newest key it becomes active at the next (re)load unless
+    /// `[vault] active_kek` names another.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-wrap every data key that is not under the active KEK (payloads are not
+    /// re-encrypted), so old KEKs can be retired.
+    Rewrap {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records per write transaction.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
 }
 
 /// `bulwark policy-token ...`
@@ -204,4 +242,73 @@ pub enum ConfigCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// The positions (1-based, after the program name) of command-line arguments that look like
+/// secrets: Bulwark credentials and tokens (`bwk_`, `bws_`, `bwr_`, `bpt_`), JWTs, `…=value`
+/// pairs named like a secret, and long runs of hex or base64 (keys). Command lines are visible
+/// to other users (`ps`) and kept in shell history; the caller warns without echoing the value.
+#[must_use]
+pub fn secret_looking_args(args: &[String]) -> Vec<usize> {
+    fn looks_secret(arg: &str) -> bool {
+        let pair = arg
+            .split_once('=')
+            .filter(|(_, v)| !v.is_empty() && !v.starts_with('='));
+        let value = pair.map_or(arg, |(name, value)| {
+            let name = name.to_ascii_lowercase();
+            if ["password", "secret", "token", "key"]
+                .iter()
+                .any(|w| name.contains(w))
+            {
+                return "bwk_";
+            }
+            value
+        });
+        if ["bwk_", "bws_", "bwr_", "bpt_"]
+            .iter()
+            .any(|p| value.starts_with(p))
+        {
+            return true;
+        }
+        if value.starts_with("eyJ") && value.matches('.').count() == 2 {
+            return true;
+        }
+        let keyish = value.len() >= 32
+            && value.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+            })
+            && value.bytes().any(|b| b.is_ascii_digit())
+            && !value.contains('/');
+        keyish
+    }
+    args.iter()
+        .enumerate()
+        .filter(|(_, a)| looks_secret(a))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_on_the_command_line_are_spotted() {
+        let args: Vec<String> = [
+            "serve",
+            "--config",
+            "config/bulwark.toml",
+            "bwk_live_abcd_efgh",
+            "--password=hunter2",
+            "q6Vb1k3yTT0aTfQ2o3n6mJ7a8vP9dW1xZ2cY4eR5tU0=",
+            "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln",
+            "--name",
+            "billing-producer",
+            "/var/lib/bulwark/a/very/long/path/that/is/not/a/key/at/all",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        assert_eq!(secret_looking_args(&args), vec![4, 5, 6, 7]);
+    }
 }

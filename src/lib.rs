@@ -22,3 +22,4 @@ pub mod rules;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod vault;

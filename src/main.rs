@@ -12,12 +12,22 @@ use bulwark::auth::users;
 use bulwark::auth::{Permission, QueuePattern};
 use bulwark::cli::{
     AuditCommand, Cli, Command, ConfigCommand, KeysCommand, PolicyTokenCommand, UsersCommand,
+    VaultCommand,
 };
 use bulwark::clock::{now_ms, parse_rfc3339, parse_time_spec, rfc3339};
 use bulwark::config::Config;
 use bulwark::store::Store;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for position in bulwark::cli::secret_looking_args(&args) {
+        // The value is not repeated: it is already where it should not be.
+        eprintln!(
+            "bulwark: warning: command-line argument {position} looks like a secret; command \
+             lines are visible to other users and kept in shell history: pass secrets in files \
+             or OJS_SECRET_* variables"
+        );
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +75,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     scopes,
                 },
         } => policy_token_sign(config, tenant, actor, action, ttl_secs, scopes),
+        Command::Init { config } => init(config),
+        Command::Vault { command } => vault_command(command),
+    }
+}
+
+fn init(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
+    let (_, keys) = bulwark::app::load_keys(&config)?;
+    let ring = keys.ring();
+    println!(
+        "secrets folder {} ready; key-encryption keys: {} (active: {})",
+        config.secrets.dir.display(),
+        ring.len(),
+        ring.active_id()
+            .map_or_else(|| "none".into(), bulwark::vault::keyring::short_id)
+    );
+    Ok(())
+}
+
+fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
+    use bulwark::vault::keyring::short_id;
+    match command {
+        VaultCommand::Status { config } => {
+            let config = Config::load(config.as_deref())?;
+            let (_, keys) = bulwark::app::load_keys(&config)?;
+            let store = Store::open(&config.storage.data_dir).context(
+                "the database is in use: on a running server use GET /ojs/v1/admin/vault",
+            )?;
+            let status = bulwark::vault::scan(&store, &keys.ring())?;
+            println!("{:<40} {:>10}  state", "kek", "jobs");
+            for k in &status.keys {
+                let state = match (k.active, k.loaded) {
+                    (true, _) => "active",
+                    (false, true) => "loaded",
+                    (false, false) => "MISSING (jobs unreadable)",
+                };
+                println!("{:<40} {:>10}  {state}", short_id(&k.id), k.jobs);
+            }
+            println!(
+                "total jobs {}, unreadable {}, stored before encryption {}",
+                status.total_jobs, status.unreadable_jobs, status.clear_jobs
+            );
+            Ok(())
+        }
+        VaultCommand::Rotate { config } => {
+            let config = Config::load(config.as_deref())?;
+            let dir = config.vault_config().kek_dir;
+            let id = bulwark::vault::keyring::generate(&dir)?;
+            println!(
+                "created key-encryption key {id} in {}; a running server picks it up within \
+                 seconds (or on SIGHUP); then run a re-wrap to retire the old keys",
+                dir.display()
+            );
+            Ok(())
+        }
+        VaultCommand::Rewrap { config, batch } => {
+            if !(1..=10_000).contains(&batch) {
+                bail!("--batch must be from 1 to 10000");
+            }
+            let config = Config::load(config.as_deref())?;
+            let (_, keys) = bulwark::app::load_keys(&config)?;
+            let ring = keys.ring();
+            let store = Store::open(&config.storage.data_dir).context(
+                "the database is in use: on a running server use POST /ojs/v1/admin/vault/rewrap",
+            )?;
+            let total = bulwark::vault::scan(&store, &ring)?.total_jobs;
+            let target = ring.active_id().map(short_id).unwrap_or_default();
+            audit_offline(
+                &config,
+                &store,
+                AuditEvent::new("vault.rewrap", Outcome::Success)
+                    .detail("target", target.clone())
+                    .detail("batch", batch),
+            )?;
+            let done = bulwark::vault::rewrap_offline(&store, &ring, batch, |_, examined| {
+                eprint!("\rre-wrapping: {examined}/{total} records");
+            })?;
+            eprintln!();
+            println!(
+                "re-wrapped {} of {} records with {target}; {} could not be opened",
+                done.rewrapped, done.examined, done.failed
+            );
+            audit_offline(
+                &config,
+                &store,
+                AuditEvent::new(
+                    "vault.rewrap_finished",
+                    if done.failed == 0 {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    },
+                )
+                .detail("examined", done.examined)
+                .detail("rewrapped", done.rewrapped)
+                .detail("failed", done.failed)
+                .detail("target", target),
+            )?;
+            Ok(())
+        }
     }
 }
 

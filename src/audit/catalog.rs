@@ -50,6 +50,10 @@ pub const EVENTS: &[EventType] = &[
     ev("policy_token.used", "`POST /ojs/v1/jobs` of an action job type with `X-OJS-Policy-Token`", true),
     ev("dead_letter.retried", "`POST /ojs/v1/dead-letter/{id}/retry`", true),
     ev("dead_letter.deleted", "`DELETE /ojs/v1/dead-letter/{id}`", true),
+    ev("secret.rotated", "the secret watcher (file change, SIGHUP, 60 s timer) swapping in new KEKs, JWT verification keys, the policy-token secret or the session signing key (key ids only)", false),
+    ev("secret.reload_failed", "the secret watcher refusing a malformed, half-written or exposed secret (the old one stays)", false),
+    ev("vault.rewrap", "`POST /ojs/v1/admin/vault/rewrap`, `bulwark vault rewrap`", true),
+    ev("vault.rewrap_finished", "the end of a re-wrap (how many data keys were re-wrapped)", false),
     ev("admin.reset", "`POST /ojs/v1/admin/reset` (conformance runs only)", true),
     ev("rate_limit.exceeded", "any request over a rate limit (per address, global, tenant or principal; once a minute per key, with a count)", false),
     ev("limit.refused", "`POST /ojs/v1/jobs`, `/jobs/batch`, `/workers/fetch` refused by a quota, a tenant limit or a full queue (once a minute per principal and code)", false),
@@ -179,6 +183,7 @@ mod tests {
             .map(|e| e.name)
             .filter(|name| {
                 !text.contains(&format!("\"{name}\""))
+                    && !text.contains(&format!("\\\"{name}\\\""))
                     && !text.contains(&format!("event_type={name}"))
             })
             .collect();

@@ -221,7 +221,34 @@ pub struct ActionGuard {
     header: String,
     max_lifetime_secs: u64,
     /// Present whenever `types` is not empty ([`ActionGuard::load`] refuses otherwise).
-    secret: Option<PolicySecret>,
+    secret: Option<arc_swap::ArcSwap<SecretSet>>,
+    /// The secret came from `OJS_SECRET_POLICY_TOKEN` (fixed for the process: not reloaded).
+    from_env: bool,
+}
+
+/// The current policy-token secret and, for a grace period after a rotation, the previous one
+/// (tokens signed before the rotation keep verifying until they could have expired anyway).
+struct SecretSet {
+    current: PolicySecret,
+    /// SHA-256 of the current secret, to tell whether a re-read changed it.
+    digest: [u8; 32],
+    /// The previous secret and until when (seconds since the epoch) it still verifies.
+    previous: Option<(PolicySecret, u64)>,
+}
+
+impl std::fmt::Debug for SecretSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSet")
+            .field("current", &self.current)
+            .field("previous", &self.previous.as_ref().map(|(_, until)| until))
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest_of(secret: &PolicySecret) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret.bytes()).as_ref());
+    out
 }
 
 impl ActionGuard {
@@ -232,8 +259,14 @@ impl ActionGuard {
         secrets_dir: &Path,
         env_value: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Self, SecretError> {
+        let from_env = env_value.is_some();
         let secret = if config.enabled() {
-            Some(load_secret(config, secrets_dir, env_value)?)
+            let current = load_secret(config, secrets_dir, env_value)?;
+            Some(arc_swap::ArcSwap::from_pointee(SecretSet {
+                digest: digest_of(&current),
+                current,
+                previous: None,
+            }))
         } else {
             None
         };
@@ -242,7 +275,42 @@ impl ActionGuard {
             header: config.header.to_ascii_lowercase(),
             max_lifetime_secs: config.max_lifetime_secs,
             secret,
+            from_env,
         })
+    }
+
+    /// Re-reads the secret file (not the environment variable, which is fixed for the process).
+    /// A changed secret becomes current; the previous one keeps verifying for
+    /// `max_lifetime_secs` after `now`. A file that fails to load changes nothing.
+    /// Returns whether the secret changed.
+    pub fn reload_secret(
+        &self,
+        config: &ActionsConfig,
+        secrets_dir: &Path,
+        now: u64,
+    ) -> Result<bool, SecretError> {
+        let Some(set) = &self.secret else {
+            return Ok(false);
+        };
+        if self.from_env {
+            return Ok(false);
+        }
+        let fresh = load_secret(config, secrets_dir, None)?;
+        let digest = digest_of(&fresh);
+        let old = set.load();
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &old.digest[..])) {
+            return Ok(false);
+        }
+        // The old current secret moves to `previous`; it cannot be cloned, so re-read is not
+        // possible: take it out of the old set by building the new one from a fresh copy.
+        let previous = PolicySecret::new(old.current.bytes().to_vec())
+            .map(|p| (p, now.saturating_add(self.max_lifetime_secs)));
+        set.store(std::sync::Arc::new(SecretSet {
+            current: fresh,
+            digest,
+            previous,
+        }));
+        Ok(true)
     }
 
     /// A guard with no action types.
@@ -253,6 +321,7 @@ impl ActionGuard {
             header: ActionsConfig::default().header.to_ascii_lowercase(),
             max_lifetime_secs: MAX_LIFETIME_SECS,
             secret: None,
+            from_env: false,
         }
     }
 
@@ -276,8 +345,55 @@ impl ActionGuard {
         now: u64,
     ) -> Result<Claims, PolicyTokenError> {
         // Without a secret nothing can verify; `load` makes that unreachable for action types.
-        let secret = self.secret.as_ref().ok_or(PolicyTokenError::BadSignature)?;
-        policy_token::verify(token, secret, expected, self.max_lifetime_secs, now)
+        let set = self
+            .secret
+            .as_ref()
+            .ok_or(PolicyTokenError::BadSignature)?
+            .load();
+        match policy_token::verify(token, &set.current, expected, self.max_lifetime_secs, now) {
+            Err(PolicyTokenError::BadSignature) => match &set.previous {
+                Some((previous, until)) if now < *until => {
+                    policy_token::verify(token, previous, expected, self.max_lifetime_secs, now)
+                }
+                _ => Err(PolicyTokenError::BadSignature),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Re-reads the policy-token secret file when its folder changes (see
+/// [`crate::vault::watch`]).
+pub struct PolicySecretReload {
+    pub guard: std::sync::Arc<ActionGuard>,
+    pub config: ActionsConfig,
+    pub secrets_dir: std::path::PathBuf,
+}
+
+impl crate::vault::watch::Reload for PolicySecretReload {
+    fn name(&self) -> &'static str {
+        "policy_token_secret"
+    }
+
+    fn dirs(&self) -> Vec<std::path::PathBuf> {
+        let path = self.secrets_dir.join(&self.config.secret_file);
+        path.parent().map(Path::to_path_buf).into_iter().collect()
+    }
+
+    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
+        use crate::vault::watch::{Change, ReloadError};
+        let now = crate::clock::now_ms().max(0).unsigned_abs() / 1000;
+        match self
+            .guard
+            .reload_secret(&self.config, &self.secrets_dir, now)
+        {
+            Ok(true) => Ok(Change::Changed(format!(
+                "new secret; the previous one verifies for {} s",
+                self.guard.max_lifetime_secs
+            ))),
+            Ok(false) => Ok(Change::Unchanged),
+            Err(e) => Err(ReloadError(e.to_string())),
+        }
     }
 }
 
@@ -456,5 +572,64 @@ mod tests {
         write(&dir.path().join("policy-token.key"), &[b'f'; 40], 0o600);
         let err = load_secret(&c, dir.path(), Some(Zeroizing::new(b"short".to_vec()))).unwrap_err();
         assert!(matches!(err, SecretError::TooShort { len: 5, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_rotated_secret_file_takes_over_and_the_old_one_verifies_for_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&["ops.*"]);
+        c.max_lifetime_secs = 600;
+        let path = dir.path().join("policy-token.key");
+        write(&path, &[b'a'; 32], 0o600);
+        let guard = ActionGuard::load(&c, dir.path(), None).unwrap();
+        let claims = Claims {
+            tenant: None,
+            actor: "a".into(),
+            action: "ops.apply".into(),
+            scopes: vec!["enqueue".into()],
+            iat: 1000,
+            exp: 1500,
+            jti: None,
+        };
+        let expected = Expected {
+            tenant: None,
+            actor: "a",
+            action: "ops.apply",
+        };
+        let sign =
+            |b: u8| policy_token::sign(&claims, &PolicySecret::new(vec![b; 32]).unwrap()).unwrap();
+        let (old, new) = (sign(b'a'), sign(b'b'));
+        assert!(
+            !guard.reload_secret(&c, dir.path(), 1000).unwrap(),
+            "unchanged"
+        );
+        assert!(guard.verify(&new, &expected, 1100).is_err());
+        // A malformed rewrite changes nothing.
+        std::fs::remove_file(&path).unwrap();
+        write(&path, b"short", 0o600);
+        assert!(guard.reload_secret(&c, dir.path(), 1000).is_err());
+        assert!(guard.verify(&old, &expected, 1100).is_ok());
+        std::fs::remove_file(&path).unwrap();
+        write(&path, &[b'b'; 32], 0o600);
+        assert!(guard.reload_secret(&c, dir.path(), 1000).unwrap());
+        assert!(guard.verify(&new, &expected, 1100).is_ok());
+        assert!(guard.verify(&old, &expected, 1100).is_ok(), "grace period");
+        // Another rotation: only the last previous secret is kept.
+        std::fs::remove_file(&path).unwrap();
+        write(&path, &[b'c'; 32], 0o600);
+        assert!(guard.reload_secret(&c, dir.path(), 1000).unwrap());
+        assert_eq!(
+            guard.verify(&old, &expected, 1100),
+            Err(PolicyTokenError::BadSignature)
+        );
+        assert!(guard.verify(&new, &expected, 1100).is_ok());
+        // Past the grace period the previous secret no longer verifies.
+        std::fs::remove_file(&path).unwrap();
+        write(&path, &[b'd'; 32], 0o600);
+        assert!(guard.reload_secret(&c, dir.path(), 100).unwrap());
+        assert_eq!(
+            guard.verify(&sign(b'c'), &expected, 1100),
+            Err(PolicyTokenError::BadSignature)
+        );
     }
 }

@@ -273,7 +273,8 @@ pub struct AuthHandle {
     cache: Arc<ArcSwap<Cache>>,
     mac: Arc<hmac::Key>,
     policy: Arc<Policy>,
-    jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// The JWT verifier, replaced whole when its key files are reloaded.
+    jwt: Option<Arc<ArcSwap<jwt::JwtVerifier>>>,
     store: Store,
 }
 
@@ -307,9 +308,15 @@ impl AuthHandle {
             cache,
             mac: Arc::new(mac),
             policy,
-            jwt: jwt.map(Arc::new),
+            jwt: jwt.map(|j| Arc::new(ArcSwap::from_pointee(j))),
             store,
         })
+    }
+
+    /// Where the JWT verifier is published, for reloading its keys (`None` without `[auth.jwt]`).
+    #[must_use]
+    pub fn jwt_slot(&self) -> Option<Arc<ArcSwap<jwt::JwtVerifier>>> {
+        self.jwt.clone()
     }
 
     /// The roles the server knows.
@@ -373,6 +380,7 @@ impl AuthHandle {
             .ok_or(AuthError::InvalidToken("jwt_disabled"))?;
         let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let verified = verifier
+            .load()
             .verify(token, now_secs)
             .map_err(|e| AuthError::InvalidToken(e.reason()))?;
         let tenant = verified

@@ -51,6 +51,11 @@ impl PolicySecret {
         (secret.expose_secret().len() >= MIN_SECRET_BYTES).then_some(Self(secret))
     }
 
+    /// The secret bytes (for a digest or a copy; never logged).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
     /// The ring key, made for one use: ring's keys cannot be zeroized, so none is kept.
     fn key(&self) -> hmac::Key {
         hmac::Key::new(hmac::HMAC_SHA256, self.0.expose_secret())

@@ -104,8 +104,15 @@ impl From<SessionError> for AuthError {
 /// Signs and verifies session tokens. Cheap to clone; every clone sees the same snapshot.
 #[derive(Clone)]
 pub struct SessionVerifier {
-    key: Arc<hmac::Key>,
+    keys: Arc<ArcSwap<SigningKeys>>,
     gates: Arc<ArcSwap<Gates>>,
+}
+
+/// The current signing key and, after a rotation, the previous one with the time (seconds)
+/// until which tokens it signed still verify.
+struct SigningKeys {
+    current: Arc<hmac::Key>,
+    previous: Option<(Arc<hmac::Key>, i64)>,
 }
 
 impl SessionVerifier {
@@ -113,13 +120,43 @@ impl SessionVerifier {
     #[must_use]
     pub fn new(key: hmac::Key, gates: Gates) -> Self {
         Self {
-            key: Arc::new(key),
+            keys: Arc::new(ArcSwap::from_pointee(SigningKeys {
+                current: Arc::new(key),
+                previous: None,
+            })),
             gates: Arc::new(ArcSwap::from_pointee(gates)),
         }
     }
 
+    /// Makes `key` the signing key; tokens signed with the one it replaces keep verifying
+    /// until `previous_until` (seconds since the epoch: the longest session lifetime from now).
+    pub fn rotate_key(&self, key: hmac::Key, previous_until: i64) {
+        let old = self.keys.load();
+        self.keys.store(Arc::new(SigningKeys {
+            current: Arc::new(key),
+            previous: Some((old.current.clone(), previous_until)),
+        }));
+    }
+
     fn tag(&self, signed: &str) -> hmac::Tag {
-        hmac::sign(&self.key, signed.as_bytes())
+        hmac::sign(&self.keys.load().current, signed.as_bytes())
+    }
+
+    /// Whether `presented` is the tag of `signed` under the current key, or under the previous
+    /// one while its grace period lasts.
+    fn tag_matches(&self, signed: &str, presented: &[u8], now_secs: i64) -> bool {
+        let keys = self.keys.load();
+        let current = hmac::sign(&keys.current, signed.as_bytes());
+        if bool::from(presented.ct_eq(current.as_ref())) {
+            return true;
+        }
+        match &keys.previous {
+            Some((key, until)) if now_secs < *until => {
+                let tag = hmac::sign(key, signed.as_bytes());
+                bool::from(presented.ct_eq(tag.as_ref()))
+            }
+            _ => false,
+        }
     }
 
     /// Makes a session token for `claims`.
@@ -140,8 +177,7 @@ impl SessionVerifier {
         let presented = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| SessionError::Malformed)?;
-        let expected = self.tag(signed);
-        if !bool::from(presented.as_slice().ct_eq(expected.as_ref())) {
+        if !self.tag_matches(signed, &presented, now_secs) {
             return Err(SessionError::BadSignature);
         }
         let payload = signed
@@ -219,6 +255,68 @@ impl SessionVerifier {
             next.revoked.retain(|_, until| *until > now_secs);
             next
         });
+    }
+}
+
+/// Re-reads the session signing key file when the secrets folder changes (see
+/// [`crate::vault::watch`]). A new key signs new tokens at once; tokens signed with the old
+/// one keep verifying for the longest session lifetime. A malformed or exposed file changes
+/// nothing.
+pub struct SessionKeyReload {
+    verifier: SessionVerifier,
+    dir: std::path::PathBuf,
+    digest: std::sync::Mutex<[u8; 32]>,
+}
+
+fn key_file_digest(dir: &Path) -> Result<[u8; 32], String> {
+    let bytes = crate::secrets::read_hex_key(&dir.join(KEY_FILE)).map_err(|e| e.to_string())?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes.as_ref()).as_ref());
+    Ok(out)
+}
+
+impl SessionKeyReload {
+    /// Watches the key `verifier` was made with (read again now to remember it).
+    pub fn new(verifier: SessionVerifier, secrets_dir: &Path) -> Result<Self, String> {
+        Ok(Self {
+            verifier,
+            digest: std::sync::Mutex::new(key_file_digest(secrets_dir)?),
+            dir: secrets_dir.to_path_buf(),
+        })
+    }
+}
+
+impl crate::vault::watch::Reload for SessionKeyReload {
+    fn name(&self) -> &'static str {
+        "session_signing_key"
+    }
+
+    fn dirs(&self) -> Vec<std::path::PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
+        use crate::vault::watch::{Change, ReloadError};
+        let bytes = crate::secrets::read_hex_key(&self.dir.join(KEY_FILE))
+            .map_err(|e| ReloadError(e.to_string()))?;
+        let mut digest = [0u8; 32];
+        digest
+            .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes.as_ref()).as_ref());
+        let mut known = self
+            .digest
+            .lock()
+            .map_err(|_| ReloadError("session key state poisoned".into()))?;
+        if bool::from(digest.ct_eq(&*known)) {
+            return Ok(Change::Unchanged);
+        }
+        let grace = i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600);
+        let until = (crate::clock::now_ms() / 1000).saturating_add(grace);
+        self.verifier
+            .rotate_key(hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()), until);
+        *known = digest;
+        Ok(Change::Changed(format!(
+            "new key; the previous one verifies for {grace} s"
+        )))
     }
 }
 
@@ -427,6 +525,46 @@ mod tests {
             exp: now + 900,
             cv: 1,
         }
+    }
+
+    #[test]
+    fn a_rotated_key_signs_and_the_previous_one_verifies_for_the_grace_period() {
+        use crate::vault::watch::{Change, Reload};
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create_key(dir.path()).unwrap();
+        let mut gates = Gates::default();
+        gates.users.insert(
+            "alice".into(),
+            Gate {
+                credential_version: 1,
+                disabled: false,
+            },
+        );
+        let v = SessionVerifier::new(key, gates);
+        let reload = SessionKeyReload::new(v.clone(), dir.path()).unwrap();
+        assert_eq!(reload.reload().unwrap(), Change::Unchanged);
+        let now = crate::clock::now_ms() / 1000;
+        let old = v.sign(&claims(now)).unwrap();
+        // A malformed rewrite keeps the key.
+        crate::secrets::write_private(&dir.path().join(KEY_FILE), b"nope").unwrap();
+        assert!(reload.reload().is_err());
+        assert!(v.verify(old.expose_secret(), now + 1).is_ok());
+        crate::secrets::write_private(&dir.path().join(KEY_FILE), "ab".repeat(32).as_bytes())
+            .unwrap();
+        assert!(matches!(reload.reload().unwrap(), Change::Changed(_)));
+        let new = v.sign(&claims(now)).unwrap();
+        assert_ne!(new.expose_secret(), old.expose_secret());
+        assert!(v.verify(new.expose_secret(), now + 1).is_ok());
+        assert!(
+            v.verify(old.expose_secret(), now + 1).is_ok(),
+            "grace period"
+        );
+        // Past the grace period only the new key verifies.
+        v.rotate_key(hmac::Key::new(hmac::HMAC_SHA256, &[9u8; 32]), now - 1);
+        assert_eq!(
+            v.verify(new.expose_secret(), now + 1),
+            Err(SessionError::BadSignature)
+        );
     }
 
     #[test]

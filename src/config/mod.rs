@@ -49,6 +49,29 @@ pub struct Config {
     /// The folder of the config file: relative paths in it (schemas) start there.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    pub vault: VaultSection,
+}
+
+/// `[vault]`: envelope encryption at rest.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultSection {
+    /// The KEK folder; default `<secrets.dir>/kek`.
+    pub kek_dir: Option<PathBuf>,
+    /// The active KEK id; default the newest key.
+    pub active_kek: Option<String>,
+    /// Records per re-wrap step.
+    pub rewrap_batch: usize,
+}
+
+impl Default for VaultSection {
+    fn default() -> Self {
+        Self {
+            kek_dir: None,
+            active_kek: None,
+            rewrap_batch: 256,
+        }
+    }
 }
 
 /// `[auth]`: credentials and access policy.
@@ -158,6 +181,10 @@ pub struct SecretsConfig {
     pub dir: PathBuf,
     /// The `<env>` part of new API keys (`bwk_<env>_…`).
     pub key_env: String,
+    /// Seconds between re-reads of mounted secrets without file events.
+    pub reload_interval_secs: u64,
+    /// Milliseconds of quiet after a file event before re-reading.
+    pub reload_debounce_ms: u64,
 }
 
 impl Default for SecretsConfig {
@@ -165,6 +192,8 @@ impl Default for SecretsConfig {
         Self {
             dir: PathBuf::from("secrets"),
             key_env: "live".into(),
+            reload_interval_secs: 60,
+            reload_debounce_ms: 300,
         }
     }
 }
@@ -313,6 +342,17 @@ impl Config {
         if !key_env_ok {
             bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
         }
+        if self.secrets.reload_interval_secs == 0 || self.secrets.reload_debounce_ms == 0 {
+            bail!("secrets.reload_interval_secs and secrets.reload_debounce_ms must be positive");
+        }
+        if !(1..=10_000).contains(&self.vault.rewrap_batch) {
+            bail!("vault.rewrap_batch must be from 1 to 10000");
+        }
+        if let Some(id) = &self.vault.active_kek {
+            if !crate::vault::keyring::valid_id(id) {
+                bail!("vault.active_kek must be a key id (1-64 of A-Z a-z 0-9 _ . -)");
+            }
+        }
         self.policy()?;
         self.sessions.validate()?;
         self.payload.validate()?;
@@ -364,6 +404,29 @@ impl Config {
             retention: (self.audit.retention_days > 0).then(|| {
                 std::time::Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)
             }),
+        }
+    }
+
+    /// The key vault's settings.
+    #[must_use]
+    pub fn vault_config(&self) -> crate::vault::VaultConfig {
+        crate::vault::VaultConfig {
+            kek_dir: self
+                .vault
+                .kek_dir
+                .clone()
+                .unwrap_or_else(|| self.secrets.dir.join("kek")),
+            active: self.vault.active_kek.clone(),
+            rewrap_batch: self.vault.rewrap_batch,
+        }
+    }
+
+    /// The secret watcher's settings.
+    #[must_use]
+    pub fn watch_config(&self) -> crate::vault::watch::WatchConfig {
+        crate::vault::watch::WatchConfig {
+            debounce: std::time::Duration::from_millis(self.secrets.reload_debounce_ms),
+            interval: std::time::Duration::from_secs(self.secrets.reload_interval_secs),
         }
     }
 
@@ -431,6 +494,12 @@ mod tests {
         assert_eq!(c.validation, d.validation);
         assert_eq!(c.quotas, d.quotas);
         assert_eq!(c.backpressure, d.backpressure);
+        assert_eq!(c.vault, d.vault);
+        assert_eq!(
+            c.secrets.reload_interval_secs,
+            d.secrets.reload_interval_secs
+        );
+        assert_eq!(c.secrets.reload_debounce_ms, d.secrets.reload_debounce_ms);
     }
 
     #[test]

@@ -212,6 +212,18 @@ pub const ROUTES: &[Route] = &[
         "set a queue's backpressure bound",
     ),
     route(
+        "GET",
+        "/ojs/v1/admin/vault",
+        System(Admin),
+        "key vault status (jobs per KEK, unreadable jobs, re-wrap progress)",
+    ),
+    route(
+        "POST",
+        "/ojs/v1/admin/vault/rewrap",
+        System(Admin),
+        "re-wrap data keys with the active KEK",
+    ),
+    route(
         "POST",
         "/ojs/v1/admin/reset",
         System(Admin),

@@ -331,6 +331,15 @@ impl From<QueueError> for ApiError {
             )
             .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
             (_, ErrorKind::NotFound) => Self::not_found("job"),
+            (QueueError::Unreadable(id), _) => {
+                error!(job_id = %id, "job record cannot be decrypted with the loaded keys");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "job_unreadable",
+                    "the job's data cannot be decrypted with the keys this server holds",
+                )
+                .with_hint("restore the job's key-encryption key (see GET /ojs/v1/admin/vault)")
+            }
             (QueueError::Storage(inner), _) => {
                 error!(error = %inner, "storage failure");
                 Self::unavailable()
@@ -339,6 +348,20 @@ impl From<QueueError> for ApiError {
                 warn!(error = %e, "queue unavailable");
                 Self::unavailable()
             }
+        }
+    }
+}
+
+impl From<crate::vault::VaultError> for ApiError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        error!(error = %e, "key vault failure");
+        match e.kind() {
+            ErrorKind::Unavailable => Self::unavailable(),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the key vault could not complete the operation",
+            ),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, keys, queues, sessions, system, workers};
+use routes::{admin, dead_letter, jobs, keys, queues, sessions, system, vault, workers};
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
@@ -46,6 +46,10 @@ pub struct Shared {
     pub actions: Arc<crate::auth::actions::ActionGuard>,
     /// Rate limits, connection limits and abuse detection.
     pub limiter: crate::limiter::LimiterHandle,
+    /// The key vault (status and re-wrap routes, unreadable-job counts).
+    pub vault: crate::vault::VaultHandle,
+    /// The secret watcher, where further reloadable secrets are registered.
+    pub watcher: crate::vault::watch::SecretWatcher,
 }
 
 /// Registers every route on an actix `ServiceConfig`.
@@ -60,6 +64,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::new(shared.limiter.clone()))
             .app_data(web::Data::new(shared.accounts.sessions()))
             .app_data(web::Data::new(shared.metrics.clone()))
+            .app_data(web::Data::new(shared.vault.clone()))
             .app_data(web::Data::new(routes::admin::AuditSource {
                 store: shared.store.clone(),
                 log_file: shared.audit_log.clone(),
@@ -137,6 +142,8 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                 resource("/ojs/v1/admin/users/{name}/password")
                     .route(web::post().to(sessions::change_password)),
             );
+        cfg.service(resource("/ojs/v1/admin/vault").route(web::get().to(vault::status)))
+            .service(resource("/ojs/v1/admin/vault/rewrap").route(web::post().to(vault::rewrap)));
         if config.testing.allow_reset {
             cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));
         }

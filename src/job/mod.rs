@@ -87,7 +87,7 @@ impl JobState {
 }
 
 /// A piece of client JSON kept as its text: args, meta, results and error details. The server
-/// routes on none of it. (The key vault wraps these at rest; until then they are stored as text.)
+/// routes on none of it. The key vault seals these at rest ([`crate::vault::envelope`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload(pub String);
 
@@ -202,9 +202,71 @@ pub struct Job {
     pub dead_letter: bool,
     /// A conformance-suite directive (`options.metadata.test_directive`), kept only in testing mode.
     pub test_directive: Option<String>,
+    /// The job's unwrapped data key while the job is in memory (never serialized: the record
+    /// keeps it wrapped, see [`crate::vault::envelope`]).
+    #[serde(skip)]
+    pub key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
 }
 
 impl Job {
+    /// A new job from a validated envelope: `available`, or `scheduled` when it runs later, or
+    /// `pending` when it waits for activation.
+    #[must_use]
+    pub fn from_new(
+        new: envelope::NewJob,
+        id: JobId,
+        tenant: Option<String>,
+        owner: Option<String>,
+        seq: u64,
+        now: Millis,
+    ) -> Self {
+        let (state, scheduled_at) = if new.pending {
+            (JobState::Pending, None)
+        } else {
+            match new.run_at {
+                Some(at) if at > now => (JobState::Scheduled, Some(at)),
+                _ => (JobState::Available, None),
+            }
+        };
+        Self {
+            id,
+            tenant,
+            owner,
+            security: new.security,
+            job_type: new.job_type,
+            queue: new.queue,
+            state,
+            priority: new.priority,
+            args: new.args,
+            meta: new.meta,
+            extra: new.extra,
+            tags: new.tags,
+            schema: new.schema,
+            unique: new.unique,
+            retry: new.retry,
+            timeout_ms: new.timeout_ms,
+            visibility_timeout_ms: new.visibility_timeout_ms,
+            expires_at: new.expires_at,
+            attempt: 0,
+            seq,
+            created_at: now,
+            enqueued_at: now,
+            scheduled_at,
+            started_at: None,
+            completed_at: None,
+            cancelled_at: None,
+            discarded_at: None,
+            result: None,
+            error: None,
+            errors: Vec::new(),
+            retry_delay_ms: None,
+            lease: None,
+            dead_letter: false,
+            test_directive: new.test_directive,
+            key: None,
+        }
+    }
+
     /// Records a failure in the current error and the bounded history.
     pub fn push_error(&mut self, error: JobError) {
         self.errors.push(error.clone());

@@ -28,6 +28,8 @@ use crate::job::envelope::NewJob;
 use crate::job::retry::OnExhaustion;
 use crate::job::{Job, JobId, JobState, Lease};
 use crate::store::{codec, tables, Store, StoreError};
+use crate::vault::envelope;
+use crate::vault::{KeyRing, VaultError, VaultKeys};
 
 type Table<'t> = redb::Table<'t, u128, &'static [u8]>;
 type ConfigTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
@@ -40,6 +42,7 @@ const MAX_IDLE_MS: i64 = 1000;
 
 pub(super) struct QueueActor {
     store: Store,
+    keys: VaultKeys,
     idx: Indexes,
     events: EventLog,
     config: QueueConfig,
@@ -53,27 +56,71 @@ pub(super) struct QueueActor {
 struct Batch<'t> {
     table: Table<'t>,
     config: ConfigTable<'t>,
+    /// The key ring as of the start of the turn.
+    ring: std::sync::Arc<KeyRing>,
+    keys: VaultKeys,
     now: Millis,
     dirty: bool,
     events: Vec<Event>,
 }
 
 impl Batch<'_> {
+    /// Loads and opens a job. A record the ring cannot open is [`QueueError::Unreadable`]
+    /// (counted), never a job with wrong payloads.
     fn load(&self, id: JobId) -> Result<Option<Job>, QueueError> {
         let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
+        let Some(guard) = guard else { return Ok(None) };
+        match envelope::open_job(&self.ring, guard.value()) {
+            Ok(job) if job.id == id => Ok(Some(job)),
+            // A whole record copied onto another row: its own id no longer matches the key.
+            Ok(_) => {
+                self.keys.count_failure();
+                warn!(job_id = %id, "job record belongs to another row");
+                Err(QueueError::Unreadable(id))
+            }
+            Err(e) if e.is_unreadable() => {
+                self.keys.count_failure();
+                warn!(job_id = %id, error = %e, "job record cannot be opened");
+                Err(QueueError::Unreadable(id))
+            }
+            Err(VaultError::Storage(e)) => Err(QueueError::Storage(e)),
+            Err(e) => Err(QueueError::Storage(StoreError::Corrupt(e.to_string()))),
+        }
+    }
+
+    /// The clear part of a record (routing fields; payloads empty), for index upkeep.
+    fn load_head(&self, id: JobId) -> Result<Option<Job>, QueueError> {
+        let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
         guard
-            .map(|g| codec::decode(g.value()))
+            .map(|g| envelope::job_head(g.value()).map(|h| h.job))
             .transpose()
             .map_err(QueueError::from)
     }
 
-    /// Loads a job of `tenant`; another tenant's job is `NotFound`, exactly like a missing one.
+    /// Loads a job of `tenant`; another tenant's job is `NotFound`, exactly like a missing one
+    /// (also when it cannot be opened: the tenant is checked on the clear part first).
     fn load_scoped(&self, id: JobId, tenant: Option<&str>) -> Result<Job, QueueError> {
-        match self.load(id)? {
-            Some(job) if job.tenant.as_deref() == tenant => Ok(job),
-            Some(_) => Err(QueueError::OtherTenant),
-            None => Err(QueueError::NotFound),
+        match self.load(id) {
+            Ok(Some(job)) if job.tenant.as_deref() == tenant => Ok(job),
+            Ok(Some(_)) => Err(QueueError::OtherTenant),
+            Ok(None) => Err(QueueError::NotFound),
+            Err(QueueError::Unreadable(id)) => match self.load_head(id)? {
+                Some(head) if head.tenant.as_deref() != tenant => Err(QueueError::OtherTenant),
+                _ => Err(QueueError::Unreadable(id)),
+            },
+            Err(e) => Err(e),
         }
+    }
+
+    /// Takes a job that cannot be opened out of the in-memory indexes, so that it does not
+    /// block its queue or the timers; it stays on disk for when its key comes back.
+    fn set_aside(&self, idx: &mut Indexes, id: JobId) -> Result<(), QueueError> {
+        if let Some(head) = self.load_head(id)? {
+            if head.id == id {
+                idx.remove(&head);
+            }
+        }
+        Ok(())
     }
 
     fn exists(&self, id: JobId) -> Result<bool, QueueError> {
@@ -85,7 +132,9 @@ impl Batch<'_> {
     }
 
     fn save(&mut self, job: &Job) -> Result<(), QueueError> {
-        let bytes = codec::encode(job)?;
+        // A job that cannot be sealed is not written; the turn fails and nothing is lost.
+        let bytes = envelope::seal_job(&self.ring, job)
+            .map_err(|e| QueueError::Storage(StoreError::Corrupt(format!("seal: {e}"))))?;
         self.table
             .insert(job.id.as_u128(), bytes.as_slice())
             .map_err(StoreError::from)?;
@@ -148,15 +197,26 @@ fn load_indexes(store: &Store) -> Result<Indexes, QueueError> {
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
     let mut idx = Indexes::default();
     for entry in table.iter().map_err(StoreError::from)? {
-        let (_, value) = entry.map_err(StoreError::from)?;
-        let job: Job = codec::decode(value.value())?;
-        idx.add(&job);
+        let (key, value) = entry.map_err(StoreError::from)?;
+        // Only the clear part: the indexes need no payload, and a job whose key is missing
+        // still has its place (it fails closed when read).
+        let head = envelope::job_head(value.value())?;
+        if head.job.id.as_u128() != key.value() {
+            // A record copied onto another row is never scheduled; reading it fails closed.
+            error!(row = %JobId(uuid::Uuid::from_u128(key.value())), "job record belongs to another row; left out");
+            continue;
+        }
+        idx.add(&head.job);
     }
     Ok(idx)
 }
 
 impl QueueActor {
-    pub(super) fn load(store: Store, config: QueueConfig) -> Result<Self, QueueError> {
+    pub(super) fn load(
+        store: Store,
+        keys: VaultKeys,
+        config: QueueConfig,
+    ) -> Result<Self, QueueError> {
         let idx = load_indexes(&store)?;
         let totals = idx.totals();
         info!(
@@ -169,6 +229,7 @@ impl QueueActor {
         let bounds = load_bounds(&store)?;
         Ok(Self {
             store,
+            keys,
             idx,
             events: EventLog::new(config.events_capacity),
             config,
@@ -250,6 +311,8 @@ impl QueueActor {
             let mut batch = Batch {
                 table,
                 config,
+                ring: self.keys.ring(),
+                keys: self.keys.clone(),
                 now,
                 dirty: false,
                 events: Vec::new(),
@@ -314,8 +377,13 @@ impl QueueActor {
                 tenant,
                 owner,
                 limits,
+                key,
                 reply,
-            } => deliver(reply, self.enqueue(b, *job, tenant, owner, limits), failed),
+            } => deliver(
+                reply,
+                self.enqueue(b, *job, tenant, owner, limits, key),
+                failed,
+            ),
             Msg::EnqueueBatch {
                 jobs,
                 limits,
@@ -398,6 +466,11 @@ impl QueueActor {
                 failed,
             ),
             Msg::Reset { reply } => deliver(reply, self.reset(b), failed),
+            Msg::Rewrap {
+                after,
+                batch,
+                reply,
+            } => deliver(reply, Self::rewrap(b, after, batch), failed),
             Msg::Drain => {
                 self.draining = true;
                 return None;
@@ -420,7 +493,15 @@ impl QueueActor {
     fn process_due(&mut self, b: &mut Batch<'_>) -> Result<(), QueueError> {
         let now = b.now;
         for id in self.idx.due_timed(now) {
-            let Some(mut job) = b.load(id)? else { continue };
+            let mut job = match b.load(id) {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(QueueError::Unreadable(id)) => {
+                    b.set_aside(&mut self.idx, id)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.idx.remove(&job);
             job.state = JobState::Available;
             job.scheduled_at = None;
@@ -431,7 +512,15 @@ impl QueueActor {
             b.event("job.available", &job);
         }
         for id in self.idx.due_leases(now) {
-            let Some(mut job) = b.load(id)? else { continue };
+            let mut job = match b.load(id) {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(QueueError::Unreadable(id)) => {
+                    b.set_aside(&mut self.idx, id)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.idx.remove(&job);
             let Some(lease) = job.lease.take() else {
                 self.idx.add(&job);
@@ -520,6 +609,7 @@ impl QueueActor {
         tenant: Option<String>,
         owner: Option<String>,
         limits: Limits,
+        sealed: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
     ) -> Result<Enqueued, QueueError> {
         let now = b.now;
         let id = new.id.unwrap_or_else(JobId::generate);
@@ -550,50 +640,9 @@ impl QueueActor {
             };
             dropped = Some(self.drop_job(b, victim)?);
         }
-        let (state, scheduled_at) = if new.pending {
-            (JobState::Pending, None)
-        } else {
-            match new.run_at {
-                Some(at) if at > now => (JobState::Scheduled, Some(at)),
-                _ => (JobState::Available, None),
-            }
-        };
-        let job = Job {
-            id,
-            tenant,
-            owner,
-            security: new.security,
-            job_type: new.job_type,
-            queue: new.queue,
-            state,
-            priority: new.priority,
-            args: new.args,
-            meta: new.meta,
-            extra: new.extra,
-            tags: new.tags,
-            schema: new.schema,
-            unique: new.unique,
-            retry: new.retry,
-            timeout_ms: new.timeout_ms,
-            visibility_timeout_ms: new.visibility_timeout_ms,
-            expires_at: new.expires_at,
-            attempt: 0,
-            seq: self.idx.take_seq(),
-            created_at: now,
-            enqueued_at: now,
-            scheduled_at,
-            started_at: None,
-            completed_at: None,
-            cancelled_at: None,
-            discarded_at: None,
-            result: None,
-            error: None,
-            errors: Vec::new(),
-            retry_delay_ms: None,
-            lease: None,
-            dead_letter: false,
-            test_directive: new.test_directive,
-        };
+        let mut job = Job::from_new(new, id, tenant, owner, self.idx.take_seq(), now);
+        job.key = sealed;
+        let state = job.state;
         b.save(&job)?;
         self.idx.add(&job);
         b.event(
@@ -695,7 +744,7 @@ impl QueueActor {
         }
         let mut stored = Vec::with_capacity(jobs.len());
         for (new, tenant, owner) in jobs {
-            match self.enqueue(b, new, tenant, owner, limits) {
+            match self.enqueue(b, new, tenant, owner, limits, None) {
                 Ok(done) => stored.push(done.job),
                 Err(e) => {
                     error!(error = %e, "batch enqueue failed after its checks passed");
@@ -842,11 +891,21 @@ impl QueueActor {
                 let Some(id) = self.idx.peek_ready(req.holder.tenant.as_deref(), queue) else {
                     break;
                 };
-                let Some(mut job) = b.load(id)? else {
-                    // An index entry without a record: the indexes drifted from the file.
-                    error!(job_id = %id, "ready index names a missing job; rebuilding indexes");
-                    self.idx = load_indexes(&self.store)?;
-                    continue;
+                let mut job = match b.load(id) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        // An index entry without a record: the indexes drifted from the file.
+                        error!(job_id = %id, "ready index names a missing job; rebuilding indexes");
+                        self.idx = load_indexes(&self.store)?;
+                        continue;
+                    }
+                    // A job that cannot be opened is never handed to a worker, and does not
+                    // hold up the jobs behind it.
+                    Err(QueueError::Unreadable(id)) => {
+                        b.set_aside(&mut self.idx, id)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 self.idx.remove(&job);
                 if job.expires_at.is_some_and(|at| at <= now) {
@@ -1059,8 +1118,11 @@ impl QueueActor {
         let total = ids.len();
         let mut items = Vec::new();
         for id in ids.into_iter().skip(offset).take(limit) {
-            if let Some(job) = b.load(id)? {
-                items.push(job);
+            // One unreadable job does not hide the others (it is counted and logged).
+            match b.load(id) {
+                Ok(Some(job)) => items.push(job),
+                Ok(None) | Err(QueueError::Unreadable(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(Page { items, total })
@@ -1110,6 +1172,26 @@ impl QueueActor {
         b.delete(id)?;
         b.event("job.deleted", &job);
         Ok(())
+    }
+
+    /// Re-wraps the data keys of up to `batch` records after `after` with the active KEK. Only
+    /// the wrapped key changes; payloads are not re-encrypted. The indexes are untouched.
+    fn rewrap(
+        b: &mut Batch<'_>,
+        after: Option<u128>,
+        batch: usize,
+    ) -> Result<crate::vault::RewrapStep, QueueError> {
+        let step =
+            crate::vault::rewrap_step(&mut b.table, &b.ring, after, batch).map_err(
+                |e| match e {
+                    VaultError::Storage(e) => QueueError::Storage(e),
+                    _ => QueueError::Unavailable,
+                },
+            )?;
+        if step.rewrapped > 0 {
+            b.dirty = true;
+        }
+        Ok(step)
     }
 
     fn reset(&mut self, b: &mut Batch<'_>) -> Result<(), QueueError> {

@@ -40,6 +40,10 @@ pub enum QueueError {
         quota: super::bounds::Quota,
         limit: u64,
     },
+    /// The job's record cannot be opened with the keys this server holds (its KEK is not
+    /// loaded, or the record was moved or tampered with). Fails closed.
+    #[error("job {0} cannot be decrypted")]
+    Unreadable(crate::job::JobId),
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
     /// The actor is gone or its commit failed; the operation did not happen.
@@ -56,6 +60,7 @@ impl QueueError {
             Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
             Self::QueueFull { .. } | Self::QuotaExceeded { .. } => ErrorKind::TooManyRequests,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
+            Self::Unreadable(_) => ErrorKind::Internal,
         }
     }
 }

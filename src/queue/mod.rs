@@ -16,13 +16,14 @@ pub use error::QueueError;
 pub use events::{Event, EventFilter};
 pub use msg::{
     AckRequest, BoundInfo, Enqueued, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest,
-    Holder, NackRequest, Page, QueueStats, Scope,
+    Holder, NackRequest, Page, QueueStats, RewrapStep, Scope,
 };
 pub use sched::QueueSummary;
 
 use crate::job::envelope::NewJob;
 use crate::job::{Job, JobId, JobState};
 use crate::store::Store;
+use crate::vault::VaultKeys;
 use msg::{Msg, Reply};
 
 /// Queue behaviour from the config.
@@ -53,19 +54,24 @@ impl Default for QueueConfig {
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::Sender<Msg>,
+    keys: VaultKeys,
 }
 
 impl QueueHandle {
     /// Loads the indexes from the store and starts the actor on its own thread. The thread ends
     /// when every handle is dropped; join it to be sure the last commit is done.
-    pub fn spawn(store: Store, config: QueueConfig) -> Result<(Self, JoinHandle<()>), QueueError> {
+    pub fn spawn(
+        store: Store,
+        keys: VaultKeys,
+        config: QueueConfig,
+    ) -> Result<(Self, JoinHandle<()>), QueueError> {
         let (tx, rx) = mpsc::channel(config.mailbox.max(1));
-        let actor = actor::QueueActor::load(store, config)?;
+        let actor = actor::QueueActor::load(store, keys.clone(), config)?;
         let thread = std::thread::Builder::new()
             .name("bulwark-queue".into())
             .spawn(move || actor.run(rx))
             .map_err(|_| QueueError::Unavailable)?;
-        Ok((Self { tx }, thread))
+        Ok((Self { tx, keys }, thread))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, QueueError> {
@@ -93,16 +99,29 @@ impl QueueHandle {
     /// Enqueues a job under the queue's bound and the quotas of `limits`.
     pub async fn enqueue_with(
         &self,
-        job: NewJob,
+        mut job: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
         limits: bounds::Limits,
     ) -> Result<Enqueued, QueueError> {
+        // The id is fixed here so the args and meta can be sealed on the caller's thread (the
+        // associated data names the job); the queue thread then only stores them.
+        let id = *job.id.get_or_insert_with(JobId::generate);
+        let key = crate::vault::envelope::preseal(
+            &self.keys.ring(),
+            id,
+            tenant.as_deref(),
+            &job.args,
+            job.meta.as_ref(),
+        )
+        .ok()
+        .map(std::sync::Arc::new);
         self.call(|reply| Msg::Enqueue {
             job: Box::new(job),
             tenant,
             owner,
             limits,
+            key,
             reply,
         })
         .await
@@ -245,6 +264,21 @@ impl QueueHandle {
         self.call(|reply| Msg::Reset { reply }).await
     }
 
+    /// Re-wraps the data keys of up to `batch` records after `after` (job id order) with the
+    /// active KEK, in one turn beside other traffic.
+    pub async fn rewrap(
+        &self,
+        after: Option<u128>,
+        batch: usize,
+    ) -> Result<RewrapStep, QueueError> {
+        self.call(|reply| Msg::Rewrap {
+            after,
+            batch,
+            reply,
+        })
+        .await
+    }
+
     /// From now on heartbeats answer `quiet`: the server is shutting down.
     pub async fn drain(&self) {
         let _ = self.tx.send(Msg::Drain).await;
@@ -262,6 +296,11 @@ mod tests {
         let body =
             json!({"type": "t.x", "args": [tag], "options": {"queue": "q", "priority": priority}});
         parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap()
+    }
+
+    fn test_keys() -> VaultKeys {
+        let kek = crate::vault::keyring::Kek::new("test", &[9; 32], None);
+        VaultKeys::fixed(crate::vault::KeyRing::new(vec![kek], None).unwrap())
     }
 
     fn holder() -> Holder {
@@ -288,7 +327,8 @@ mod tests {
     async fn order_and_leases_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (queue, thread) = QueueHandle::spawn(store.clone(), QueueConfig::default()).unwrap();
+        let (queue, thread) =
+            QueueHandle::spawn(store.clone(), test_keys(), QueueConfig::default()).unwrap();
         let low = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
         let high = queue.enqueue(new_job(10, 2), None, None).await.unwrap();
         let low2 = queue.enqueue(new_job(0, 3), None, None).await.unwrap();
@@ -304,7 +344,8 @@ mod tests {
             .unwrap();
 
         // A new actor over the same file rebuilds the same order and the lease.
-        let (queue, _thread) = QueueHandle::spawn(store, QueueConfig::default()).unwrap();
+        let (queue, _thread) =
+            QueueHandle::spawn(store, test_keys(), QueueConfig::default()).unwrap();
         let stats = queue.stats().await.unwrap();
         assert_eq!((stats.totals.available, stats.totals.active), (2, 2));
         assert_eq!(fetch_one(&queue).await.unwrap().id, low2.id);
@@ -326,7 +367,8 @@ mod tests {
     async fn a_failed_attempt_retries_then_exhausts_into_the_dead_letter_queue() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (queue, _thread) = QueueHandle::spawn(store, QueueConfig::default()).unwrap();
+        let (queue, _thread) =
+            QueueHandle::spawn(store, test_keys(), QueueConfig::default()).unwrap();
         let body = json!({"type": "t.x", "args": [], "options": {"queue": "q", "retry": {
             "max_attempts": 2, "initial_interval": "PT0.05S", "jitter": false, "on_exhaustion": "dead_letter"}}});
         let job = queue

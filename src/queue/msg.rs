@@ -135,12 +135,16 @@ pub struct QueueStats {
     pub queues: usize,
 }
 
+pub use crate::vault::RewrapStep;
+
 pub(crate) enum Msg {
     Enqueue {
         job: Box<NewJob>,
         tenant: Option<String>,
         owner: Option<String>,
         limits: Limits,
+        /// The job's data key with its args and meta already sealed (by the caller's thread).
+        key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
         reply: Reply<Enqueued>,
     },
     /// Enqueues every job or none (each with its tenant and owner).
@@ -223,6 +227,11 @@ pub(crate) enum Msg {
     },
     Reset {
         reply: Reply<()>,
+    },
+    Rewrap {
+        after: Option<u128>,
+        batch: usize,
+        reply: Reply<RewrapStep>,
     },
     /// Start answering heartbeats with `quiet` (graceful shutdown).
     Drain,

@@ -14,18 +14,35 @@ const MAX_DEPTH: usize = 32;
 
 /// Encodes a record.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
+    encode_as(RECORD_VERSION, value)
+}
+
+/// Decodes a record written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    decode_as(RECORD_VERSION, bytes)
+}
+
+/// A record's version byte.
+#[must_use]
+pub fn version(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+/// Encodes a record of a table with its own versions (the job table, see
+/// `vault::envelope`).
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![version];
     rmp_serde::encode::write_named(&mut out, value)
         .map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
     Ok(out)
 }
 
-/// Decodes a record written by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+/// Decodes a record written by [`encode_as`] with `expected` as its version.
+pub fn decode_as<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, StoreError> {
     let (version, body) = bytes
         .split_first()
         .ok_or_else(|| StoreError::Corrupt("empty record".into()))?;
-    if *version != RECORD_VERSION {
+    if *version != expected {
         return Err(StoreError::Corrupt(format!(
             "unknown record version {version}"
         )));

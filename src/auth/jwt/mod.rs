@@ -301,6 +301,96 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
 }
 
+/// Re-reads the JWT verification keys (key files and JWKS files) when their folders change
+/// (see [`crate::vault::watch`]) and publishes a new verifier; a set that fails to load (a
+/// malformed, half-written or exposed file, a weak key, a duplicate `kid`) changes nothing.
+pub struct JwtReload {
+    pub slot: std::sync::Arc<arc_swap::ArcSwap<JwtVerifier>>,
+    pub config: JwtConfig,
+    pub base_dir: PathBuf,
+    digest: std::sync::Mutex<[u8; 32]>,
+}
+
+impl JwtReload {
+    /// Watches the files of `config` (read again now to remember them).
+    #[must_use]
+    pub fn new(
+        slot: std::sync::Arc<arc_swap::ArcSwap<JwtVerifier>>,
+        config: JwtConfig,
+        base_dir: PathBuf,
+    ) -> Self {
+        let digest = files_digest(&config, &base_dir);
+        Self {
+            slot,
+            config,
+            base_dir,
+            digest: std::sync::Mutex::new(digest),
+        }
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        key_files(&self.config, &self.base_dir)
+    }
+}
+
+fn key_files(config: &JwtConfig, base_dir: &Path) -> Vec<PathBuf> {
+    config
+        .keys
+        .iter()
+        .map(|k| resolve(base_dir, &k.file))
+        .chain(config.jwks_files.iter().map(|f| resolve(base_dir, f)))
+        .collect()
+}
+
+/// A digest of every key file's path and bytes (unreadable files count as empty).
+fn files_digest(config: &JwtConfig, base_dir: &Path) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for path in key_files(config, base_dir) {
+        ctx.update(path.as_os_str().as_encoded_bytes());
+        let bytes = zeroize::Zeroizing::new(std::fs::read(&path).unwrap_or_default());
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(&bytes);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl crate::vault::watch::Reload for JwtReload {
+    fn name(&self) -> &'static str {
+        "jwt_keys"
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .files()
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
+        use crate::vault::watch::{Change, ReloadError};
+        let digest = files_digest(&self.config, &self.base_dir);
+        let mut known = self
+            .digest
+            .lock()
+            .map_err(|_| ReloadError("jwt key state poisoned".into()))?;
+        if digest == *known {
+            return Ok(Change::Unchanged);
+        }
+        let verifier = JwtVerifier::load(&self.config, &self.base_dir)
+            .map_err(|e| ReloadError(e.to_string()))?;
+        let kids: Vec<String> = verifier.keys.keys().cloned().collect();
+        self.slot.store(std::sync::Arc::new(verifier));
+        *known = digest;
+        Ok(Change::Changed(format!("keys [{}]", kids.join(", "))))
+    }
+}
+
 fn resolve(base_dir: &Path, file: &Path) -> PathBuf {
     if file.is_absolute() {
         file.to_path_buf()

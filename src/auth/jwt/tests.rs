@@ -1509,3 +1509,36 @@ fn the_verifier_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<JwtVerifier>();
 }
+
+#[test]
+fn reloading_picks_up_rewritten_key_files_and_keeps_the_old_set_on_a_bad_one() {
+    use crate::vault::watch::{Change, Reload};
+    let f = Fixture::new();
+    let slot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        JwtVerifier::load(&f.config, f.dir.path()).unwrap(),
+    ));
+    let reload = JwtReload::new(slot.clone(), f.config.clone(), f.dir.path().to_path_buf());
+    assert_eq!(reload.dirs(), vec![f.dir.path().to_path_buf()]);
+    assert_eq!(reload.reload().unwrap(), Change::Unchanged);
+    let old = f.token("hs-raw", &claims());
+    assert!(slot.load().verify(&old, NOW).is_ok());
+    // A secret too short to be a key: refused, the loaded set stays.
+    std::fs::remove_file(f.path("hs.raw")).unwrap();
+    write(&f.path("hs.raw"), b"short", 0o600);
+    assert!(reload.reload().is_err());
+    assert!(slot.load().verify(&old, NOW).is_ok());
+    // A new secret: tokens signed with it verify, the old ones no longer do.
+    let fresh = [b'z'; 40];
+    std::fs::remove_file(f.path("hs.raw")).unwrap();
+    write(&f.path("hs.raw"), fresh, 0o600);
+    assert!(matches!(reload.reload().unwrap(), Change::Changed(_)));
+    assert!(slot.load().verify(&old, NOW).is_err());
+    let input = format!(
+        "{}.{}",
+        b64(header("hs-raw", "HS256").to_string().as_bytes()),
+        b64(claims().to_string().as_bytes())
+    );
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &fresh), input.as_bytes());
+    let new = format!("{input}.{}", b64(tag.as_ref()));
+    assert!(slot.load().verify(&new, NOW).is_ok());
+}

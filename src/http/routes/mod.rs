@@ -8,6 +8,7 @@ pub mod keys;
 pub mod queues;
 pub mod sessions;
 pub mod system;
+pub mod vault;
 pub mod workers;
 
 use actix_web::http::StatusCode;

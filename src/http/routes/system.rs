@@ -18,8 +18,17 @@ use crate::queue::{EventFilter, QueueHandle};
 pub struct StartedAt(pub Instant);
 
 /// `GET /ojs/v1/health`: public, so it tells only whether the server can serve.
-pub async fn health(queue: web::Data<QueueHandle>, started: web::Data<StartedAt>) -> HttpResponse {
+pub async fn health(
+    queue: web::Data<QueueHandle>,
+    vault: web::Data<crate::vault::VaultHandle>,
+    started: web::Data<StartedAt>,
+) -> HttpResponse {
     let uptime = started.0.elapsed().as_secs();
+    let unreadable = vault.keys().unreadable_jobs();
+    let encryption = json!({
+        "status": if unreadable == 0 { "ok" } else { "degraded" },
+        "unreadable_jobs": unreadable,
+    });
     match queue.stats().await {
         Ok(_) => json(
             StatusCode::OK,
@@ -28,6 +37,7 @@ pub async fn health(queue: web::Data<QueueHandle>, started: web::Data<StartedAt>
                 "version": "1.0",
                 "uptime_seconds": uptime,
                 "backend": { "type": "redb", "status": "connected" },
+                "encryption": encryption,
             }),
         ),
         Err(_) => json(
