@@ -3,10 +3,10 @@
 //!
 //! Security metrics recorded today: authentication attempts by outcome and failure reason, API
 //! key verifications (argon2 runs), authorization denials, audit records and audit write
-//! failures, credentials throttled before verification; plus HTTP responses by status class and
-//! jobs by state. Rate-limit hits, token
-//! refreshes, TLS handshake failures and unreadable jobs come with the features that produce
-//! them.
+//! failures, credentials throttled before verification, TLS handshake failures and rejected
+//! client certificates, certificate reloads and expiry; plus HTTP responses by status class and
+//! jobs by state. Rate-limit hits, token refreshes and unreadable jobs come with the features
+//! that produce them.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -25,6 +25,18 @@ pub const AUDIT_RECORDS: &str = "bulwark_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "bulwark_audit_write_failures_total";
 /// `bulwark_http_responses_total{class}`
 pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
+/// `bulwark_tls_handshake_failures_total{reason}`
+pub const TLS_HANDSHAKE_FAILURES: &str = "bulwark_tls_handshake_failures_total";
+/// `bulwark_tls_certificate_rejections_total{reason}`: client certificates refused at the
+/// handshake (expired, revoked, unknown issuer, missing when required, ...).
+pub const TLS_CERT_REJECTIONS: &str = "bulwark_tls_certificate_rejections_total";
+/// `bulwark_tls_reloads_total{result}`: certificate reloads that went live or were refused.
+pub const TLS_RELOADS: &str = "bulwark_tls_reloads_total";
+/// `bulwark_tls_certificate_expiry_seconds`: seconds until the server certificate expires.
+pub const TLS_CERT_EXPIRY: &str = "bulwark_tls_certificate_expiry_seconds";
+/// `bulwark_tls_certificate_expiring`: 1 when the server certificate expires within
+/// `[tls] expiry_warning_days` (or has expired), else 0.
+pub const TLS_CERT_EXPIRING: &str = "bulwark_tls_certificate_expiring";
 /// `bulwark_jobs{state}` (gauge, refreshed at each scrape)
 pub const JOBS: &str = "bulwark_jobs";
 
@@ -59,4 +71,21 @@ fn describe() {
     );
     metrics::describe_counter!(HTTP_RESPONSES, "HTTP responses by status class");
     metrics::describe_gauge!(JOBS, "Jobs by state");
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
+    );
+    metrics::describe_counter!(
+        TLS_CERT_REJECTIONS,
+        "Client certificates refused at the handshake, by reason"
+    );
+    metrics::describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "Seconds until the server certificate expires"
+    );
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRING,
+        "1 when the server certificate expires within the warning window"
+    );
 }

@@ -32,6 +32,7 @@ pub struct Config {
     pub audit: AuditSection,
     pub auth: AuthSection,
     pub sessions: SessionsConfig,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[auth]`: credentials and access policy.
@@ -89,6 +90,9 @@ pub struct ServerConfig {
     pub request_head_timeout_secs: u64,
     /// Seconds an idle keep-alive connection stays open.
     pub keep_alive_secs: u64,
+    /// Serve plain HTTP on a non-loopback address (no `[tls]`). Insecure: anyone on the path
+    /// reads credentials and payloads; a warning is logged at every start.
+    pub allow_insecure_plaintext_non_loopback: bool,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +104,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             request_head_timeout_secs: 10,
             keep_alive_secs: 75,
+            allow_insecure_plaintext_non_loopback: false,
         }
     }
 }
@@ -248,10 +253,15 @@ impl Config {
 
     /// Refuses unsafe or meaningless combinations.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !self.server.listen.ip().is_loopback() {
+        if !self.server.listen.ip().is_loopback()
+            && !self.tls.enabled
+            && !self.server.allow_insecure_plaintext_non_loopback
+        {
             bail!(
-                "server.listen is {}, which is not a loopback address: Bulwark serves plain HTTP \
-                 on loopback only until TLS is configured; listen on 127.0.0.1 or ::1",
+                "server.listen is {}, which is not a loopback address, and TLS is off: Bulwark \
+                 serves plain HTTP on loopback only. Fix: set [tls] enabled = true with cert_file \
+                 and key_file (scripts/dev-certs.sh makes a development set), or listen on \
+                 127.0.0.1 / ::1",
                 self.server.listen
             );
         }
@@ -273,7 +283,8 @@ impl Config {
         if !key_env_ok {
             bail!("secrets.key_env must be 1 to 16 lowercase letters or digits");
         }
-        self.policy()?;
+        let policy = self.policy()?;
+        self.tls.validate(&policy).context("invalid [tls]")?;
         self.sessions.validate()?;
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().context("invalid [auth.jwt]")?;
@@ -372,6 +383,26 @@ mod tests {
         assert_eq!(c.auth.throttle, d.auth.throttle);
         assert!(c.auth.roles.is_empty());
         assert_eq!(c.auth.actions, d.auth.actions);
+        assert_eq!(c.tls, d.tls);
+        assert_eq!(
+            c.server.allow_insecure_plaintext_non_loopback,
+            d.server.allow_insecure_plaintext_non_loopback
+        );
+    }
+
+    #[test]
+    fn public_listeners_need_tls_or_the_insecure_switch() {
+        let c = Config::parse("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let msg = format!("{:#}", c.validate().unwrap_err());
+        assert!(msg.contains("[tls] enabled = true"), "{msg}");
+        let c = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8080\"\nallow_insecure_plaintext_non_loopback = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c =
+            Config::parse("[server]\nlisten = \"0.0.0.0:8443\"\n[tls]\nenabled = true\n").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]
