@@ -1,8 +1,9 @@
 //! The edge of a TLS connection: what the server keeps from a completed handshake (the
 //! verified client certificate and the principal it maps to, in the connection's data), and
 //! what it does with a failed one (counted by reason; audited as `tls.handshake_failure` or
-//! `tls.certificate_rejected`, at most once a minute per source address and kind, each record
-//! saying how many failures it stands for, so a scanner cannot flood the audit log).
+//! `tls.certificate_rejected`, at most once a minute per source address, kind and reason, each
+//! record saying how many failures went unaudited since the previous one, so a scanner cannot
+//! flood the audit log).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -42,7 +43,7 @@ pub fn on_connect(conn: &rustls::ServerConnection, identities: &Identities, ext:
 }
 
 /// Why a handshake failed, as the audit and metrics name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Failure {
     /// `tls.handshake_failure` or `tls.certificate_rejected`.
     pub event: &'static str,
@@ -114,7 +115,7 @@ struct Window {
 /// Counts and audits failed handshakes.
 pub struct HandshakeReporter {
     audit: AuditHandle,
-    windows: Mutex<HashMap<(IpAddr, &'static str), Window>>,
+    windows: Mutex<HashMap<(IpAddr, Failure), Window>>,
 }
 
 impl HandshakeReporter {
@@ -127,13 +128,13 @@ impl HandshakeReporter {
     }
 
     /// Whether to audit now, and how many failures since the previous record went unaudited.
-    fn due(&self, ip: IpAddr, event: &'static str, now: Instant) -> Option<u64> {
+    fn due(&self, ip: IpAddr, failure: Failure, now: Instant) -> Option<u64> {
         let mut windows = self.windows.lock().ok()?;
-        let mut key = (ip, event);
+        let mut key = (ip, failure);
         if windows.len() >= MAX_TRACKED && !windows.contains_key(&key) {
             windows.retain(|_, w| now.duration_since(w.since) < WINDOW);
             if windows.len() >= MAX_TRACKED {
-                key = (OVERFLOW, event);
+                key = (OVERFLOW, failure);
             }
         }
         match windows.get_mut(&key) {
@@ -161,7 +162,7 @@ impl HandshakeReporter {
     }
 
     /// Counts a failed handshake from `peer` and audits it if this address has not been
-    /// audited for this kind of failure within the last minute.
+    /// audited for this failure (kind and reason) within the last minute.
     pub async fn report(&self, peer: Option<SocketAddr>, failure: Failure) {
         let metric = if failure.event == "tls.certificate_rejected" {
             crate::metrics::TLS_CERT_REJECTIONS
@@ -171,7 +172,7 @@ impl HandshakeReporter {
         metrics::counter!(metric, "reason" => failure.reason).increment(1);
         let ip = peer.map_or(OVERFLOW, |p| p.ip());
         tracing::debug!(source_ip = %ip, event = failure.event, reason = failure.reason, "TLS handshake failed");
-        let Some(suppressed) = self.due(ip, failure.event, Instant::now()) else {
+        let Some(suppressed) = self.due(ip, failure, Instant::now()) else {
             return;
         };
         let mut event = AuditEvent::new(failure.event, Outcome::Failure)
