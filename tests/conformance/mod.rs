@@ -1214,11 +1214,7 @@ pub fn run_and_assert(folder: &str, known: &'static [KnownFailure]) {
 }
 
 /// [`run_and_assert`] on servers started with `options` (e.g. over HTTPS).
-pub fn run_and_assert_with(
-    folder: &str,
-    known: &'static [KnownFailure],
-    options: &ServerOptions,
-) {
+pub fn run_and_assert_with(folder: &str, known: &'static [KnownFailure], options: &ServerOptions) {
     crate::common::install_crypto_provider();
     let report = run_folder_with(folder, known, options);
     let summary = report.summary();
