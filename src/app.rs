@@ -254,10 +254,11 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     let server = http::server(shared, listener)?;
     let handle = server.handle();
     let mut running = tokio::spawn(server);
+    let mut reloader = None;
     match &tls {
         Some(runtime) => {
             crate::tls::publish_expiry(runtime);
-            crate::tls::spawn_reloader(runtime.clone(), audit.clone());
+            reloader = Some(crate::tls::spawn_reloader(runtime.clone(), audit.clone()));
             let expiry = runtime.expiry(crate::clock::now_ms() / 1000);
             if expiry.status != "ok" {
                 warn!(status = expiry.status, not_after = %crate::clock::rfc3339(expiry.not_after * 1000), "the TLS certificate expires soon");
@@ -280,6 +281,10 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     }
     queue.drain().await;
     handle.stop(true).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+        let _ = reloader.await;
+    }
     let _ = running.await;
     drop(queue);
     // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.

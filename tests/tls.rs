@@ -467,6 +467,10 @@ async fn every_response_carries_the_security_headers_and_hsts_only_on_tls() {
             "{label}"
         );
     }
+    // Regression: the certificate reloader held an audit handle forever, so SIGTERM never
+    // finished (the audit writer waits for every handle).
+    let mut tls = tls;
+    assert_eq!(tls.terminate(), Some(0), "{}", tls.log());
     let plain = TestServer::start(ServerOptions::default());
     for (label, res) in responses(&plain).await {
         for (name, value) in SECURITY_HEADERS {

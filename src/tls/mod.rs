@@ -236,8 +236,10 @@ fn files_signature(runtime: &TlsRuntime) -> Vec<Option<(u64, std::time::SystemTi
 }
 
 /// Reloads on SIGHUP, and when the files' size or modification time changes (checked every
-/// `reload_poll_secs`; never when 0). Runs until the process ends.
-pub fn spawn_reloader(runtime: Arc<TlsRuntime>, audit: AuditHandle) {
+/// `reload_poll_secs`; never when 0). Runs until aborted through the returned handle (which
+/// shutdown must do: the task holds an audit handle, and the audit writer stops only when
+/// every handle is gone).
+pub fn spawn_reloader(runtime: Arc<TlsRuntime>, audit: AuditHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).ok();
@@ -265,7 +267,7 @@ pub fn spawn_reloader(runtime: Arc<TlsRuntime>, audit: AuditHandle) {
             }
             reload_and_report(&runtime, &audit, trigger).await;
         }
-    });
+    })
 }
 
 #[cfg(test)]
