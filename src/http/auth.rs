@@ -2,6 +2,13 @@
 //! credential the auth store accepted and whom the route table ([`super::access`]) allows on
 //! this route, acting for the tenant the credential decides.
 //!
+//! Credentials: a bearer token (API key, JWT, admin session) when the request has an
+//! `Authorization` header; otherwise the connection's verified TLS client certificate, when it
+//! maps to a `[[tls.client_identities]]` entry. A principal holding a role listed in
+//! `[tls] require_certificate_for_roles` must be the certificate's own principal, or come over
+//! a connection whose certificate maps to the same principal name and tenant (else 403,
+//! `certificate_required`).
+//!
 //! Tenant: a tenant-bound credential acts for its tenant; `X-OJS-Tenant` (or
 //! `X-OJS-Tenant-Id`) may only repeat it. A system-scoped administrator may name a tenant in
 //! the header to act for it. Anything else is refused with 403 and audited.

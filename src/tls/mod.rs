@@ -295,6 +295,90 @@ mod tests {
         ));
     }
 
+    fn write(dir: &Path, name: &str, text: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    }
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn runtime(dir: &Path) -> TlsRuntime {
+        let config = TlsConfig {
+            enabled: true,
+            cert_file: "server.crt".into(),
+            key_file: "server.key".into(),
+            ..TlsConfig::default()
+        };
+        TlsRuntime::load(&config, dir, Arc::new(Policy::default())).unwrap()
+    }
+
+    #[test]
+    fn the_server_config_has_no_early_data_and_prefers_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair();
+        write(dir.path(), "server.crt", &cert);
+        write(dir.path(), "server.key", &key);
+        let config = runtime(dir.path()).server_config().unwrap();
+        assert_eq!(config.max_early_data_size, 0);
+        assert!(!config.send_half_rtt_data);
+        assert!(config.ignore_client_order);
+        assert!(
+            config.alpn_protocols.is_empty(),
+            "actix-web adds h2 and http/1.1"
+        );
+    }
+
+    #[test]
+    fn reload_swaps_only_a_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair();
+        write(dir.path(), "server.crt", &cert);
+        write(dir.path(), "server.key", &key);
+        let rt = runtime(dir.path());
+        let first = rt.store.info();
+        assert!(!rt.store.reload().unwrap(), "nothing changed");
+        // Half-written: a new certificate with the old key.
+        let (cert2, key2) = pair();
+        write(dir.path(), "server.crt", &cert2);
+        let err = rt.store.reload().unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+        assert_eq!(rt.store.info(), first);
+        // Garbage key.
+        write(
+            dir.path(),
+            "server.key",
+            "-----BEGIN PRIVATE KEY-----\nnope\n",
+        );
+        assert!(rt.store.reload().is_err());
+        assert_eq!(rt.store.info(), first);
+        // The completed pair goes live.
+        write(dir.path(), "server.key", &key2);
+        assert!(rt.store.reload().unwrap());
+        assert_ne!(rt.store.info(), first);
+        // A key readable by others is refused.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(rt.store.reload().is_err());
+    }
+
     #[test]
     fn expiry_status_has_a_warning_window() {
         let info = CertInfo {
