@@ -232,6 +232,8 @@ fn tls_server(
             .finish(map_config(
                 actix_service::IntoServiceFactory::into_factory(app)
                     .map_err(|err: actix_web::Error| err.error_response()),
+                // `AppConfig::new` is crate-private; this is its public (doc-hidden) twin, the
+                // one actix-test uses. `secure = true` is what turns HSTS on in the middleware.
                 move |()| actix_web::dev::AppConfig::__priv_test_new(true, host.clone(), addr),
             ))
             .map_err(|_| ())
