@@ -106,8 +106,8 @@ impl TlsRuntime {
     }
 
     /// The rustls server configuration: TLS 1.3 and 1.2, server preference, no early data,
-    /// the reloading certificate resolver and client verifier. actix-web adds the ALPN
-    /// protocols (h2, http/1.1).
+    /// the reloading certificate resolver and client verifier. The HTTPS server
+    /// (`http::server`) sets the ALPN protocols (h2, http/1.1).
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
