@@ -19,6 +19,10 @@
 //! hyper's connection-level client on a single-threaded runtime (the leanest client we measured;
 //! `--client reqwest` switches to reqwest for comparison). Latencies are kept as sorted vectors.
 //!
+//! `--tls on` serves the self-started server over HTTPS (TLS 1.3, a throw-away CA and server
+//! certificate made with rcgen) and wraps every bench connection in rustls (ring); each
+//! producer or worker does one handshake and keeps its connection.
+//!
 //! `cargo bench --bench load -- --help` lists the options.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -100,6 +104,8 @@ struct Opts {
     fsync_secs: f64,
     client: ClientKind,
     client_threads: usize,
+    /// Serve and speak HTTPS.
+    tls: bool,
     workloads: Vec<Workload>,
 }
 
@@ -121,6 +127,7 @@ impl Default for Opts {
             fsync_secs: 3.0,
             client: ClientKind::Hyper,
             client_threads: 1,
+            tls: false,
             workloads: Vec::new(),
         }
     }
@@ -148,6 +155,7 @@ options:
   --fsync-secs S         fsync workload length (3)
   --client hyper|reqwest HTTP client (hyper)
   --client-threads N     client runtime threads (1 = single-threaded runtime)
+  --tls on|off           HTTPS (TLS 1.3) to the self-started server (off; hyper client only)
 ";
 
 fn parse_opts() -> Opts {
@@ -211,6 +219,13 @@ fn parse_opts() -> Opts {
                 }
             }
             "client-threads" => o.client_threads = int(&value),
+            "tls" => {
+                o.tls = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => die("--tls is on or off"),
+                }
+            }
             _ => die(&format!("unknown option --{flag}\n\n{USAGE}")),
         }
     }
@@ -351,6 +366,9 @@ enum Conn {
     },
 }
 
+/// The rustls client config when the bench speaks HTTPS (set once in `main`).
+static TLS_CLIENT: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
 async fn hyper_connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -358,6 +376,21 @@ async fn hyper_connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, Str
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
+    if let Some(config) = TLS_CLIENT.get() {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(sender);
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -365,6 +398,41 @@ async fn hyper_connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, Str
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// A CA and a server certificate for localhost (PEM: CA, server certificate, server key).
+fn tls_material() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let cert = leaf.signed_by(&key, &issuer).expect("certificate").pem();
+    (ca_pem, cert, key.serialize_pem())
+}
+
+fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA")).expect("CA");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 impl Target {
@@ -673,9 +741,10 @@ struct Server {
 }
 
 impl Server {
-    /// A server on the defaults, except the quotas and the queue bound: one key drives every
-    /// producer and worker here, and the backlog is the thing being measured.
-    fn start() -> (Server, String, String) {
+    /// A server on the defaults, except the quotas, the queue bound and the rate limits: one key
+    /// drives every producer and worker here, and the backlog is the thing being measured. With
+    /// `tls`, over HTTPS with a throw-away certificate whose CA the bench clients trust.
+    fn start(tls: bool) -> (Server, String, String) {
         let dir = tempfile::Builder::new()
             .prefix("bulwark-load-")
             .tempdir()
@@ -683,20 +752,43 @@ impl Server {
         let path = dir.path().to_path_buf();
         let path = path.as_path();
         let config = path.join("bulwark.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\nshutdown_timeout_secs = 1\n\n\
-                 [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n\n\
-                 [quotas]\nmax_pending_jobs_per_principal = 0\n\
-                 max_running_jobs_per_principal = 0\n\n\
-                 [backpressure]\ndefault_max_depth = 0\n\n{}",
-                path.join("data").display().to_string(),
-                path.join("secrets").display().to_string(),
-                LOAD_LIMITS,
-            ),
-        )
-        .expect("write config");
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\nshutdown_timeout_secs = 1\n\n\
+             [storage]\ndata_dir = {:?}\n\n[secrets]\ndir = {:?}\n\n\
+             [quotas]\nmax_pending_jobs_per_principal = 0\n\
+             max_running_jobs_per_principal = 0\n\n\
+             [backpressure]\ndefault_max_depth = 0\n\n{}",
+            path.join("data").display().to_string(),
+            path.join("secrets").display().to_string(),
+            LOAD_LIMITS,
+        );
+        if tls {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            let (ca, cert, key) = tls_material();
+            let tls_dir = path.join("secrets").join("tls");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tls_dir)
+                .expect("secrets folder");
+            std::fs::set_permissions(
+                path.join("secrets"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .expect("secrets mode");
+            for (name, contents) in [("server.crt", &cert), ("server.key", &key)] {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(tls_dir.join(name))
+                    .expect("certificate file");
+                f.write_all(contents.as_bytes()).expect("write certificate");
+            }
+            text.push_str("\n[tls]\nenabled = true\n");
+            let _ = TLS_CLIENT.set(Arc::new(tls_client_config(&ca)));
+        }
+        std::fs::write(&config, text).expect("write config");
         let addr_file = path.join("addr");
         let log = std::fs::File::create(path.join("server.log")).expect("log file");
         let bin = env!("CARGO_BIN_EXE_bulwark");
@@ -719,7 +811,8 @@ impl Server {
         let url = loop {
             if let Ok(addr) = std::fs::read_to_string(&addr_file) {
                 if addr.ends_with('\n') {
-                    break format!("http://{}", addr.trim());
+                    let scheme = if tls { "https" } else { "http" };
+                    break format!("{scheme}://{}", addr.trim());
                 }
             }
             if let Some(status) = server
@@ -770,6 +863,10 @@ impl Drop for Server {
 fn loopback_addr(url: &str) -> SocketAddr {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| {
+            url.strip_prefix("https://")
+                .filter(|_| TLS_CLIENT.get().is_some())
+        })
         .unwrap_or_else(|| die("--url must be http://HOST:PORT (plain HTTP on loopback)"));
     let hostport = rest.trim_end_matches('/');
     if hostport.contains('/') {
@@ -1462,10 +1559,16 @@ fn main() {
                 .key
                 .clone()
                 .unwrap_or_else(|| die("--url needs --key (or BULWARK_KEY)"));
+            if opts.tls {
+                die("--tls on applies to the server the bench starts, not to --url");
+            }
             (url.clone(), key)
         }
         (None, true) => {
-            let (s, url, key) = Server::start();
+            if opts.tls && opts.client != ClientKind::Hyper {
+                die("--tls on works with --client hyper");
+            }
+            let (s, url, key) = Server::start(opts.tls);
             println!(
                 "started {} at {url} (data in {})",
                 env!("CARGO_BIN_EXE_bulwark"),

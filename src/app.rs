@@ -257,9 +257,30 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             )))
             .await;
     }
+    let tls = if config.tls.enabled {
+        let runtime = crate::tls::TlsRuntime::load(
+            &config.tls,
+            &config.secrets.dir,
+            Arc::new(config.policy()?),
+        )
+        .context(
+            "cannot load the TLS certificate ([tls]); scripts/dev-certs.sh makes a development set",
+        )?;
+        Some(Arc::new(runtime))
+    } else {
+        None
+    };
     let listener = TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let insecure_public = tls.is_none() && !addr.ip().is_loopback();
+    if insecure_public {
+        warn!(
+            %addr,
+            "INSECURE: plain HTTP on a non-loopback address (server.allow_insecure_plaintext_non_loopback); \
+             credentials and job payloads cross the network unencrypted. Configure [tls]"
+        );
+    }
     audit
         .emit(
             AuditEvent::new("server.started", Outcome::Success)
@@ -271,7 +292,13 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 .detail("testing_reset", config.testing.allow_reset)
                 .detail("testing_directives", config.testing.honour_test_directives)
                 .detail("action_types", config.auth.actions.types.len())
-                .detail("audit_retention_days", config.audit.retention_days),
+                .detail("audit_retention_days", config.audit.retention_days)
+                .detail("tls", tls.is_some())
+                .detail(
+                    "client_auth",
+                    format!("{:?}", config.tls.client_auth).to_lowercase(),
+                )
+                .detail("insecure_plaintext_non_loopback", insecure_public),
         )
         .await;
     let audit_log = config.audit_config().log_file;
@@ -307,11 +334,28 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         limiter,
         vault,
         watcher: watcher.clone(),
+        tls: tls.clone(),
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();
     let mut running = tokio::spawn(server);
-    info!(%addr, "listening (plain HTTP on loopback)");
+    let mut reloader = None;
+    match &tls {
+        Some(runtime) => {
+            crate::tls::publish_expiry(runtime);
+            reloader = Some(crate::tls::spawn_reloader(runtime.clone(), audit.clone()));
+            watcher
+                .register(Arc::new(crate::tls::TlsReload(runtime.clone())))
+                .await;
+            let expiry = runtime.expiry(crate::clock::now_ms() / 1000);
+            if expiry.status != "ok" {
+                warn!(status = expiry.status, not_after = %crate::clock::rfc3339(expiry.not_after * 1000), "the TLS certificate expires soon");
+            }
+            info!(%addr, client_auth = ?runtime.settings.client_auth, "listening (HTTPS: TLS 1.3 and 1.2)");
+        }
+        None if insecure_public => info!(%addr, "listening (plain HTTP, insecure)"),
+        None => info!(%addr, "listening (plain HTTP on loopback)"),
+    }
     if let Some(path) = addr_file {
         write_addr_file(&path, addr)?;
     }
@@ -330,6 +374,10 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     }
     queue.drain().await;
     handle.stop(true).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+        let _ = reloader.await;
+    }
     let _ = running.await;
     // The watcher's reloaders hold the vault, which holds a queue handle: let them go so the
     // queue thread can end.

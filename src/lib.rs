@@ -2,7 +2,8 @@
 //!
 //! The map: [`http`] is the edge; it authenticates through the [`auth`] store and drives the
 //! [`queue`] actor, which owns the job state machine over the [`store`]. [`job`] holds the pure
-//! job rules (envelope validation, retry timing, wire form). [`app`] wires it all together.
+//! job rules (envelope validation, retry timing, wire form). [`tls`] is transport security.
+//! [`app`] wires it all together.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -22,4 +23,5 @@ pub mod rules;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod vault;

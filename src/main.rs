@@ -43,6 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config, addr_file } => {
             let config = Config::load(config.as_deref())?;
             bulwark::telemetry::init(&config.log);
+            // One crypto provider for the process (ring), before anything uses rustls.
+            bulwark::tls::install_default_provider();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("bulwark-main")

@@ -2,11 +2,12 @@
 //! `GET /metrics` (which needs the inspect permission: an observer or admin credential).
 //!
 //! Security metrics: authentication attempts by outcome and failure reason, requests by
-//! credential kind (API key, JWT, session), API key verifications (argon2 runs), authorization
-//! denials, admin logins and token refreshes by outcome, audit records and audit write failures,
-//! credentials throttled before verification, rate-limit refusals by scope, connections over a
-//! limit, abuse detections and configuration reloads; plus HTTP responses by status class and
-//! jobs by state.
+//! credential kind (API key, JWT, session, certificate), API key verifications (argon2 runs),
+//! authorization denials, admin logins and token refreshes by outcome, audit records and audit
+//! write failures, credentials throttled before verification, rate-limit refusals by scope,
+//! connections over a limit, abuse detections, configuration reloads, TLS handshake failures and
+//! rejected client certificates, certificate reloads and expiry, unreadable jobs; plus HTTP
+//! responses by status class and jobs by state.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -38,6 +39,18 @@ pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
 pub const LIMIT_REFUSALS: &str = "bulwark_limit_refusals_total";
 /// `bulwark_backpressure_dropped_total`: jobs discarded by drop-oldest queues.
 pub const BACKPRESSURE_DROPPED: &str = "bulwark_backpressure_dropped_total";
+/// `bulwark_tls_handshake_failures_total{reason}`
+pub const TLS_HANDSHAKE_FAILURES: &str = "bulwark_tls_handshake_failures_total";
+/// `bulwark_tls_certificate_rejections_total{reason}`: client certificates refused at the
+/// handshake (expired, revoked, unknown issuer, missing when required, ...).
+pub const TLS_CERT_REJECTIONS: &str = "bulwark_tls_certificate_rejections_total";
+/// `bulwark_tls_reloads_total{result}`: certificate reloads that went live or were refused.
+pub const TLS_RELOADS: &str = "bulwark_tls_reloads_total";
+/// `bulwark_tls_certificate_expiry_seconds`: seconds until the server certificate expires.
+pub const TLS_CERT_EXPIRY: &str = "bulwark_tls_certificate_expiry_seconds";
+/// `bulwark_tls_certificate_expiring`: 1 when the server certificate expires within
+/// `[tls] expiry_warning_days` (or has expired), else 0.
+pub const TLS_CERT_EXPIRING: &str = "bulwark_tls_certificate_expiring";
 /// `bulwark_jobs{state}` (gauge, refreshed at each scrape)
 pub const JOBS: &str = "bulwark_jobs";
 /// `bulwark_rate_limited_total{scope}`: requests refused by a rate limit.
@@ -107,4 +120,21 @@ fn describe() {
     metrics::describe_counter!(ABUSE_EVENTS, "Abuse patterns detected, by pattern");
     metrics::describe_gauge!(ABUSE_TRACKED, "Principals tracked by abuse detection");
     metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads by outcome");
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
+    );
+    metrics::describe_counter!(
+        TLS_CERT_REJECTIONS,
+        "Client certificates refused at the handshake, by reason"
+    );
+    metrics::describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "Seconds until the server certificate expires"
+    );
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRING,
+        "1 when the server certificate expires within the warning window"
+    );
 }

@@ -50,6 +50,10 @@ pub const EVENTS: &[EventType] = &[
     ev("policy_token.used", "`POST /ojs/v1/jobs` of an action job type with `X-OJS-Policy-Token`", true),
     ev("dead_letter.retried", "`POST /ojs/v1/dead-letter/{id}/retry`", true),
     ev("dead_letter.deleted", "`DELETE /ojs/v1/dead-letter/{id}`", true),
+    ev("tls.handshake_failure", "a failed TLS handshake (protocol, cipher, timeout; once a minute per address and reason, with a count)", false),
+    ev("tls.certificate_rejected", "a client certificate refused at the handshake (expired, revoked, untrusted, missing when required; once a minute per address and reason)", false),
+    ev("tls.certificate_reloaded", "a new server certificate/key or client CA/CRL going live (secret watcher, poll, SIGHUP)", false),
+    ev("tls.reload_failed", "a certificate reload refused (mismatched pair, half-written or exposed key; the old one stays)", false),
     ev("secret.rotated", "the secret watcher (file change, SIGHUP, 60 s timer) swapping in new KEKs, JWT verification keys, the policy-token secret or the session signing key (key ids only)", false),
     ev("secret.reload_failed", "the secret watcher refusing a malformed, half-written or exposed secret (the old one stays)", false),
     ev("vault.rewrap", "`POST /ojs/v1/admin/vault/rewrap`, `bulwark vault rewrap`", true),
@@ -150,6 +154,8 @@ mod tests {
         "backpressure.max_size_bytes",
         "backpressure.strategy",
         "backpressure.warning_threshold",
+        "server.crt",
+        "server.key",
     ];
 
     #[test]

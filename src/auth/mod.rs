@@ -50,6 +50,8 @@ pub enum Credential {
     Jwt { kid: String },
     /// An admin user's session.
     Session { session: String },
+    /// A verified TLS client certificate, by its SHA-256 fingerprint (hex).
+    Certificate { fingerprint: String },
 }
 
 /// An authenticated caller.
@@ -182,7 +184,7 @@ impl Principal {
     }
 
     /// The credential, truncated so that it identifies without revealing: `bwk_…a1b2`,
-    /// `jwt:<kid>`, `session:…a1b2`.
+    /// `jwt:<kid>`, `session:…a1b2`, `cert:<first 16 hex digits of the SHA-256 fingerprint>`.
     #[must_use]
     pub fn credential_id(&self) -> String {
         match &self.credential {
@@ -191,6 +193,9 @@ impl Principal {
             Credential::Session { session } => {
                 let tail = session.get(session.len().saturating_sub(4)..).unwrap_or("");
                 format!("session:…{tail}")
+            }
+            Credential::Certificate { fingerprint } => {
+                format!("cert:{}", fingerprint.get(..16).unwrap_or(fingerprint))
             }
         }
     }
@@ -202,6 +207,7 @@ impl Principal {
             Credential::ApiKey { .. } => "api_key",
             Credential::Jwt { .. } => "jwt",
             Credential::Session { .. } => "session",
+            Credential::Certificate { .. } => "certificate",
         }
     }
 

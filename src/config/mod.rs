@@ -50,6 +50,7 @@ pub struct Config {
     #[serde(skip)]
     pub base_dir: PathBuf,
     pub vault: VaultSection,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[vault]`: envelope encryption at rest.
@@ -142,6 +143,9 @@ pub struct ServerConfig {
     pub request_head_timeout_secs: u64,
     /// Seconds an idle keep-alive connection stays open (at most 120).
     pub keep_alive_secs: u64,
+    /// Serve plain HTTP on a non-loopback address (no `[tls]`). Insecure: anyone on the path
+    /// reads credentials and payloads; a warning is logged at every start.
+    pub allow_insecure_plaintext_non_loopback: bool,
 }
 
 impl Default for ServerConfig {
@@ -153,6 +157,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             request_head_timeout_secs: 10,
             keep_alive_secs: 75,
+            allow_insecure_plaintext_non_loopback: false,
         }
     }
 }
@@ -310,10 +315,15 @@ impl Config {
 
     /// Refuses unsafe or meaningless combinations.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !self.server.listen.ip().is_loopback() {
+        if !self.server.listen.ip().is_loopback()
+            && !self.tls.enabled
+            && !self.server.allow_insecure_plaintext_non_loopback
+        {
             bail!(
-                "server.listen is {}, which is not a loopback address: Bulwark serves plain HTTP \
-                 on loopback only until TLS is configured; listen on 127.0.0.1 or ::1",
+                "server.listen is {}, which is not a loopback address, and TLS is off: Bulwark \
+                 serves plain HTTP on loopback only. Fix: set [tls] enabled = true with cert_file \
+                 and key_file (scripts/dev-certs.sh makes a development set), or listen on \
+                 127.0.0.1 / ::1",
                 self.server.listen
             );
         }
@@ -353,7 +363,8 @@ impl Config {
                 bail!("vault.active_kek must be a key id (1-64 of A-Z a-z 0-9 _ . -)");
             }
         }
-        self.policy()?;
+        let policy = self.policy()?;
+        self.tls.validate(&policy).context("invalid [tls]")?;
         self.sessions.validate()?;
         self.payload.validate()?;
         self.validation.validate()?;
@@ -500,6 +511,11 @@ mod tests {
             d.secrets.reload_interval_secs
         );
         assert_eq!(c.secrets.reload_debounce_ms, d.secrets.reload_debounce_ms);
+        assert_eq!(c.tls, d.tls);
+        assert_eq!(
+            c.server.allow_insecure_plaintext_non_loopback,
+            d.server.allow_insecure_plaintext_non_loopback
+        );
     }
 
     #[test]
@@ -522,6 +538,21 @@ mod tests {
         assert!(!ok("[limits.abuse]\ndemote_to = 100\n"));
         assert!(Config::parse("[limits.rate]\nip = { per_second = 1 }\n").is_err());
         assert!(Config::parse("[limits]\nper_ip = 1\n").is_err());
+    }
+
+    #[test]
+    fn public_listeners_need_tls_or_the_insecure_switch() {
+        let c = Config::parse("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let msg = format!("{:#}", c.validate().unwrap_err());
+        assert!(msg.contains("[tls] enabled = true"), "{msg}");
+        let c = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8080\"\nallow_insecure_plaintext_non_loopback = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c =
+            Config::parse("[server]\nlisten = \"0.0.0.0:8443\"\n[tls]\nenabled = true\n").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

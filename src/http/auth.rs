@@ -2,6 +2,13 @@
 //! credential the auth store accepted and whom the route table ([`super::access`]) allows on
 //! this route, acting for the tenant the credential decides.
 //!
+//! Credentials: a bearer token (API key, JWT, admin session) when the request has an
+//! `Authorization` header; otherwise the connection's verified TLS client certificate, when it
+//! maps to a `[[tls.client_identities]]` entry. A principal holding a role listed in
+//! `[tls] require_certificate_for_roles` must be the certificate's own principal, or come over
+//! a connection whose certificate maps to the same principal name and tenant (else 403,
+//! `certificate_required`).
+//!
 //! Tenant: a tenant-bound credential acts for its tenant; `X-OJS-Tenant` (or
 //! `X-OJS-Tenant-Id`) may only repeat it. A system-scoped administrator may name a tenant in
 //! the header to act for it. Anything else is refused with 403 and audited.
@@ -21,12 +28,13 @@ use super::error::ApiError;
 use crate::audit::Outcome;
 use crate::auth::records::is_valid_tenant;
 use crate::auth::session::{self, SessionVerifier};
-use crate::auth::{jwt, key, AuthError, AuthHandle, Permission, Principal, Reach};
+use crate::auth::{jwt, key, AuthError, AuthHandle, Credential, Permission, Principal, Reach};
 use crate::job::{Job, Visibility};
 use crate::limiter::middleware as limits;
 use crate::limiter::rates::{Class, RateInfo, Scope};
 use crate::limiter::LimiterHandle;
 use crate::queue::{Holder, QueueError};
+use crate::tls::accept::ClientCertificate;
 
 /// The longest bearer token looked at; anything longer is refused unread.
 const MAX_TOKEN_LEN: usize = 8192;
@@ -347,27 +355,16 @@ fn note_throttled(req: &HttpRequest, retry_after: &std::time::Duration) {
     );
 }
 
-async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
-    let auth = req
-        .app_data::<web::Data<AuthHandle>>()
-        .cloned()
-        .ok_or_else(ApiError::unavailable)?;
-    let peer = req.peer_addr().map(|a| a.ip());
-    let token = match bearer(&req) {
-        TokenCheck::Bearer(token) => token,
-        TokenCheck::Missing => {
-            refuse_unauthenticated(&req, "missing", None, true).await;
-            return Err(ApiError::unauthenticated());
-        }
-        TokenCheck::Malformed => {
-            refuse_unauthenticated(&req, "malformed", None, true).await;
-            return Err(ApiError::unauthenticated());
-        }
-    };
+/// Who a bearer token is: an admin session (one HMAC), a JWT (one signature check) or an API
+/// key (argon2 once per key per process). Failures are counted and audited.
+async fn bearer_principal(
+    req: &HttpRequest,
+    auth: &AuthHandle,
+    token: SecretString,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Arc<Principal>, ApiError> {
     // The public key id, if the token has the shape of a key, for the record.
     let key_id = key::parse(token.expose_secret()).map(|k| key::display_id(k.id));
-    // Three kinds of bearer token: admin sessions (one HMAC), JWTs (one signature check) and
-    // API keys (argon2 once per key per process).
     let result = if token.expose_secret().starts_with(session::ACCESS_PREFIX) {
         match req.app_data::<web::Data<SessionVerifier>>() {
             Some(sessions) => sessions.authenticate(&token),
@@ -378,25 +375,81 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     } else {
         auth.authenticate(token, peer).await
     };
-    let principal = match result {
-        Ok(principal) => principal,
+    match result {
+        Ok(principal) => Ok(principal),
         Err(e) => {
             info!(source_ip = ?peer, reason = %e, "authentication failed");
             if let AuthError::Throttled { retry_after, .. } = &e {
-                note_throttled(&req, retry_after);
+                note_throttled(req, retry_after);
             }
             if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
                 // Throttled refusals are audited once per address a minute; each is counted.
                 let record = !matches!(e, AuthError::Throttled { report: false, .. });
-                refuse_unauthenticated(&req, e.metric_reason(), key_id, record).await;
+                refuse_unauthenticated(req, e.metric_reason(), key_id, record).await;
             }
             if let AuthError::Throttled { retry_after, .. } = &e {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                limits::delay_refusal(&req, secs).await;
+                limits::delay_refusal(req, secs).await;
             }
-            return Err(e.into());
+            Err(e.into())
+        }
+    }
+}
+
+/// The principal of the connection's verified client certificate, when it maps to a
+/// configured identity.
+fn certificate_principal(req: &HttpRequest) -> Option<Arc<Principal>> {
+    req.conn_data::<ClientCertificate>()
+        .and_then(|c| c.principal.clone())
+}
+
+async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
+    let auth = req
+        .app_data::<web::Data<AuthHandle>>()
+        .cloned()
+        .ok_or_else(ApiError::unavailable)?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    let from_certificate = certificate_principal(&req);
+    let token = match bearer(&req) {
+        TokenCheck::Bearer(token) => Some(token),
+        TokenCheck::Missing if from_certificate.is_some() => None,
+        TokenCheck::Missing => {
+            refuse_unauthenticated(&req, "missing", None, true).await;
+            return Err(ApiError::unauthenticated());
+        }
+        TokenCheck::Malformed => {
+            refuse_unauthenticated(&req, "malformed", None, true).await;
+            return Err(ApiError::unauthenticated());
         }
     };
+    let principal = match token {
+        Some(token) => bearer_principal(&req, &auth, token, peer).await?,
+        // No Authorization header and a client certificate mapped to an identity: that
+        // identity, for as long as the certificate is valid.
+        None => match from_certificate.clone() {
+            Some(p) if !p.expired_at(crate::clock::now_ms()) => p,
+            _ => {
+                refuse_unauthenticated(&req, "certificate_expired", None, true).await;
+                return Err(ApiError::unauthenticated());
+            }
+        },
+    };
+    // A role that requires a certificate is usable only by the certificate's own principal:
+    // a key or JWT holding it must come over a connection whose client certificate maps to
+    // the same principal name and tenant.
+    if let Some(policy) = req.app_data::<web::Data<super::CertificatePolicy>>() {
+        let needs_certificate = principal
+            .roles()
+            .iter()
+            .any(|r| policy.required_for_roles.contains(r));
+        let bound = matches!(principal.credential(), Credential::Certificate { .. })
+            || from_certificate
+                .as_ref()
+                .is_some_and(|c| c.name() == principal.name() && c.tenant() == principal.tenant());
+        if needs_certificate && !bound {
+            return Err(forbidden(&req, &principal, None, None, "certificate_required").await);
+        }
+    }
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "")
         .increment(1);
     metrics::counter!(crate::metrics::CREDENTIAL_USES, "kind" => principal.credential_kind())

@@ -50,6 +50,16 @@ pub struct Shared {
     pub vault: crate::vault::VaultHandle,
     /// The secret watcher, where further reloadable secrets are registered.
     pub watcher: crate::vault::watch::SecretWatcher,
+    /// TLS, when `[tls]` is on.
+    pub tls: Option<Arc<crate::tls::TlsRuntime>>,
+}
+
+/// What the auth extractor needs to know about client certificates (app data).
+#[derive(Clone, Debug, Default)]
+pub struct CertificatePolicy {
+    /// Roles usable only over a connection with a client certificate mapped to the same
+    /// principal.
+    pub required_for_roles: Arc<Vec<String>>,
 }
 
 /// Registers every route on an actix `ServiceConfig`.
@@ -73,6 +83,14 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(shared.actions.clone()))
             .app_data(web::Data::new(shared.rules.clone()))
             .app_data(web::Data::new(system::StartedAt(shared.started)))
+            .app_data(web::Data::new(shared.tls.clone()))
+            .app_data(web::Data::new(CertificatePolicy {
+                required_for_roles: shared
+                    .tls
+                    .as_ref()
+                    .map(|t| t.require_certificate_for_roles.clone())
+                    .unwrap_or_default(),
+            }))
             .app_data(web::QueryConfig::default().error_handler(|_, _| {
                 ApiError::invalid("query", "the query string is malformed").into()
             }))
@@ -150,8 +168,16 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
     }
 }
 
-/// Builds the server on an already bound listener. The caller runs it and stops it.
+/// Builds the server on an already bound listener: HTTPS when `shared.tls` is set, plain HTTP
+/// otherwise. The caller runs it and stops it.
 pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> {
+    match shared.tls.clone() {
+        Some(tls) => tls_server(shared, listener, &tls),
+        None => plain_server(shared, listener),
+    }
+}
+
+fn plain_server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> {
     let config = shared.config.clone();
     let routes = configure(&shared);
     let limiter = shared.limiter.clone();
@@ -175,4 +201,116 @@ pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> 
         server = server.workers(config.server.workers);
     }
     Ok(server.listen(listener)?.run())
+}
+
+/// The HTTPS server. It is assembled from actix-server and actix-http directly rather than
+/// through `HttpServer::listen_rustls_0_23`, whose TLS acceptor drops handshake errors: here
+/// every failed handshake reaches [`crate::tls::accept::HandshakeReporter`] with the peer
+/// address. After the handshake, the connection hook stores the verified client certificate
+/// and its principal in the connection's data.
+fn tls_server(
+    shared: Shared,
+    listener: TcpListener,
+    tls: &Arc<crate::tls::TlsRuntime>,
+) -> std::io::Result<Server> {
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{apply_fn_factory, fn_service, map_config, ServiceFactoryExt as _};
+    use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
+    use actix_tls::accept::TlsError;
+    use actix_web::rt::net::TcpStream;
+
+    use crate::tls::accept::{classify, HandshakeReporter};
+
+    let config = shared.config.clone();
+    let addr = listener.local_addr()?;
+    let mut rustls_config = tls
+        .server_config()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    rustls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let rustls_config = Arc::new(rustls_config);
+    let handshake_timeout = tls.handshake_timeout();
+    let identities = tls.identities.clone();
+    let reporter = Arc::new(HandshakeReporter::new(shared.audit.clone()));
+    let routes = configure(&shared);
+    let keep_alive = Duration::from_secs(config.server.keep_alive_secs);
+    let head_timeout = Duration::from_secs(config.server.request_head_timeout_secs);
+    let host = addr.to_string();
+    let limiter = shared.limiter.clone();
+
+    let mut builder = actix_server::Server::build()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .disable_signals();
+    if config.server.workers > 0 {
+        builder = builder.workers(config.server.workers);
+    }
+    builder = builder.listen("bulwark-https", listener, move || {
+        let app = App::new()
+            .configure(routes.clone())
+            .default_service(web::to(routes::not_found))
+            .wrap(actix_web::middleware::from_fn(
+                crate::limiter::middleware::limits,
+            ))
+            .wrap(actix_web::middleware::from_fn(middleware::standard_headers));
+        let identities = identities.clone();
+        let limiter = limiter.clone();
+        let host = host.clone();
+        let http = HttpService::build()
+            .keep_alive(keep_alive)
+            .client_request_timeout(head_timeout)
+            .on_connect_ext(move |io: &TlsStream<TcpStream>, ext| {
+                // The connection limits count it (per address and in all), then the client
+                // certificate and its principal are stored.
+                crate::limiter::connections::on_connect(&limiter, io, ext);
+                crate::tls::accept::on_connect(io.get_ref().1, &identities, ext);
+            })
+            .finish(map_config(
+                actix_service::IntoServiceFactory::into_factory(app)
+                    .map_err(|err: actix_web::Error| err.error_response()),
+                // `AppConfig::new` is crate-private; this is its public (doc-hidden) twin, the
+                // one actix-test uses. `secure = true` is what turns HSTS on in the middleware.
+                move |()| actix_web::dev::AppConfig::__priv_test_new(true, host.clone(), addr),
+            ))
+            .map_err(|_| ())
+            .map_init_err(|_| ());
+        let mut acceptor = Acceptor::new((*rustls_config).clone());
+        acceptor.set_handshake_timeout(handshake_timeout);
+        let reporter = reporter.clone();
+        apply_fn_factory::<_, Acceptor, _, _, TcpStream, TcpStream, _, _>(
+            acceptor,
+            move |tcp: TcpStream, service: &actix_tls::accept::rustls_0_23::AcceptorService| {
+                let peer = tcp.peer_addr().ok();
+                let handshake = actix_service::Service::call(service, tcp);
+                let reporter = reporter.clone();
+                async move {
+                    match handshake.await {
+                        Ok(stream) => Ok(stream),
+                        Err(e) => {
+                            let failure = match &e {
+                                TlsError::Timeout => classify(true, None),
+                                TlsError::Tls(io) => classify(false, Some(io)),
+                                TlsError::Service(never) => match *never {},
+                            };
+                            reporter.report(peer, failure).await;
+                            Err(e)
+                        }
+                    }
+                }
+            },
+        )
+        .map_err(|_| ())
+        .map_init_err(|_| ())
+        .and_then(fn_service(|stream: TlsStream<TcpStream>| async move {
+            let (tcp, conn) = stream.get_ref();
+            let protocol = if conn.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr().ok();
+            Ok::<_, ()>((stream, protocol, peer))
+        }))
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }

@@ -113,7 +113,13 @@ impl Connections {
 /// The peer address of an accepted connection, for the transports the server uses.
 #[must_use]
 pub fn peer_ip(io: &dyn Any) -> Option<IpAddr> {
-    io.downcast_ref::<actix_web::rt::net::TcpStream>()
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    io.downcast_ref::<TcpStream>()
+        .or_else(|| {
+            io.downcast_ref::<TlsStream<TcpStream>>()
+                .map(|s| s.get_ref().0)
+        })
         .and_then(|tcp| tcp.peer_addr().ok())
         .map(|a| a.ip())
 }

@@ -45,6 +45,10 @@ pub trait Reload: Send + Sync {
     /// Re-reads and validates the whole set and swaps it in atomically; on error, keeps the
     /// current one.
     fn reload(&self) -> Result<Change, ReloadError>;
+    /// The audit event types of a rotation and of a refused reload.
+    fn events(&self) -> (&'static str, &'static str) {
+        ("secret.rotated", "secret.reload_failed")
+    }
 }
 
 /// Watcher settings.
@@ -143,6 +147,7 @@ fn under(dirs: &[PathBuf], path: &Path) -> bool {
 
 async fn reload_one(reloader: Arc<dyn Reload>, audit: Option<&AuditHandle>, why: &'static str) {
     let name = reloader.name();
+    let (rotated, refused) = reloader.events();
     let outcome = tokio::task::spawn_blocking(move || reloader.reload()).await;
     match outcome {
         Ok(Ok(Change::Unchanged)) => debug!(secret = name, why, "secret unchanged"),
@@ -151,7 +156,7 @@ async fn reload_one(reloader: Arc<dyn Reload>, audit: Option<&AuditHandle>, why:
             if let Some(audit) = audit {
                 audit
                     .emit(
-                        AuditEvent::new("secret.rotated", Outcome::Success)
+                        AuditEvent::new(rotated, Outcome::Success)
                             .detail("secret", name)
                             .detail("change", summary)
                             .detail("trigger", why),
@@ -164,7 +169,7 @@ async fn reload_one(reloader: Arc<dyn Reload>, audit: Option<&AuditHandle>, why:
             if let Some(audit) = audit {
                 audit
                     .emit(
-                        AuditEvent::new("secret.reload_failed", Outcome::Failure)
+                        AuditEvent::new(refused, Outcome::Failure)
                             .detail("secret", name)
                             .detail("reason", e.to_string())
                             .detail("trigger", why),

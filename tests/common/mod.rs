@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -19,6 +21,12 @@ pub struct ServerOptions {
     pub conformance: bool,
     /// Environment variables for the server process (e.g. `OJS_SECRET_*`).
     pub env: Vec<(String, String)>,
+    /// Files written into the secrets folder before the first start (relative path,
+    /// contents; mode 0600).
+    pub secret_files: Vec<(String, String)>,
+    /// Serve HTTPS: the CA certificate (PEM) clients trust. The caller's `extra_toml` holds
+    /// the `[tls]` table.
+    pub https_ca: Option<String>,
 }
 
 /// Lifts the per-address key-verification budget, for tests that send many wrong keys on
@@ -69,6 +77,8 @@ pub struct TestServer {
     pub dir: PathBuf,
     config_path: PathBuf,
     env: Vec<(String, String)>,
+    /// The CA clients trust, when the server speaks HTTPS.
+    pub https_ca: Option<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -92,12 +102,14 @@ impl TestServer {
         let dir = tmp.path().to_path_buf();
         let config_path = dir.join("bulwark.toml");
         std::fs::write(&config_path, config_text(&dir, &opts)).expect("write config");
+        write_secret_files(&dir.join("secrets"), &opts.secret_files);
         let mut server = TestServer {
             base_url: String::new(),
             admin_key: String::new(),
             dir,
             config_path,
             env: opts.env.clone(),
+            https_ca: opts.https_ca.clone(),
             child: None,
             _tmp: Some(tmp),
         };
@@ -135,7 +147,12 @@ impl TestServer {
         loop {
             if let Ok(addr) = std::fs::read_to_string(&addr_file) {
                 if addr.ends_with('\n') {
-                    self.base_url = format!("http://{}", addr.trim());
+                    let scheme = if self.https_ca.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    self.base_url = format!("{scheme}://{}", addr.trim());
                     break;
                 }
             }
@@ -222,12 +239,23 @@ impl TestServer {
         format!("{}{}", self.base_url, path)
     }
 
-    /// An HTTP client with keep-alive, for this server.
+    /// An HTTP client with keep-alive, for this server (trusting its CA on HTTPS).
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client")
+        match &self.https_ca {
+            Some(ca) => tls_client(ca, None, None),
+            None => reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// The `host:port` the server listens on.
+    pub fn authority(&self) -> String {
+        self.base_url
+            .split_once("://")
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_default()
     }
 
     pub fn auth(&self) -> String {
@@ -263,4 +291,111 @@ fn config_text(dir: &Path, opts: &ServerOptions) -> String {
 /// The secret part of an API key (`bwk_<env>_<id>_<secret>`; the secret may itself contain `_`).
 pub fn key_secret(key: &str) -> &str {
     key.splitn(4, '_').nth(3).expect("a bwk_ key")
+}
+
+fn write_secret_files(secrets: &Path, files: &[(String, String)]) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    for (rel, contents) in files {
+        let path = secrets.join(rel);
+        let parent = path.parent().expect("a parent");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .expect("secrets folder");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("secret file");
+        std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write secret file");
+    }
+}
+
+/// A rustls client config trusting `ca_pem`, presenting `identity` (certificate, key) if
+/// given, limited to `version` if given.
+pub fn rustls_client_config(
+    ca_pem: &str,
+    identity: Option<&pki::Pair>,
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
+        Some(v) => vec![v],
+        None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(pair) => {
+            let chain = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// A reqwest client over [`rustls_client_config`].
+pub fn tls_client(
+    ca_pem: &str,
+    identity: Option<&pki::Pair>,
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(rustls_client_config(ca_pem, identity, version))
+        .build()
+        .expect("client")
+}
+
+/// A PKI and the `[tls]` options for a server using it: server certificate and key in
+/// `tls/`, the CA as client CA, CRL `tls/ca.crl` revoking `revoked`, `client_auth` as given,
+/// and `extra_tls` lines appended to the `[tls]` table (identities go after, as
+/// `[[tls.client_identities]]`).
+pub fn tls_options(
+    ca: &pki::Ca,
+    client_auth: &str,
+    revoked: &[u64],
+    extra_tls: &str,
+    after: &str,
+) -> ServerOptions {
+    let server = ca.server(90);
+    let mut files = vec![
+        ("tls/server.crt".to_string(), server.cert),
+        ("tls/server.key".to_string(), server.key),
+        ("tls/ca.crt".to_string(), ca.cert.clone()),
+    ];
+    let mut toml =
+        format!("[tls]\nenabled = true\nclient_auth = \"{client_auth}\"\nreload_poll_secs = 1\n");
+    if client_auth != "none" {
+        toml.push_str("client_ca_file = \"tls/ca.crt\"\n");
+        files.push(("tls/ca.crl".to_string(), ca.crl(revoked)));
+        toml.push_str("client_crl_files = [\"tls/ca.crl\"]\n");
+    }
+    toml.push_str(extra_tls);
+    toml.push('\n');
+    toml.push_str(after);
+    ServerOptions {
+        extra_toml: toml,
+        secret_files: files,
+        https_ca: Some(ca.cert.clone()),
+        ..ServerOptions::default()
+    }
 }

@@ -952,9 +952,8 @@ fn log_tail(server: &TestServer) -> String {
     log[start..].to_string()
 }
 
-async fn run_lane(tests: Vec<TestCase>) -> Vec<TestResult> {
-    let started =
-        tokio::task::spawn_blocking(|| TestServer::start(ServerOptions::conformance())).await;
+async fn run_lane(tests: Vec<TestCase>, options: ServerOptions) -> Vec<TestResult> {
+    let started = tokio::task::spawn_blocking(move || TestServer::start(options)).await;
     let mut server = match started {
         Ok(server) => server,
         Err(e) => {
@@ -1202,6 +1201,17 @@ impl Report {
 
 /// Runs every test under `<suites>/<folder>` on fresh servers and returns the report.
 pub fn run_folder(folder: &str, known: &'static [KnownFailure]) -> Report {
+    run_folder_with(folder, known, &ServerOptions::conformance())
+}
+
+/// [`run_folder`] on servers started with `options` (conformance mode is switched on).
+pub fn run_folder_with(
+    folder: &str,
+    known: &'static [KnownFailure],
+    options: &ServerOptions,
+) -> Report {
+    let mut options = options.clone();
+    options.conformance = true;
     let (tests, filter) = filter(load_folder(folder));
     let lanes_wanted = lane_count();
     let lanes = distribute(tests, lanes_wanted);
@@ -1215,7 +1225,7 @@ pub fn run_folder(folder: &str, known: &'static [KnownFailure]) -> Report {
     let mut results: Vec<TestResult> = runtime.block_on(async {
         let handles: Vec<_> = lanes
             .into_iter()
-            .map(|l| tokio::spawn(run_lane(l)))
+            .map(|l| tokio::spawn(run_lane(l, options.clone())))
             .collect();
         let mut all = Vec::new();
         for h in handles {
@@ -1236,8 +1246,13 @@ pub fn run_folder(folder: &str, known: &'static [KnownFailure]) -> Report {
 
 /// Runs a folder and fails (with the summary as the message) on any unexpected result.
 pub fn run_and_assert(folder: &str, known: &'static [KnownFailure]) {
+    run_and_assert_with(folder, known, &ServerOptions::conformance());
+}
+
+/// [`run_and_assert`] on servers started with `options` (e.g. over HTTPS).
+pub fn run_and_assert_with(folder: &str, known: &'static [KnownFailure], options: &ServerOptions) {
     crate::common::install_crypto_provider();
-    let report = run_folder(folder, known);
+    let report = run_folder_with(folder, known, options);
     let summary = report.summary();
     if report.ok() {
         println!("{summary}");

@@ -17,11 +17,14 @@ use crate::queue::{EventFilter, QueueHandle};
 #[derive(Clone, Copy)]
 pub struct StartedAt(pub Instant);
 
-/// `GET /ojs/v1/health`: public, so it tells only whether the server can serve.
+/// `GET /ojs/v1/health`: public, so it tells only whether the server can serve, how many jobs
+/// no loaded key can open, and on HTTPS the expiry of the certificate every client already sees
+/// (`tls.status` is `expiring` within `[tls] expiry_warning_days`).
 pub async fn health(
     queue: web::Data<QueueHandle>,
     vault: web::Data<crate::vault::VaultHandle>,
     started: web::Data<StartedAt>,
+    tls: web::Data<Option<std::sync::Arc<crate::tls::TlsRuntime>>>,
 ) -> HttpResponse {
     let uptime = started.0.elapsed().as_secs();
     let unreadable = vault.keys().unreadable_jobs();
@@ -30,16 +33,24 @@ pub async fn health(
         "unreadable_jobs": unreadable,
     });
     match queue.stats().await {
-        Ok(_) => json(
-            StatusCode::OK,
-            &json!({
+        Ok(_) => {
+            let mut body = json!({
                 "status": "ok",
                 "version": "1.0",
                 "uptime_seconds": uptime,
                 "backend": { "type": "redb", "status": "connected" },
                 "encryption": encryption,
-            }),
-        ),
+            });
+            if let Some(runtime) = tls.as_ref() {
+                let e = runtime.expiry(crate::clock::now_ms() / 1000);
+                body["tls"] = json!({
+                    "status": e.status,
+                    "certificate_not_after": rfc3339(e.not_after.saturating_mul(1000)),
+                    "certificate_expires_in_days": e.seconds_left.div_euclid(86_400),
+                });
+            }
+            json(StatusCode::OK, &body)
+        }
         Err(_) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({

@@ -1,0 +1,215 @@
+//! The edge of a TLS connection: what the server keeps from a completed handshake (the
+//! verified client certificate and the principal it maps to, in the connection's data), and
+//! what it does with a failed one (counted by reason; audited as `tls.handshake_failure` or
+//! `tls.certificate_rejected`, at most once a minute per source address, kind and reason, each
+//! record saying how many failures went unaudited since the previous one, so a scanner cannot
+//! flood the audit log).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Extensions;
+use rustls::{CertificateError, Error as RustlsError};
+
+use super::identity::{self, Identities};
+use crate::audit::{AuditEvent, AuditHandle, Outcome};
+use crate::auth::Principal;
+
+/// The verified client certificate of a connection (connection data).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    /// SHA-256 of the leaf, hex.
+    pub fingerprint: String,
+    /// The configured identity it maps to, if any.
+    pub principal: Option<Arc<Principal>>,
+}
+
+/// Records the leaf certificate (the first of the peer's chain; rustls has verified the chain
+/// during the handshake) and the principal it maps to.
+pub fn on_connect(conn: &rustls::ServerConnection, identities: &Identities, ext: &mut Extensions) {
+    let Some(leaf) = conn.peer_certificates().and_then(<[_]>::first) else {
+        return;
+    };
+    let Some(peer) = identity::parse(leaf) else {
+        return;
+    };
+    let principal = identities.principal(&peer);
+    ext.insert(ClientCertificate {
+        fingerprint: peer.fingerprint,
+        principal,
+    });
+}
+
+/// Why a handshake failed, as the audit and metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Failure {
+    /// `tls.handshake_failure` or `tls.certificate_rejected`.
+    pub event: &'static str,
+    /// A short, fixed label.
+    pub reason: &'static str,
+}
+
+fn certificate_reason(e: &CertificateError) -> &'static str {
+    match e {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not_valid_yet"
+        }
+        CertificateError::Revoked => "revoked",
+        CertificateError::UnknownIssuer => "unknown_issuer",
+        CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+        CertificateError::BadSignature => "bad_signature",
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "invalid_purpose"
+        }
+        CertificateError::BadEncoding => "bad_encoding",
+        _ => "other",
+    }
+}
+
+/// Classifies a failed handshake from the error the TLS acceptor returned.
+#[must_use]
+pub fn classify(timed_out: bool, io: Option<&std::io::Error>) -> Failure {
+    let handshake = |reason| Failure {
+        event: "tls.handshake_failure",
+        reason,
+    };
+    if timed_out {
+        return handshake("timeout");
+    }
+    let Some(io) = io else {
+        return handshake("other");
+    };
+    match io.get_ref().and_then(|e| e.downcast_ref::<RustlsError>()) {
+        Some(RustlsError::InvalidCertificate(e)) => Failure {
+            event: "tls.certificate_rejected",
+            reason: certificate_reason(e),
+        },
+        Some(RustlsError::NoCertificatesPresented) => Failure {
+            event: "tls.certificate_rejected",
+            reason: "no_certificate",
+        },
+        Some(RustlsError::PeerIncompatible(_)) => handshake("peer_incompatible"),
+        Some(RustlsError::PeerMisbehaved(_)) => handshake("peer_misbehaved"),
+        Some(RustlsError::InvalidMessage(_)) => handshake("invalid_message"),
+        Some(RustlsError::AlertReceived(_)) => handshake("alert_received"),
+        Some(_) => handshake("other"),
+        None => handshake("io"),
+    }
+}
+
+/// A minute per source address and kind.
+const WINDOW: Duration = Duration::from_secs(60);
+/// Most addresses tracked; beyond that they share one entry.
+const MAX_TRACKED: usize = 10_000;
+/// Stands for every address once the map is full, or when the address is unknown.
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+struct Window {
+    since: Instant,
+    suppressed: u64,
+}
+
+/// Counts and audits failed handshakes.
+pub struct HandshakeReporter {
+    audit: AuditHandle,
+    windows: Mutex<HashMap<(IpAddr, Failure), Window>>,
+}
+
+impl HandshakeReporter {
+    #[must_use]
+    pub fn new(audit: AuditHandle) -> Self {
+        Self {
+            audit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether to audit now, and how many failures since the previous record went unaudited.
+    fn due(&self, ip: IpAddr, failure: Failure, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock().ok()?;
+        let mut key = (ip, failure);
+        if windows.len() >= MAX_TRACKED && !windows.contains_key(&key) {
+            windows.retain(|_, w| now.duration_since(w.since) < WINDOW);
+            if windows.len() >= MAX_TRACKED {
+                key = (OVERFLOW, failure);
+            }
+        }
+        match windows.get_mut(&key) {
+            None => {
+                windows.insert(
+                    key,
+                    Window {
+                        since: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+            Some(w) if now.duration_since(w.since) >= WINDOW => {
+                let suppressed = w.suppressed;
+                w.since = now;
+                w.suppressed = 0;
+                Some(suppressed)
+            }
+            Some(w) => {
+                w.suppressed += 1;
+                None
+            }
+        }
+    }
+
+    /// Counts a failed handshake from `peer` and audits it if this address has not been
+    /// audited for this failure (kind and reason) within the last minute.
+    pub async fn report(&self, peer: Option<SocketAddr>, failure: Failure) {
+        let metric = if failure.event == "tls.certificate_rejected" {
+            crate::metrics::TLS_CERT_REJECTIONS
+        } else {
+            crate::metrics::TLS_HANDSHAKE_FAILURES
+        };
+        metrics::counter!(metric, "reason" => failure.reason).increment(1);
+        let ip = peer.map_or(OVERFLOW, |p| p.ip());
+        tracing::debug!(source_ip = %ip, event = failure.event, reason = failure.reason, "TLS handshake failed");
+        let Some(suppressed) = self.due(ip, failure, Instant::now()) else {
+            return;
+        };
+        let mut event = AuditEvent::new(failure.event, Outcome::Failure)
+            .detail("reason", failure.reason)
+            .detail("unaudited_since_previous", suppressed);
+        event.source_ip = peer.map(|p| p.ip().to_string());
+        self.audit.emit(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_are_rejections_and_the_rest_handshake_failures() {
+        let io = |e: RustlsError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let f = classify(
+            false,
+            Some(&io(RustlsError::InvalidCertificate(
+                CertificateError::Revoked,
+            ))),
+        );
+        assert_eq!(f.event, "tls.certificate_rejected");
+        assert_eq!(f.reason, "revoked");
+        let f = classify(false, Some(&io(RustlsError::NoCertificatesPresented)));
+        assert_eq!(f.reason, "no_certificate");
+        let f = classify(
+            false,
+            Some(&io(RustlsError::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            ))),
+        );
+        assert_eq!(f.event, "tls.handshake_failure");
+        assert_eq!(f.reason, "peer_incompatible");
+        assert_eq!(classify(true, None).reason, "timeout");
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(classify(false, Some(&eof)).reason, "io");
+    }
+}

@@ -1,0 +1,627 @@
+//! Transport security against the real server with real handshakes: protocol versions and
+//! cipher suites (openssl `s_client`), client certificates (good, expired, self-signed,
+//! revoked, missing), certificate-to-principal mapping, roles that require a certificate,
+//! certificate hot reload, security headers, and the plain-HTTP rules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use common::pki::{self, Ca};
+use common::{tls_client, tls_options, ServerOptions, TestServer};
+
+const WORKER_IDENTITY: &str = "[[tls.client_identities]]\nname = \"worker-1\"\ntenant = \"acme\"\nroles = [\"worker\"]\nsubject_cn = \"worker-1\"\n";
+
+/// Runs `openssl s_client` against the server with `args`; returns (handshake ok, output).
+fn s_client(server: &TestServer, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(server.authority())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A completed handshake names its cipher; a refused one says "Cipher is (NONE)".
+    let ok = text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+    (ok, text)
+}
+
+fn audit_lines(server: &TestServer, event_type: &str) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event_type"] == event_type)
+        .collect()
+}
+
+/// Waits until an audit record of `event_type` whose detail `reason` is `reason` appears.
+fn wait_audited(server: &TestServer, event_type: &str, reason: Option<&str>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = audit_lines(server, event_type)
+            .into_iter()
+            .find(|v| reason.is_none_or(|r| v["detail"]["reason"] == r))
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {event_type} ({reason:?}) audited; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn metrics(server: &TestServer) -> String {
+    server
+        .client()
+        .get(server.url("/metrics"))
+        .header("Authorization", server.auth())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
+    let ca = Ca::new("versions CA");
+    let server = TestServer::start(tls_options(&ca, "none", &[], "", ""));
+    let ca_file = server.dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert).unwrap();
+    let ca_arg = ca_file.to_str().unwrap();
+
+    for old in ["-tls1", "-tls1_1"] {
+        let (ok, out) = s_client(&server, &[old, "-cipher", "DEFAULT:@SECLEVEL=0"]);
+        assert!(!ok, "{old} was accepted:\n{out}");
+    }
+    // CBC (non-AEAD) suites, with and without forward secrecy, over TLS 1.2.
+    let (ok, out) = s_client(
+        &server,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:AES128-SHA:AES256-GCM-SHA384",
+        ],
+    );
+    assert!(!ok, "a non-AEAD or static-RSA suite was accepted:\n{out}");
+
+    let (ok, out) = s_client(&server, &["-tls1_2", "-CAfile", ca_arg, "-alpn", "h2"]);
+    assert!(ok, "TLS 1.2 refused:\n{out}");
+    assert!(
+        out.contains("ECDHE-ECDSA-AES256-GCM-SHA384") || out.contains("ECDHE-ECDSA-"),
+        "{out}"
+    );
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("ALPN protocol: h2"), "{out}");
+    let (ok, out) = s_client(&server, &["-CAfile", ca_arg, "-alpn", "http/1.1"]);
+    assert!(ok, "default handshake refused:\n{out}");
+    assert!(out.contains("TLSv1.3"), "TLS 1.3 is not preferred:\n{out}");
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+
+    // rustls clients limited to each version get real answers over HTTPS.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let client = tls_client(&ca.cert, None, Some(version));
+        let res = client
+            .get(server.url("/ojs/v1/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    // Refused handshakes are audited (once a minute per address) and all counted.
+    let record = wait_audited(&server, "tls.handshake_failure", Some("peer_incompatible"));
+    assert_eq!(record["source_ip"], "127.0.0.1");
+    assert_eq!(
+        audit_lines(&server, "tls.handshake_failure").len(),
+        1,
+        "repeated failures from one address within a minute must share one record"
+    );
+    let m = metrics(&server).await;
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with("bulwark_tls_handshake_failures_total{reason=\"peer_incompatible\"}")
+        })
+        .unwrap_or_else(|| panic!("no handshake failure metric:\n{m}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
+    assert!(m.contains("bulwark_tls_certificate_expiring 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_are_verified_and_mapped_to_principals() {
+    let ca = Ca::new("mtls CA");
+    let extra = "require_certificate_for_roles = [\"worker\"]\n";
+    let server = TestServer::start(tls_options(&ca, "optional", &[13], extra, WORKER_IDENTITY));
+    let good = ca.client("worker-1", 11, -1, 30);
+    let expired = ca.client("worker-1", 12, -30, -1);
+    let revoked = ca.client("worker-1", 13, -1, 30);
+    let unmapped = ca.client("someone-else", 14, -1, 30);
+    let self_signed = pki::self_signed_client("worker-1");
+
+    let fetch = |client: reqwest::Client| {
+        let url = server.url("/ojs/v1/workers/fetch");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"queues": ["default"]}))
+                .send()
+                .await
+        }
+    };
+
+    // The mapped worker certificate alone authenticates: it may fetch, not enqueue.
+    let worker = tls_client(&ca.cert, Some(&good), None);
+    let res = fetch(worker.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = worker
+        .post(server.url("/ojs/v1/jobs"))
+        .json(&json!({"type": "email.send", "args": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let denied = wait_audited(&server, "authz.denied", Some("not_granted"));
+    assert_eq!(denied["principal"], "worker-1");
+    assert_eq!(denied["tenant"], "acme");
+    assert!(denied["detail"]["credential"]
+        .as_str()
+        .unwrap()
+        .starts_with("cert:"));
+
+    // Expired, revoked and self-signed certificates never finish the handshake.
+    for (name, pair, reason) in [
+        ("expired", &expired, "expired"),
+        ("revoked", &revoked, "revoked"),
+        ("self-signed", &self_signed, "unknown_issuer"),
+    ] {
+        let err = fetch(tls_client(&ca.cert, Some(pair), None)).await;
+        assert!(err.is_err(), "the {name} certificate was accepted");
+        wait_audited(&server, "tls.certificate_rejected", Some(reason));
+    }
+
+    // A valid certificate that maps to no identity authenticates nobody.
+    let res = fetch(tls_client(&ca.cert, Some(&unmapped), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // The worker role requires a certificate: a worker key without one is refused.
+    let admin = server.client();
+    let res = admin
+        .post(server.url("/ojs/v1/admin/keys"))
+        .header("Authorization", server.auth())
+        .json(&json!({"name": "worker-1", "roles": ["worker"], "tenant": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    let bearer = format!("Bearer {}", body["secret"].as_str().unwrap());
+    let res = admin
+        .post(server.url("/ojs/v1/workers/fetch"))
+        .header("Authorization", &bearer)
+        .json(&json!({"queues": ["default"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    wait_audited(&server, "authz.denied", Some("certificate_required"));
+    // The same key over the connection of its principal's certificate is accepted.
+    let res = worker
+        .post(server.url("/ojs/v1/workers/fetch"))
+        .header("Authorization", &bearer)
+        .json(&json!({"queues": ["default"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Over another principal's certificate it is not.
+    let res = tls_client(&ca.cert, Some(&unmapped), None)
+        .post(server.url("/ojs/v1/workers/fetch"))
+        .header("Authorization", &bearer)
+        .json(&json!({"queues": ["default"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let m = metrics(&server).await;
+    for reason in ["expired", "revoked", "unknown_issuer"] {
+        assert!(
+            m.contains(&format!(
+                "bulwark_tls_certificate_rejections_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_client_auth_refuses_connections_without_a_certificate() {
+    let ca = Ca::new("required CA");
+    let server = TestServer::start(tls_options(&ca, "required", &[], "", WORKER_IDENTITY));
+    let anonymous = tls_client(&ca.cert, None, None);
+    assert!(anonymous
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .is_err());
+    wait_audited(&server, "tls.certificate_rejected", Some("no_certificate"));
+    let good = ca.client("worker-1", 21, -1, 30);
+    let res = tls_client(&ca.cert, Some(&good), None)
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+fn write_secret(server: &TestServer, rel: &str, contents: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = server.dir.join("secrets").join(rel);
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .unwrap();
+    std::io::Write::write_all(&mut f, contents.as_bytes()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+async fn health_ok(client: &reqwest::Client, server: &TestServer) -> bool {
+    client
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == StatusCode::OK)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_are_swapped_without_restart_and_bad_pairs_never_go_live() {
+    let old_ca = Ca::new("old CA");
+    let server = TestServer::start(tls_options(&old_ca, "none", &[], "", ""));
+    // One client keeps its connection open across the swap (HTTP/2, one connection).
+    let kept = tls_client(&old_ca.cert, None, None);
+    assert!(health_ok(&kept, &server).await);
+
+    // A new pair from another CA: new handshakes see it, the open connection is untouched.
+    let new_ca = Ca::new("new CA");
+    let fresh = new_ca.server(90);
+    write_secret(&server, "tls/server.key", &fresh.key);
+    write_secret(&server, "tls/server.crt", &fresh.cert);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !health_ok(&tls_client(&new_ca.cert, None, None), &server).await {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate never went live:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_audited(&server, "tls.certificate_reloaded", None);
+    assert!(
+        !health_ok(&tls_client(&old_ca.cert, None, None), &server).await,
+        "a new handshake still got the old certificate"
+    );
+    assert!(
+        health_ok(&kept, &server).await,
+        "the open connection was disturbed"
+    );
+
+    // A certificate whose key is not in the key file: refused, the current pair stays.
+    let other = new_ca.server(90);
+    write_secret(&server, "tls/server.crt", &other.cert);
+    let failed = wait_audited(&server, "tls.reload_failed", None);
+    assert!(
+        failed["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{failed}"
+    );
+    assert!(health_ok(&tls_client(&new_ca.cert, None, None), &server).await);
+    let (ok, out) = s_client(&server, &["-servername", "localhost"]);
+    assert!(ok, "{out}");
+    let served = fingerprint_of_served(&out);
+    assert_eq!(
+        served,
+        pem_fingerprint(&fresh.cert),
+        "the mismatched certificate went live"
+    );
+
+    // Completing the pair makes it live.
+    write_secret(&server, "tls/server.key", &other.key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out) = s_client(&server, &["-servername", "localhost"]);
+        if fingerprint_of_served(&out) == pem_fingerprint(&other.cert) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the completed pair never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGHUP reloads too (the poll would also find it; here the file changes and the signal
+    // comes at once).
+    let third = new_ca.server(90);
+    write_secret(&server, "tls/server.key", &third.key);
+    write_secret(&server, "tls/server.crt", &third.cert);
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(server.pid().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out) = s_client(&server, &["-servername", "localhost"]);
+        if fingerprint_of_served(&out) == pem_fingerprint(&third.cert) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The SHA-256 of the first certificate in `s_client -showcerts`-less output (the server's
+/// leaf, which s_client prints as PEM).
+fn fingerprint_of_served(out: &str) -> String {
+    let start = out.find("-----BEGIN CERTIFICATE-----");
+    let end = out.find("-----END CERTIFICATE-----");
+    match (start, end) {
+        (Some(s), Some(e)) => pem_fingerprint(&out[s..e + "-----END CERTIFICATE-----".len()]),
+        _ => String::new(),
+    }
+}
+
+fn pem_fingerprint(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+async fn responses(server: &TestServer) -> Vec<(String, reqwest::Response)> {
+    let client = server.client();
+    let mut out = Vec::new();
+    for (label, req) in [
+        ("health", client.get(server.url("/ojs/v1/health"))),
+        ("404", client.get(server.url("/nothing/here"))),
+        ("401", client.get(server.url("/ojs/v1/queues"))),
+        ("405", client.put(server.url("/ojs/v1/health"))),
+        (
+            "authenticated",
+            client
+                .get(server.url("/ojs/v1/queues"))
+                .header("Authorization", server.auth()),
+        ),
+        (
+            "422",
+            client
+                .post(server.url("/ojs/v1/jobs"))
+                .header("Authorization", server.auth())
+                .header("X-Forwarded-Proto", "https")
+                .body("{not json"),
+        ),
+    ] {
+        out.push((label.to_string(), req.send().await.unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_carries_the_security_headers_and_hsts_only_on_tls() {
+    let ca = Ca::new("headers CA");
+    let tls = TestServer::start(tls_options(&ca, "none", &[], "", ""));
+    for (label, res) in responses(&tls).await {
+        for (name, value) in SECURITY_HEADERS {
+            assert_eq!(
+                res.headers().get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{label}: {name}"
+            );
+        }
+        assert_eq!(
+            res.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap()),
+            Some("max-age=63072000; includeSubDomains"),
+            "{label}"
+        );
+    }
+    // Regression: the certificate reloader held an audit handle forever, so SIGTERM never
+    // finished (the audit writer waits for every handle).
+    let mut tls = tls;
+    assert_eq!(tls.terminate(), Some(0), "{}", tls.log());
+    let plain = TestServer::start(ServerOptions::default());
+    for (label, res) in responses(&plain).await {
+        for (name, value) in SECURITY_HEADERS {
+            assert_eq!(
+                res.headers().get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{label}: {name}"
+            );
+        }
+        assert!(
+            res.headers().get("strict-transport-security").is_none(),
+            "{label}: HSTS over plain HTTP (a forwarded-proto header must not turn it on)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_a_certificate_close_to_expiry() {
+    let ca = Ca::new("expiry CA");
+    let mut opts = tls_options(&ca, "none", &[], "", "");
+    let short = ca.server(5);
+    opts.secret_files[0].1 = short.cert;
+    opts.secret_files[1].1 = short.key;
+    let server = TestServer::start(opts);
+    let body: Value = server
+        .client()
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["tls"]["status"], "expiring", "{body}");
+    assert!(body["tls"]["certificate_expires_in_days"].as_i64().unwrap() <= 5);
+    assert!(metrics(&server)
+        .await
+        .contains("bulwark_tls_certificate_expiring 1"));
+}
+
+/// Starts the binary on `toml` in a fresh folder; returns (exit status if it exited within a
+/// few seconds, stderr so far).
+fn start_raw(toml: &str) -> (Option<std::process::ExitStatus>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{toml}\n[storage]\ndata_dir = {:?}\n[secrets]\ndir = {:?}\n",
+            dir.join("data").display().to_string(),
+            dir.join("secrets").display().to_string()
+        ),
+    )
+    .unwrap();
+    let addr_file = dir.join("addr");
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let mut child = Command::new(common::bin_path())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::fs::read_to_string(&addr_file).is_ok_and(|a| a.ends_with('\n')) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        assert!(Instant::now() < deadline, "neither started nor exited");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(dir.join("log")).unwrap())
+}
+
+#[test]
+fn plain_http_off_loopback_needs_the_named_insecure_switch_and_warns() {
+    let (status, log) = start_raw("[server]\nlisten = \"0.0.0.0:0\"\n");
+    assert!(status.is_some_and(|s| !s.success()), "started: {log}");
+    assert!(log.contains("[tls] enabled = true"), "{log}");
+    let (status, log) = start_raw(
+        "[server]\nlisten = \"0.0.0.0:0\"\nallow_insecure_plaintext_non_loopback = true\n",
+    );
+    assert!(status.is_none(), "did not start: {log}");
+    assert!(log.contains("INSECURE"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secret_watcher_swaps_certificates_within_two_seconds_without_polling() {
+    let old_ca = Ca::new("old CA");
+    let mut opts = tls_options(&old_ca, "none", &[], "", "");
+    // Polling off: only the secret watcher (folder events) can pick the change up.
+    assert!(opts.extra_toml.contains("reload_poll_secs = 1"));
+    opts.extra_toml = opts
+        .extra_toml
+        .replace("reload_poll_secs = 1", "reload_poll_secs = 0");
+    let server = TestServer::start(opts);
+    assert!(health_ok(&tls_client(&old_ca.cert, None, None), &server).await);
+    for trial in 0..3 {
+        let ca = Ca::new(&format!("CA {trial}"));
+        let pair = ca.server(90);
+        let started = Instant::now();
+        write_secret(&server, "tls/server.key", &pair.key);
+        write_secret(&server, "tls/server.crt", &pair.cert);
+        while !health_ok(&tls_client(&ca.cert, None, None), &server).await {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "trial {trial}: not live within 2 s:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let reloaded = wait_audited(&server, "tls.certificate_reloaded", None);
+    assert_eq!(reloaded["detail"]["secret"], "tls", "{reloaded}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_and_rate_limits_apply_over_tls_too() {
+    let ca = Ca::new("limits CA");
+    let server = TestServer::start(tls_options(
+        &ca,
+        "none",
+        &[],
+        "",
+        "[limits.connections]\nper_ip = 2\n",
+    ));
+    // Each client holds one connection (kept alive in its pool).
+    let first = tls_client(&ca.cert, None, None);
+    let second = tls_client(&ca.cert, None, None);
+    assert!(health_ok(&first, &server).await);
+    assert!(health_ok(&second, &server).await);
+    let third = tls_client(&ca.cert, None, None)
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The rate-limit headers come through the TLS listener's middleware as well.
+    let res = first
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("x-ratelimit-limit"), "{res:?}");
+}
