@@ -20,6 +20,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -263,7 +264,11 @@ pub struct JwtVerifier {
     max_lifetime_secs: u64,
     max_token_bytes: usize,
     claims: ClaimNames,
-    keys: HashMap<String, VerifyingKey>,
+    keys: HashMap<String, Arc<VerifyingKey>>,
+    /// Shared (HS256) secrets this set replaced at a reload, by `kid`, with the time (Unix
+    /// seconds) until which they still verify: tokens signed just before a rotation stay valid
+    /// for their lifetime (dual-read).
+    previous: HashMap<String, (Arc<VerifyingKey>, u64)>,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -382,8 +387,28 @@ impl crate::vault::watch::Reload for JwtReload {
         if digest == *known {
             return Ok(Change::Unchanged);
         }
-        let verifier = JwtVerifier::load(&self.config, &self.base_dir)
+        let mut verifier = JwtVerifier::load(&self.config, &self.base_dir)
             .map_err(|e| ReloadError(e.to_string()))?;
+        // Dual-read for shared secrets: the HS256 keys being replaced keep verifying for the
+        // longest token lifetime (and the leeway), as do earlier ones still in their grace.
+        let now = u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0);
+        let until = now + verifier.max_lifetime_secs + verifier.leeway_secs;
+        let current = self.slot.load_full();
+        for (kid, key) in &current.keys {
+            if key.alg() == Alg::Hs256 && verifier.keys.contains_key(kid) {
+                verifier
+                    .previous
+                    .insert(kid.clone(), (Arc::clone(key), until));
+            }
+        }
+        for (kid, entry) in &current.previous {
+            if entry.1 >= now && verifier.keys.contains_key(kid) {
+                verifier
+                    .previous
+                    .entry(kid.clone())
+                    .or_insert_with(|| entry.clone());
+            }
+        }
         let kids: Vec<String> = verifier.keys.keys().cloned().collect();
         self.slot.store(std::sync::Arc::new(verifier));
         *known = digest;
@@ -411,7 +436,7 @@ impl JwtVerifier {
             if keys.contains_key(&kid) {
                 return Err(JwtError::DuplicateKeyId(kid));
             }
-            keys.insert(kid, key);
+            keys.insert(kid, Arc::new(key));
             Ok(())
         };
         for entry in &config.keys {
@@ -444,6 +469,7 @@ impl JwtVerifier {
                 queues: config.queues_claim.clone(),
             },
             keys,
+            previous: HashMap::new(),
         })
     }
 
@@ -486,7 +512,15 @@ impl JwtVerifier {
         }
         let signature = decode_segment(signature)?;
         if !key.verify(signing_input.as_bytes(), &signature) {
-            return Err(JwtError::BadSignature);
+            // A shared secret replaced by a reload still verifies until its grace ends.
+            let previous = self.previous.get(key_id).filter(|(old, until)| {
+                now_secs <= *until
+                    && old.alg() == key.alg()
+                    && old.verify(signing_input.as_bytes(), &signature)
+            });
+            if previous.is_none() {
+                return Err(JwtError::BadSignature);
+            }
         }
 
         let claims = json::parse_object(&decode_segment(payload)?).ok_or(JwtError::Malformed)?;

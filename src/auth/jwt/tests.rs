@@ -1527,12 +1527,39 @@ fn reloading_picks_up_rewritten_key_files_and_keeps_the_old_set_on_a_bad_one() {
     write(&f.path("hs.raw"), b"short", 0o600);
     assert!(reload.reload().is_err());
     assert!(slot.load().verify(&old, NOW).is_ok());
-    // A new secret: tokens signed with it verify, the old ones no longer do.
+    // A new secret: tokens signed with it verify, and those signed with the replaced one keep
+    // verifying for the longest token lifetime (dual-read), no longer.
     let fresh = [b'z'; 40];
     std::fs::remove_file(f.path("hs.raw")).unwrap();
     write(&f.path("hs.raw"), fresh, 0o600);
     assert!(matches!(reload.reload().unwrap(), Change::Changed(_)));
-    assert!(slot.load().verify(&old, NOW).is_err());
+    assert!(slot.load().verify(&old, NOW).is_ok(), "dual-read");
+    let real_now = u64::try_from(crate::clock::now_ms() / 1000).unwrap();
+    let current = slot.load();
+    let (_, until) = &current.previous["hs-raw"];
+    let grace = current.max_lifetime_secs + current.leeway_secs;
+    assert!((real_now + grace..=real_now + grace + 5).contains(until));
+    assert!(current.verify(&old, *until + 1).is_err(), "past the grace");
+    // Public keys are not shared secrets: only HS256 keys are kept.
+    assert!(current
+        .previous
+        .values()
+        .all(|(key, _)| key.alg() == Alg::Hs256));
+    assert!(current.keys.len() > current.previous.len());
+    // A token under some other secret still fails.
+    let forged = {
+        let input = format!(
+            "{}.{}",
+            b64(header("hs-raw", "HS256").to_string().as_bytes()),
+            b64(claims().to_string().as_bytes())
+        );
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &[b'q'; 40]),
+            input.as_bytes(),
+        );
+        format!("{input}.{}", b64(tag.as_ref()))
+    };
+    assert!(current.verify(&forged, NOW).is_err());
     let input = format!(
         "{}.{}",
         b64(header("hs-raw", "HS256").to_string().as_bytes()),
