@@ -24,7 +24,7 @@ done
 bin="${BULWARK_BIN:-}"
 if [ -z "$bin" ]; then
   cargo build --locked --quiet
-  bin=target/debug/bulwark
+  bin="${CARGO_TARGET_DIR:-target}/debug/bulwark"
 fi
 
 work="$(mktemp -d)"
