@@ -343,10 +343,10 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     match &tls {
         Some(runtime) => {
             crate::tls::publish_expiry(runtime);
-            reloader = Some(crate::tls::spawn_reloader(runtime.clone(), audit.clone()));
             watcher
                 .register(Arc::new(crate::tls::TlsReload(runtime.clone())))
                 .await;
+            reloader = Some(crate::tls::spawn_reloader(runtime.clone(), watcher.clone()));
             let expiry = runtime.expiry(crate::clock::now_ms() / 1000);
             if expiry.status != "ok" {
                 warn!(status = expiry.status, not_after = %crate::clock::rfc3339(expiry.not_after * 1000), "the TLS certificate expires soon");

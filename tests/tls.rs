@@ -366,8 +366,9 @@ async fn certificates_are_swapped_without_restart_and_bad_pairs_never_go_live() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // SIGHUP reloads too (the poll would also find it; here the file changes and the signal
-    // comes at once).
+    // SIGHUP reloads too, through the secret watcher (its folder events and this server's
+    // 1 s poll would also find the change, so this only checks the signal path does no harm;
+    // `sighup_reloads_a_certificate_whose_change_sends_no_folder_event` shows it works alone).
     let third = new_ca.server(90);
     write_secret(&server, "tls/server.key", &third.key);
     write_secret(&server, "tls/server.crt", &third.cert);
@@ -624,4 +625,59 @@ async fn connection_and_rate_limits_apply_over_tls_too() {
         .await
         .unwrap();
     assert!(res.headers().contains_key("x-ratelimit-limit"), "{res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_certificate_whose_change_sends_no_folder_event() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let old_ca = Ca::new("old CA");
+    let mut opts = tls_options(&old_ca, "none", &[], "", "");
+    opts.extra_toml = opts
+        .extra_toml
+        .replace("reload_poll_secs = 1", "reload_poll_secs = 0");
+    let server = TestServer::start(opts);
+    let tls_dir = server.dir.join("secrets").join("tls");
+    // Like a subPath mount: the files in the watched folder are links to files elsewhere,
+    // whose rewrites the folder never hears of.
+    let elsewhere = server.dir.join("elsewhere");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&elsewhere)
+        .unwrap();
+    for name in ["server.crt", "server.key"] {
+        std::fs::copy(tls_dir.join(name), elsewhere.join(name)).unwrap();
+        std::fs::set_permissions(elsewhere.join(name), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::remove_file(tls_dir.join(name)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(name), tls_dir.join(name)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(health_ok(&tls_client(&old_ca.cert, None, None), &server).await);
+
+    let new_ca = Ca::new("new CA");
+    let fresh = new_ca.server(90);
+    for (name, contents) in [("server.key", &fresh.key), ("server.crt", &fresh.cert)] {
+        std::fs::write(elsewhere.join(name), contents).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !health_ok(&tls_client(&new_ca.cert, None, None), &server).await,
+        "the change was picked up without a signal; this test would not show SIGHUP works"
+    );
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(server.pid().to_string())
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while !health_ok(&tls_client(&new_ca.cert, None, None), &server).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "SIGHUP did not reload:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reloaded = wait_audited(&server, "tls.certificate_reloaded", None);
+    assert_eq!(reloaded["detail"]["trigger"], "sighup", "{reloaded}");
 }

@@ -22,12 +22,10 @@ use std::time::Duration;
 
 use rustls::crypto::{ring as ring_provider, CryptoProvider};
 use rustls::ServerConfig;
-use tracing::{info, warn};
 
 pub use config::{ClientAuth, ClientIdentity, TlsConfig};
 pub use store::{CertInfo, CertStore};
 
-use crate::audit::{AuditEvent, AuditHandle, Outcome};
 use crate::auth::Policy;
 use identity::Identities;
 
@@ -179,47 +177,6 @@ pub fn publish_expiry(runtime: &TlsRuntime) {
     });
 }
 
-/// Reloads the certificate files and audits the outcome: `tls.certificate_reloaded` when new
-/// material went live, `tls.reload_failed` (with the reason; the old material stays) when the
-/// files are unusable. `trigger` says why (`sighup`, `poll`, `watch`).
-pub async fn reload_and_report(runtime: &TlsRuntime, audit: &AuditHandle, trigger: &str) {
-    let store = runtime.store.clone();
-    let result = tokio::task::spawn_blocking(move || store.reload())
-        .await
-        .unwrap_or(Err(TlsError::Poisoned));
-    match result {
-        Ok(false) => {}
-        Ok(true) => {
-            let info = runtime.store.info();
-            metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "success").increment(1);
-            info!(trigger, fingerprint = %info.fingerprint.get(..16).unwrap_or(""), "TLS certificate material reloaded");
-            audit
-                .emit(
-                    AuditEvent::new("tls.certificate_reloaded", Outcome::Success)
-                        .detail("trigger", trigger)
-                        .detail(
-                            "fingerprint",
-                            info.fingerprint.get(..16).unwrap_or("").to_string(),
-                        )
-                        .detail("not_after", crate::clock::rfc3339(info.not_after * 1000)),
-                )
-                .await;
-        }
-        Err(e) => {
-            metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "failure").increment(1);
-            warn!(trigger, error = %e, "TLS reload refused; the current certificate stays");
-            audit
-                .emit(
-                    AuditEvent::new("tls.reload_failed", Outcome::Failure)
-                        .detail("trigger", trigger)
-                        .detail("reason", e.to_string()),
-                )
-                .await;
-        }
-    }
-    publish_expiry(runtime);
-}
-
 /// A cheap signature of the files (length and modification time of each), for polling.
 fn files_signature(runtime: &TlsRuntime) -> Vec<Option<(u64, std::time::SystemTime)>> {
     runtime
@@ -285,37 +242,30 @@ impl crate::vault::watch::Reload for TlsReload {
     }
 }
 
-/// Reloads on SIGHUP, and when the files' size or modification time changes (checked every
-/// `reload_poll_secs`; never when 0). Runs until aborted through the returned handle (which
-/// shutdown must do: the task holds an audit handle, and the audit writer stops only when
-/// every handle is gone).
-pub fn spawn_reloader(runtime: Arc<TlsRuntime>, audit: AuditHandle) -> tokio::task::JoinHandle<()> {
+/// Polls the files' size and modification time every `reload_poll_secs` (never when 0) for
+/// mounts that send no file events, and has the secret watcher reload when they change (the
+/// watcher also reloads on folder events and SIGHUP, and audits the outcome); refreshes the
+/// expiry gauges on each tick. Runs until aborted through the returned handle.
+pub fn spawn_reloader(
+    runtime: Arc<TlsRuntime>,
+    watcher: crate::vault::watch::SecretWatcher,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).ok();
         let poll = runtime.settings.reload_poll_secs;
         let mut tick = tokio::time::interval(Duration::from_secs(poll.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = files_signature(&runtime);
         loop {
-            let trigger = tokio::select! {
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
-                _ = tick.tick() => "poll",
-            };
-            if trigger == "poll" {
-                publish_expiry(&runtime);
-                if poll == 0 {
-                    continue;
-                }
-                let now = files_signature(&runtime);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-            } else {
-                seen = files_signature(&runtime);
+            tick.tick().await;
+            publish_expiry(&runtime);
+            if poll == 0 {
+                continue;
             }
-            reload_and_report(&runtime, &audit, trigger).await;
+            let now = files_signature(&runtime);
+            if now != seen {
+                seen = now;
+                watcher.reload_all("poll").await;
+            }
         }
     })
 }

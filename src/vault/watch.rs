@@ -72,7 +72,7 @@ impl Default for WatchConfig {
 enum Command {
     Register(Arc<dyn Reload>),
     Changed(Vec<PathBuf>),
-    ReloadAll(tokio::sync::oneshot::Sender<()>),
+    ReloadAll(&'static str, tokio::sync::oneshot::Sender<()>),
 }
 
 /// A handle to the watcher task; cloning is cheap. The task ends when every handle is gone.
@@ -118,10 +118,11 @@ impl SecretWatcher {
         let _ = self.tx.send(Command::Register(reloader)).await;
     }
 
-    /// Reloads everything now (what SIGHUP does) and waits until done.
-    pub async fn reload_all(&self) {
+    /// Reloads everything now (what SIGHUP does) and waits until done; `why` names the
+    /// trigger in logs and audit records.
+    pub async fn reload_all(&self, why: &'static str) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Command::ReloadAll(tx)).await.is_ok() {
+        if self.tx.send(Command::ReloadAll(why, tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -237,8 +238,8 @@ async fn run(
                     pending.extend(paths);
                     quiet_at = Some(tokio::time::Instant::now() + config.debounce);
                 }
-                Some(Command::ReloadAll(done)) => {
-                    reload_all(&reloaders, audit.as_ref(), "request").await;
+                Some(Command::ReloadAll(why, done)) => {
+                    reload_all(&reloaders, audit.as_ref(), why).await;
                     let _ = done.send(());
                 }
             },
@@ -309,7 +310,7 @@ mod tests {
         }
         assert!(counter.calls.load(Ordering::SeqCst) > 0);
         let before = counter.calls.load(Ordering::SeqCst);
-        watcher.reload_all().await;
+        watcher.reload_all("request").await;
         assert_eq!(counter.calls.load(Ordering::SeqCst), before + 1);
     }
 }
