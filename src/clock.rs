@@ -1,7 +1,13 @@
 //! Wall-clock time as the server stores it (milliseconds since the Unix epoch) and its RFC 3339
 //! rendering. Every timestamp on the wire is UTC with millisecond precision, as the HTTP binding
 //! recommends.
+//!
+//! Time is injected: every component that reads the time holds a [`Clock`], the system clock in
+//! production and a [`ManualClock`] in tests, so that leases, schedules, sessions and windows
+//! can be tested without sleeping. This file is the only one that reads `SystemTime::now()`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::format_description::well_known::Rfc3339;
@@ -10,12 +16,111 @@ use time::OffsetDateTime;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// The current time in milliseconds since the Unix epoch.
-#[must_use]
-pub fn now_ms() -> Millis {
+/// The system's wall clock in milliseconds since the Unix epoch.
+fn system_now() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Where a component reads the time: the system clock, or a manual one a test moves.
+/// Cheap to clone; every clone of a manual clock sees the same time.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    System,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// The system's wall clock (production).
+    #[must_use]
+    pub fn system() -> Self {
+        Self {
+            source: Source::System,
+        }
+    }
+
+    /// A clock that stands at `start` until the returned [`ManualClock`] moves it.
+    #[must_use]
+    pub fn manual(start: Millis) -> (Self, ManualClock) {
+        let now = Arc::new(AtomicI64::new(start));
+        (
+            Self {
+                source: Source::Manual(now.clone()),
+            },
+            ManualClock { now },
+        )
+    }
+
+    /// The current time in milliseconds since the Unix epoch.
+    #[must_use]
+    pub fn now_ms(&self) -> Millis {
+        match &self.source {
+            Source::System => system_now(),
+            Source::Manual(now) => now.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The current time in whole seconds since the Unix epoch.
+    #[must_use]
+    pub fn now_secs(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+
+    /// Whether this is a manual clock (tests): real-time waits then poll more often, since the
+    /// time can jump.
+    #[must_use]
+    pub fn is_manual(&self) -> bool {
+        matches!(self.source, Source::Manual(_))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+/// The control of a manual [`Clock`]: tests move time with it.
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    now: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    /// Moves the clock forward by `ms` (never backwards).
+    pub fn advance(&self, ms: u64) {
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        let _ = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(ms))
+            });
+    }
+
+    /// Sets the clock to `at`.
+    pub fn set(&self, at: Millis) {
+        self.now.store(at, Ordering::SeqCst);
+    }
+
+    /// The time the clock shows.
+    #[must_use]
+    pub fn now_ms(&self) -> Millis {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// The system clock's current time in milliseconds since the Unix epoch.
+///
+/// Kept for the places that are not yet handed a [`Clock`]; new code takes a `Clock`.
+#[must_use]
+pub fn now_ms() -> Millis {
+    system_now()
 }
 
 /// Renders a timestamp as `2026-02-12T10:30:00.000Z`.
@@ -118,6 +223,19 @@ mod tests {
         ] {
             assert_eq!(parse_iso_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_every_clone_sees_it() {
+        let (clock, hand) = Clock::manual(1_000);
+        let copy = clock.clone();
+        assert_eq!(clock.now_ms(), 1_000);
+        hand.advance(250);
+        assert_eq!((clock.now_ms(), copy.now_ms()), (1_250, 1_250));
+        hand.set(5_999);
+        assert_eq!(copy.now_secs(), 5);
+        assert!(clock.is_manual() && !Clock::system().is_manual());
+        assert!(Clock::system().now_ms() > 1_700_000_000_000);
     }
 
     #[test]
