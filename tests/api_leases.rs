@@ -205,3 +205,127 @@ async fn a_stale_ack_after_reclaim_and_redelivery_is_refused() {
     assert_eq!(job["state"], "completed");
     assert_eq!(job["errors"][0]["code"], "lease_expired");
 }
+
+/// A worker's long-poll used to be a sleep loop in the handler that re-fetched with the
+/// credential it was authenticated with, so a key revoked while the poll waited still received
+/// the next job, args and all. The wait now lives in the queue engine, which asks whether the
+/// credential still stands before it hands a job over.
+#[tokio::test]
+async fn a_long_poll_whose_key_is_revoked_while_it_waits_gets_401_and_no_job() {
+    let server = TestServer::start(ServerOptions::default());
+    let admin = server.admin_key.clone();
+    let api = Api {
+        server: &server,
+        client: server.client(),
+    };
+    let (s, body) = api
+        .post(
+            &admin,
+            "/ojs/v1/admin/keys",
+            json!({"name": "poller", "roles": ["worker"], "queues": ["polls"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let worker = body["secret"].as_str().unwrap().to_string();
+    let worker_id = body["key"]["id"].as_str().unwrap().to_string();
+
+    let poll = tokio::spawn({
+        let client = server.client();
+        let url = server.url("/ojs/v1/workers/fetch");
+        let worker = worker.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let res = client
+                .post(url)
+                .header("Authorization", format!("Bearer {worker}"))
+                .json(&json!({"queues": ["polls"], "worker_id": "w1", "wait_ms": 20_000}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            (
+                status,
+                res.json::<Value>().await.unwrap(),
+                started.elapsed(),
+            )
+        }
+    });
+    // Let the poll reach the engine and park.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "the poll waits for a job");
+    let res = api
+        .client
+        .delete(server.url(&format!("/ojs/v1/admin/keys/{worker_id}")))
+        .header("Authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (s, body) = api
+        .post(
+            &admin,
+            "/ojs/v1/jobs",
+            json!({"type": "a.b", "args": ["secret-args"], "options": {"queue": "polls"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let id = body["job"]["id"].as_str().unwrap().to_string();
+
+    let (status, body, took) = poll.await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert!(!body.to_string().contains("secret-args"));
+    assert!(
+        took < Duration::from_secs(10),
+        "answered when the job came, not at the deadline"
+    );
+    assert_eq!(api.get_job(&admin, &id).await["state"], "available");
+    let log = server.log();
+    assert!(!log.contains("secret-args"));
+}
+
+/// A long-poll is handed a job the moment one is enqueued, not on the next poll tick.
+#[tokio::test]
+async fn a_long_poll_is_answered_as_soon_as_a_job_arrives() {
+    let server = TestServer::start(ServerOptions::default());
+    let admin = server.admin_key.clone();
+    let api = Api {
+        server: &server,
+        client: server.client(),
+    };
+    let poll = tokio::spawn({
+        let client = server.client();
+        let url = server.url("/ojs/v1/workers/fetch");
+        let admin = admin.clone();
+        async move {
+            let res = client
+                .post(url)
+                .header("Authorization", format!("Bearer {admin}"))
+                .json(&json!({"queues": ["soon"], "worker_id": "w1", "wait_ms": 20_000}))
+                .send()
+                .await
+                .unwrap();
+            (
+                res.status(),
+                res.json::<Value>().await.unwrap(),
+                std::time::Instant::now(),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = std::time::Instant::now();
+    let (s, body) = api
+        .post(
+            &admin,
+            "/ojs/v1/jobs",
+            json!({"type": "a.b", "args": [1], "options": {"queue": "soon"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (status, got, at) = poll.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["jobs"][0]["id"], body["job"]["id"]);
+    assert_eq!(got["jobs"][0]["state"], "active");
+    // Generous for a debug build on a shared machine; the old poll loop slept 100 ms a tick.
+    assert!(at.duration_since(sent) < Duration::from_secs(2));
+}

@@ -133,7 +133,10 @@ impl AuthActor {
         self.epoch += 1;
         let mut next = Cache::clone(&self.cache.load());
         next.retain(|_, p| match &p.credential {
-            Credential::ApiKey { id } => !key_ids.contains(id),
+            Credential::ApiKey { id } if key_ids.contains(id) => {
+                p.invalidate();
+                false
+            }
             _ => true,
         });
         self.cache.store(Arc::new(next));

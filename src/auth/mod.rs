@@ -66,6 +66,9 @@ pub struct Principal {
     /// When this principal was last seen, for the key listing (flushed to the store now and
     /// then).
     last_used: AtomicI64,
+    /// Set when the credential behind this principal is revoked or changed: whoever still
+    /// holds the principal (a waiting long-poll) must stop acting on it.
+    invalidated: std::sync::atomic::AtomicBool,
 }
 
 impl Principal {
@@ -109,6 +112,7 @@ impl Principal {
             roles: record.roles.clone(),
             expires_at: record.expires_at,
             last_used: AtomicI64::new(0),
+            invalidated: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -131,6 +135,7 @@ impl Principal {
             roles,
             expires_at,
             last_used: AtomicI64::new(0),
+            invalidated: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -215,6 +220,18 @@ impl Principal {
     #[must_use]
     pub fn expired_at(&self, now: Millis) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Marks the credential as revoked or changed (the auth store, when it forgets a key).
+    pub fn invalidate(&self) {
+        self.invalidated.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the credential still stands at `now`: not expired, not revoked or changed since
+    /// this principal was authenticated.
+    #[must_use]
+    pub fn still_valid(&self, now: Millis) -> bool {
+        !self.expired_at(now) && !self.invalidated.load(Ordering::SeqCst)
     }
 
     fn touch(&self, now: Millis) {

@@ -219,6 +219,11 @@ pub struct QueueSection {
     pub default_visibility_timeout_ms: u64,
     /// Most jobs one fetch may claim.
     pub max_fetch_count: usize,
+    /// Long-poll fetches (`wait_ms`) one principal may have waiting at once; the next is
+    /// answered 429.
+    pub max_waits_per_principal: usize,
+    /// Long-poll fetches waiting at once on the whole server.
+    pub max_waits: usize,
 }
 
 impl Default for QueueSection {
@@ -230,6 +235,8 @@ impl Default for QueueSection {
             default_timeout_ms: 30_000,
             default_visibility_timeout_ms: 30_000,
             max_fetch_count: 100,
+            max_waits_per_principal: 10,
+            max_waits: 10_000,
         }
     }
 }
@@ -343,6 +350,9 @@ impl Config {
         if self.queue.max_fetch_count == 0 || self.queue.max_group == 0 {
             bail!("queue.max_fetch_count and queue.max_group must be positive");
         }
+        if self.queue.max_waits_per_principal == 0 || self.queue.max_waits == 0 {
+            bail!("queue.max_waits_per_principal and queue.max_waits must be positive");
+        }
         let key_env_ok = (1..=16).contains(&self.secrets.key_env.len())
             && self
                 .secrets
@@ -449,6 +459,9 @@ impl Config {
             mailbox: self.queue.mailbox,
             events_capacity: self.queue.events_capacity,
             honour_test_directives: self.testing.honour_test_directives,
+            max_waits_per_principal: self.queue.max_waits_per_principal,
+            max_waits: self.queue.max_waits,
+            clock: crate::clock::Clock::system(),
         }
     }
 }

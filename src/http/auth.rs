@@ -301,6 +301,21 @@ impl Authenticated {
         Ok(job)
     }
 
+    /// Audits a long-poll answered 401 because its credential was revoked or expired while it
+    /// waited.
+    pub async fn audit_credential_gone(&self) {
+        metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => "invalidated_while_waiting")
+            .increment(1);
+        let event = super::audit::event(
+            &self.req,
+            "auth.failure",
+            Outcome::Failure,
+            Some(&self.principal),
+        )
+        .detail("reason", "invalidated_while_waiting");
+        super::audit::emit(&self.req, event).await;
+    }
+
     /// Audits a refusal the client sees as 404 (a resource of another tenant).
     pub async fn audit_hidden(&self, reason: &'static str) {
         let event = super::audit::event(

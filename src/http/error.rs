@@ -330,6 +330,14 @@ impl From<QueueError> for ApiError {
                 5,
             )
             .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
+            (QueueError::TooManyWaits { limit, scope }, _) => Self::too_many(
+                "too_many_long_polls",
+                format!("too many long-poll fetches wait at once ({scope} limit {limit})"),
+                1,
+            )
+            .with_details(json!({ "limit": limit, "scope": scope }))
+            .with_hint("fetch without wait_ms, or with fewer concurrent long-polls"),
+            (QueueError::CredentialInvalid, _) => Self::unauthenticated(),
             (_, ErrorKind::NotFound) => Self::not_found("job"),
             (QueueError::Unreadable(id), _) => {
                 error!(job_id = %id, "job record cannot be decrypted with the loaded keys");

@@ -44,6 +44,13 @@ pub enum QueueError {
     /// loaded, or the record was moved or tampered with). Fails closed.
     #[error("job {0} cannot be decrypted")]
     Unreadable(crate::job::JobId),
+    /// Too many long-poll fetches wait at once, for this principal or on the server.
+    #[error("too many long-poll fetches ({scope} limit {limit})")]
+    TooManyWaits { limit: usize, scope: &'static str },
+    /// The credential of a waiting long-poll was revoked or expired while it waited: it is
+    /// answered like any request with that credential, and never handed a job.
+    #[error("the credential is no longer valid")]
+    CredentialInvalid,
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
     /// The actor is gone or its commit failed; the operation did not happen.
@@ -58,7 +65,10 @@ impl QueueError {
         match self {
             Self::NotFound | Self::OtherTenant | Self::NotInDeadLetter => ErrorKind::NotFound,
             Self::Duplicate | Self::InvalidState { .. } | Self::LeaseNotHeld => ErrorKind::Conflict,
-            Self::QueueFull { .. } | Self::QuotaExceeded { .. } => ErrorKind::TooManyRequests,
+            Self::QueueFull { .. } | Self::QuotaExceeded { .. } | Self::TooManyWaits { .. } => {
+                ErrorKind::TooManyRequests
+            }
+            Self::CredentialInvalid => ErrorKind::Unauthenticated,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
             Self::Unreadable(_) => ErrorKind::Internal,
         }

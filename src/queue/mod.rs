@@ -1,14 +1,29 @@
-//! The queue actor: owns the job state machine and is the only writer of the job table. See
-//! [`actor`] for the group-commit loop; [`QueueHandle`] is how everything else talks to it.
+//! The queue engine: the OJS job state machine and the only writer of the jobs.
+//!
+//! - [`core`]: the pure state machine over the in-memory indexes ([`sched`]): time passed
+//!   in, writes and events passed out;
+//! - [`seam`]: the narrow storage trait it reads and commits through (redb implements it in
+//!   [`crate::store::jobs`]);
+//! - [`actor`]: the thin loop around the core (group commit, long-poll [`waiters`]);
+//! - [`view`]: what readers see without waiting for a turn;
+//! - [`QueueHandle`]: how everything else talks to it.
 
 mod actor;
 pub mod bounds;
+pub mod core;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod model;
 pub mod msg;
 pub mod sched;
+pub mod seam;
+pub mod view;
+pub mod waiters;
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,15 +31,19 @@ pub use error::QueueError;
 pub use events::{Event, EventFilter};
 pub use msg::{
     AckRequest, BoundInfo, Enqueued, Failure, FetchRequest, HeartbeatOutcome, HeartbeatRequest,
-    Holder, NackRequest, Page, QueueStats, RewrapStep, Scope,
+    Holder, NackRequest, Page, QueueStats, RewrapStep, Scope, StillValid,
 };
 pub use sched::QueueSummary;
 
+use crate::clock::Clock;
 use crate::job::envelope::NewJob;
 use crate::job::{Job, JobId, JobState};
 use crate::store::Store;
 use crate::vault::VaultKeys;
-use msg::{Msg, Reply};
+use msg::{Msg, Reply, Wait};
+use seam::JobStore;
+use view::Shared;
+use waiters::WaitPermits;
 
 /// Queue behaviour from the config.
 #[derive(Clone, Debug)]
@@ -37,6 +56,12 @@ pub struct QueueConfig {
     pub events_capacity: usize,
     /// Honour `test_directive` on heartbeats (conformance runs only).
     pub honour_test_directives: bool,
+    /// Long-poll fetches one principal may have waiting at once.
+    pub max_waits_per_principal: usize,
+    /// Long-poll fetches waiting at once, in all.
+    pub max_waits: usize,
+    /// Where the engine reads the time.
+    pub clock: Clock,
 }
 
 impl Default for QueueConfig {
@@ -46,32 +71,62 @@ impl Default for QueueConfig {
             mailbox: 8192,
             events_capacity: 10_000,
             honour_test_directives: false,
+            max_waits_per_principal: 10,
+            max_waits: 10_000,
+            clock: Clock::system(),
         }
     }
 }
 
-/// A cheap, cloneable handle to the queue actor.
+/// A cheap, cloneable handle to the queue engine.
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::Sender<Msg>,
     keys: VaultKeys,
+    store: Arc<dyn JobStore>,
+    shared: Arc<Shared>,
+    permits: WaitPermits,
+    clock: Clock,
 }
 
 impl QueueHandle {
-    /// Loads the indexes from the store and starts the actor on its own thread. The thread ends
-    /// when every handle is dropped; join it to be sure the last commit is done.
+    /// Loads the indexes from the redb store and starts the actor on its own thread. The thread
+    /// ends when every handle is dropped; join it to be sure the last commit is done.
     pub fn spawn(
         store: Store,
         keys: VaultKeys,
         config: QueueConfig,
     ) -> Result<(Self, JoinHandle<()>), QueueError> {
+        let jobs = crate::store::jobs::RedbJobs::new(store, keys.clone());
+        Self::spawn_on(Arc::new(jobs), keys, config)
+    }
+
+    /// Starts the engine over any store behind the seam.
+    pub fn spawn_on(
+        store: Arc<dyn JobStore>,
+        keys: VaultKeys,
+        config: QueueConfig,
+    ) -> Result<(Self, JoinHandle<()>), QueueError> {
         let (tx, rx) = mpsc::channel(config.mailbox.max(1));
-        let actor = actor::QueueActor::load(store, keys.clone(), config)?;
+        let shared = Arc::new(Shared::new(config.events_capacity));
+        let permits = WaitPermits::new(config.max_waits_per_principal, config.max_waits);
+        let clock = config.clock.clone();
+        let actor = actor::QueueActor::load(store.clone(), shared.clone(), config)?;
         let thread = std::thread::Builder::new()
             .name("bulwark-queue".into())
             .spawn(move || actor.run(rx))
             .map_err(|_| QueueError::Unavailable)?;
-        Ok((Self { tx, keys }, thread))
+        Ok((
+            Self {
+                tx,
+                keys,
+                store,
+                shared,
+                permits,
+                clock,
+            },
+            thread,
+        ))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, QueueError> {
@@ -132,9 +187,12 @@ impl QueueHandle {
     /// queues refuse batches too.
     pub async fn enqueue_batch(
         &self,
-        jobs: Vec<(NewJob, Option<String>, Option<String>)>,
+        mut jobs: Vec<(NewJob, Option<String>, Option<String>)>,
         limits: bounds::Limits,
     ) -> Result<Vec<Job>, QueueError> {
+        for (job, _, _) in &mut jobs {
+            job.id.get_or_insert_with(JobId::generate);
+        }
         self.call(|reply| Msg::EnqueueBatch {
             jobs,
             limits,
@@ -159,25 +217,53 @@ impl QueueHandle {
         .await
     }
 
-    /// A queue's bound (configured or the default) and its depth.
+    /// A queue's bound (configured or the default) and its depth, as last published.
     pub async fn bound(
         &self,
         tenant: Option<String>,
         queue: String,
         default_max_depth: u64,
     ) -> Result<BoundInfo, QueueError> {
-        self.call(|reply| Msg::Bound {
-            tenant,
-            queue,
-            default_max_depth,
+        Ok(self
+            .shared
+            .model()
+            .bound(&(tenant, queue), default_max_depth))
+    }
+
+    /// Claims up to `count` ready jobs from the queues, in the order given.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<Vec<Job>, QueueError> {
+        self.call(|reply| Msg::Fetch {
+            req,
+            wait: None,
             reply,
         })
         .await
     }
 
-    /// Claims up to `count` ready jobs from the queues, in the order given.
-    pub async fn fetch(&self, req: FetchRequest) -> Result<Vec<Job>, QueueError> {
-        self.call(|reply| Msg::Fetch { req, reply }).await
+    /// Claims ready jobs, or waits up to `wait` for one to become available (a long poll):
+    /// the engine hands it over the moment it is, in the order the waits began. `valid` is
+    /// asked before a job is handed over and when the wait ends; once it says no, the answer
+    /// is [`QueueError::CredentialInvalid`]. A principal's concurrent waits are capped.
+    pub async fn fetch_wait(
+        &self,
+        req: FetchRequest,
+        wait: Duration,
+        valid: StillValid,
+    ) -> Result<Vec<Job>, QueueError> {
+        if wait.is_zero() {
+            return self.fetch(req).await;
+        }
+        let _permit = self.permits.acquire(&req.holder.principal)?;
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        self.call(|reply| Msg::Fetch {
+            req,
+            wait: Some(Wait { until, valid }),
+            reply,
+        })
+        .await
     }
 
     /// Completes an active job held by the caller.
@@ -209,12 +295,14 @@ impl QueueHandle {
         self.call(|reply| Msg::Activate { id, scope, reply }).await
     }
 
-    /// Reads a job.
+    /// Reads a job from a read transaction of its own: never queued behind a commit.
     pub async fn get(&self, id: JobId, scope: Scope) -> Result<Job, QueueError> {
-        self.call(|reply| Msg::Get { id, scope, reply }).await
+        let reader = self.store.reader()?;
+        core::load_scoped(reader.as_ref(), id, scope.as_deref())
     }
 
-    /// Lists the dead letter queue, newest first.
+    /// Lists the dead letter queue, newest first (ids from the published read model, records
+    /// from one read transaction).
     pub async fn dead_letter(
         &self,
         scope: Scope,
@@ -222,14 +310,23 @@ impl QueueHandle {
         limit: usize,
         offset: usize,
     ) -> Result<Page<Job>, QueueError> {
-        self.call(|reply| Msg::DeadLetterList {
-            scope,
-            queue,
-            limit,
-            offset,
-            reply,
-        })
-        .await
+        let ids = self
+            .shared
+            .model()
+            .dead_letter(scope.as_deref(), queue.as_deref());
+        let total = ids.len();
+        let reader = self.store.reader()?;
+        let mut items = Vec::new();
+        for id in ids.into_iter().skip(offset).take(limit) {
+            // One unreadable job does not hide the others (it is counted and logged), and a
+            // job deleted since the model was published is simply gone.
+            match reader.job(id) {
+                Ok(Some(job)) if job.dead_letter => items.push(job),
+                Ok(_) | Err(QueueError::Unreadable(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Page { items, total })
     }
 
     /// Puts a dead-letter job back to `available` with its attempts reset.
@@ -244,19 +341,36 @@ impl QueueHandle {
             .await
     }
 
-    /// Every known queue of the scope's tenant with its counts.
+    /// Every known queue of the scope's tenant with its counts, as last published.
     pub async fn queues(&self, scope: Scope) -> Result<Vec<QueueSummary>, QueueError> {
-        self.call(|reply| Msg::Queues { scope, reply }).await
+        Ok(self.shared.model().queues(scope.as_deref()))
     }
 
     /// Recent lifecycle events.
     pub async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, QueueError> {
-        self.call(|reply| Msg::Events { filter, reply }).await
+        Ok(self.shared.events(&filter))
     }
 
-    /// Totals for health and metrics.
+    /// Totals for health and metrics, as last published.
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
-        self.call(|reply| Msg::Stats { reply }).await
+        let model = self.shared.model();
+        Ok(QueueStats {
+            totals: model.totals(),
+            queues: model.queue_count(),
+        })
+    }
+
+    /// The clock the engine runs on: handlers read it for the times they stamp on a job (a
+    /// relative `delay_until`, a fetch's server time), so those agree with the engine's.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Long-poll fetches waiting now.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.permits.open()
     }
 
     /// Deletes every job (testing mode only; the HTTP layer guards it).
@@ -265,7 +379,7 @@ impl QueueHandle {
     }
 
     /// Re-wraps the data keys of up to `batch` records after `after` (job id order) with the
-    /// active KEK, in one turn beside other traffic.
+    /// active KEK, between two turns.
     pub async fn rewrap(
         &self,
         after: Option<u128>,
@@ -279,6 +393,11 @@ impl QueueHandle {
         .await
     }
 
+    /// Asks the engine to look at the clock now (tests that move a manual clock).
+    pub async fn tick(&self) {
+        let _ = self.tx.send(Msg::Tick).await;
+    }
+
     /// From now on heartbeats answer `quiet`: the server is shutting down.
     pub async fn drain(&self) {
         let _ = self.tx.send(Msg::Drain).await;
@@ -288,7 +407,7 @@ impl QueueHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::now_ms;
+    use crate::clock::{now_ms, Clock};
     use crate::job::envelope::{parse_new_job, EnvelopeRules};
     use serde_json::json;
 
@@ -367,13 +486,17 @@ mod tests {
     async fn a_failed_attempt_retries_then_exhausts_into_the_dead_letter_queue() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (queue, _thread) =
-            QueueHandle::spawn(store, test_keys(), QueueConfig::default()).unwrap();
+        let (clock, hand) = Clock::manual(now_ms());
+        let config = QueueConfig {
+            clock,
+            ..QueueConfig::default()
+        };
+        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
         let body = json!({"type": "t.x", "args": [], "options": {"queue": "q", "retry": {
             "max_attempts": 2, "initial_interval": "PT0.05S", "jitter": false, "on_exhaustion": "dead_letter"}}});
         let job = queue
             .enqueue(
-                parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap(),
+                parse_new_job(&body, &EnvelopeRules::default(), hand.now_ms()).unwrap(),
                 None,
                 None,
             )
@@ -401,8 +524,9 @@ mod tests {
             (nacked.state, nacked.retry_delay_ms),
             (JobState::Retryable, Some(50))
         );
+        hand.advance(49);
         assert!(fetch_one(&queue).await.is_none(), "not due yet");
-        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        hand.advance(1);
         assert_eq!(fetch_one(&queue).await.unwrap().attempt, 2);
         let nacked = queue
             .nack(NackRequest {
@@ -422,5 +546,135 @@ mod tests {
         let retried = queue.retry_dead_letter(job.id, None).await.unwrap();
         assert_eq!((retried.state, retried.attempt), (JobState::Available, 0));
         assert_eq!(queue.dead_letter(None, None, 10, 0).await.unwrap().total, 0);
+    }
+
+    fn fetch_req(principal: &str) -> FetchRequest {
+        FetchRequest {
+            queues: vec!["q".into()],
+            count: 1,
+            holder: Holder {
+                principal: principal.into(),
+                worker_id: None,
+                tenant: None,
+            },
+            visibility_timeout_ms: None,
+            max_running: 0,
+            max_tenant_active: 0,
+        }
+    }
+
+    fn always() -> StillValid {
+        StillValid(std::sync::Arc::new(|_| true))
+    }
+
+    async fn waiting(queue: &QueueHandle, n: usize) {
+        for _ in 0..500 {
+            if queue.waiting() == n {
+                // The permit is taken before the wait reaches the engine: give it a turn.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("{n} long-polls never waited");
+    }
+
+    #[tokio::test]
+    async fn long_polls_are_handed_jobs_in_the_order_they_began_and_time_out_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (clock, hand) = Clock::manual(now_ms());
+        let config = QueueConfig {
+            clock,
+            ..QueueConfig::default()
+        };
+        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let wait = std::time::Duration::from_secs(30);
+        let first = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.fetch_wait(fetch_req("a"), wait, always()).await }
+        });
+        waiting(&queue, 1).await;
+        let second = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.fetch_wait(fetch_req("b"), wait, always()).await }
+        });
+        waiting(&queue, 2).await;
+        let job = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        let got = first.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, job.id, "the first waiter gets the job");
+        assert_eq!(got[0].lease.as_ref().unwrap().principal, "a");
+        assert!(!second.is_finished(), "the second keeps waiting");
+        // Its wait ends on the engine's clock, not the wall clock.
+        hand.advance(30_000);
+        queue.tick().await;
+        assert!(second.await.unwrap().unwrap().is_empty());
+        assert_eq!(queue.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_whose_credential_went_bad_is_refused_and_handed_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (queue, _thread) =
+            QueueHandle::spawn(store, test_keys(), QueueConfig::default()).unwrap();
+        let revoked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let valid = StillValid(std::sync::Arc::new({
+            let revoked = revoked.clone();
+            move |_| !revoked.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        let poll = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .fetch_wait(fetch_req("w"), std::time::Duration::from_secs(30), valid)
+                    .await
+            }
+        });
+        waiting(&queue, 1).await;
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        let job = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        assert!(matches!(
+            poll.await.unwrap(),
+            Err(QueueError::CredentialInvalid)
+        ));
+        let still = queue.get(job.id, None).await.unwrap();
+        assert_eq!(
+            still.state,
+            JobState::Available,
+            "the job was not handed out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_principal_may_hold_only_so_many_long_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = QueueConfig {
+            max_waits_per_principal: 2,
+            ..QueueConfig::default()
+        };
+        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let wait = std::time::Duration::from_secs(30);
+        let mut polls = Vec::new();
+        for _ in 0..2 {
+            let queue = queue.clone();
+            polls.push(tokio::spawn(async move {
+                queue.fetch_wait(fetch_req("p"), wait, always()).await
+            }));
+        }
+        waiting(&queue, 2).await;
+        assert!(matches!(
+            queue.fetch_wait(fetch_req("p"), wait, always()).await,
+            Err(QueueError::TooManyWaits { .. })
+        ));
+        // Another principal is not held back, and a plain fetch never counts.
+        assert!(queue.fetch(fetch_req("p")).await.unwrap().is_empty());
+        queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        queue.enqueue(new_job(0, 2), None, None).await.unwrap();
+        for poll in polls {
+            assert_eq!(poll.await.unwrap().unwrap().len(), 1);
+        }
     }
 }

@@ -3,8 +3,7 @@
 use tokio::sync::oneshot;
 
 use super::bounds::{Limits, QueueBound};
-use super::events::{Event, EventFilter};
-use super::sched::{QueueSummary, StateCounts};
+use super::sched::StateCounts;
 use super::QueueError;
 use crate::job::envelope::NewJob;
 use crate::job::{Job, JobId, JobState, Payload};
@@ -137,6 +136,25 @@ pub struct QueueStats {
 
 pub use crate::vault::RewrapStep;
 
+/// Whether the credential of a waiting long-poll is still good at a time: checked before a
+/// waiter is handed a job and when its wait ends.
+#[derive(Clone)]
+pub struct StillValid(pub std::sync::Arc<dyn Fn(crate::clock::Millis) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for StillValid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillValid")
+    }
+}
+
+/// How long a fetch that finds nothing may wait for a job, and on whose credential.
+#[derive(Clone, Debug)]
+pub struct Wait {
+    /// The engine time the wait ends at.
+    pub until: crate::clock::Millis,
+    pub valid: StillValid,
+}
+
 pub(crate) enum Msg {
     Enqueue {
         job: Box<NewJob>,
@@ -160,14 +178,10 @@ pub(crate) enum Msg {
         bound: Option<QueueBound>,
         reply: Reply<()>,
     },
-    Bound {
-        tenant: Option<String>,
-        queue: String,
-        default_max_depth: u64,
-        reply: Reply<BoundInfo>,
-    },
+    /// Claims ready jobs; with `wait`, parks until one is available or the wait ends.
     Fetch {
         req: FetchRequest,
+        wait: Option<Wait>,
         reply: Reply<Vec<Job>>,
     },
     Ack {
@@ -192,18 +206,6 @@ pub(crate) enum Msg {
         scope: Scope,
         reply: Reply<Job>,
     },
-    Get {
-        id: JobId,
-        scope: Scope,
-        reply: Reply<Job>,
-    },
-    DeadLetterList {
-        scope: Scope,
-        queue: Option<String>,
-        limit: usize,
-        offset: usize,
-        reply: Reply<Page<Job>>,
-    },
     DeadLetterRetry {
         id: JobId,
         scope: Scope,
@@ -214,17 +216,6 @@ pub(crate) enum Msg {
         scope: Scope,
         reply: Reply<()>,
     },
-    Queues {
-        scope: Scope,
-        reply: Reply<Vec<QueueSummary>>,
-    },
-    Events {
-        filter: EventFilter,
-        reply: Reply<Vec<Event>>,
-    },
-    Stats {
-        reply: Reply<QueueStats>,
-    },
     Reset {
         reply: Reply<()>,
     },
@@ -233,6 +224,8 @@ pub(crate) enum Msg {
         batch: usize,
         reply: Reply<RewrapStep>,
     },
+    /// Look at the clock now (a test moved a manual clock).
+    Tick,
     /// Start answering heartbeats with `quiet` (graceful shutdown).
     Drain,
 }

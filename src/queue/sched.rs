@@ -7,6 +7,7 @@
 //! the record's state and no index can drift from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -18,6 +19,9 @@ type ReadyKey = (i64, u64, JobId);
 
 /// A queue is a name within a tenant: tenants' queues of the same name never mix.
 pub type QueueKey = (Option<String>, String);
+
+/// The dead letter queue: by discard time and job id, with the job's queue.
+pub type DeadLetters = BTreeMap<(Millis, JobId), QueueKey>;
 
 fn queue_key(job: &Job) -> QueueKey {
     (job.tenant.clone(), job.queue.clone())
@@ -38,6 +42,12 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
+    /// Non-terminal jobs: a queue's depth for backpressure.
+    #[must_use]
+    pub fn depth(&self) -> u64 {
+        self.scheduled + self.available + self.pending + self.active + self.retryable
+    }
+
     fn slot(&mut self, state: JobState) -> &mut u64 {
         match state {
             JobState::Scheduled => &mut self.scheduled,
@@ -67,7 +77,9 @@ pub struct Indexes {
     ready: HashMap<QueueKey, BTreeSet<ReadyKey>>,
     timed: BTreeSet<(Millis, JobId)>,
     leases: BTreeSet<(Millis, JobId)>,
-    dead: BTreeMap<(Millis, JobId), QueueKey>,
+    /// Shared with the published read model; copied only when the dead letter queue changes
+    /// while a reader holds the previous version.
+    dead: Arc<DeadLetters>,
     queues: BTreeMap<QueueKey, QueueSummary>,
     next_seq: u64,
     /// Non-terminal jobs per owner (the per-principal pending quota).
@@ -140,7 +152,7 @@ impl Indexes {
             _ => {}
         }
         if job.dead_letter {
-            self.dead
+            Arc::make_mut(&mut self.dead)
                 .insert((job.discarded_at.unwrap_or(0), job.id), queue_key(job));
         }
         let summary = self
@@ -195,7 +207,7 @@ impl Indexes {
             _ => {}
         }
         if job.dead_letter {
-            self.dead.remove(&(job.discarded_at.unwrap_or(0), job.id));
+            Arc::make_mut(&mut self.dead).remove(&(job.discarded_at.unwrap_or(0), job.id));
         }
         if let Some(summary) = self.queues.get_mut(&queue_key(job)) {
             let slot = summary.counts.slot(job.state);
@@ -259,38 +271,22 @@ impl Indexes {
         }
     }
 
-    /// A tenant's dead-letter entries, newest first, optionally of one queue.
-    pub fn dead_letter<'a>(
-        &'a self,
-        tenant: Option<&'a str>,
-        queue: Option<&'a str>,
-    ) -> impl Iterator<Item = JobId> + 'a {
-        self.dead
-            .iter()
-            .rev()
-            .filter(move |(_, (t, q))| {
-                t.as_deref() == tenant && queue.is_none_or(|want| want == q.as_str())
-            })
-            .map(|((_, id), _)| *id)
+    /// The dead letter queue, to publish.
+    #[must_use]
+    pub fn dead_letters(&self) -> Arc<DeadLetters> {
+        self.dead.clone()
     }
 
-    /// Every known queue of a tenant with its counts, by name.
+    /// Every queue with its counts, to publish.
     #[must_use]
-    pub fn queues(&self, tenant: Option<&str>) -> Vec<QueueSummary> {
-        self.queues
-            .iter()
-            .filter(|((t, _), _)| t.as_deref() == tenant)
-            .map(|(_, q)| q.clone())
-            .collect()
+    pub fn summaries(&self) -> &BTreeMap<QueueKey, QueueSummary> {
+        &self.queues
     }
 
     /// Non-terminal jobs of one queue: its depth for backpressure.
     #[must_use]
     pub fn depth(&self, key: &QueueKey) -> u64 {
-        self.queues.get(key).map_or(0, |q| {
-            let c = &q.counts;
-            c.scheduled + c.available + c.pending + c.active + c.retryable
-        })
+        self.queues.get(key).map_or(0, |q| q.counts.depth())
     }
 
     /// Non-terminal jobs owned by a principal.
@@ -349,28 +345,80 @@ impl Indexes {
             .map(|(_, _, id)| *id)
     }
 
-    /// How many queues there are, over all tenants.
-    #[must_use]
-    pub fn queue_count(&self) -> usize {
-        self.queues.len()
-    }
-
     /// Jobs per state over all queues.
     #[must_use]
     pub fn totals(&self) -> StateCounts {
-        let mut t = StateCounts::default();
-        for q in self.queues.values() {
-            let c = &q.counts;
-            t.scheduled += c.scheduled;
-            t.available += c.available;
-            t.pending += c.pending;
-            t.active += c.active;
-            t.completed += c.completed;
-            t.retryable += c.retryable;
-            t.cancelled += c.cancelled;
-            t.discarded += c.discarded;
-            t.dead_letter += c.dead_letter;
-        }
-        t
+        totals(self.queues.values())
     }
+
+    /// Whether these live indexes hold what a rebuild from the store (`rebuilt`) holds: the
+    /// same ready sets, timers, leases, dead letters and counts. Queues emptied since the
+    /// rebuild's records were written may linger here with zero counts.
+    #[cfg(test)]
+    pub fn agrees_with(&self, rebuilt: &Indexes) -> Result<(), String> {
+        fn non_empty<K: Clone + Ord, V: Clone + Ord>(
+            m: &HashMap<QueueKey, BTreeSet<(K, V, JobId)>>,
+        ) -> BTreeMap<QueueKey, BTreeSet<(K, V, JobId)>> {
+            m.iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect()
+        }
+        let check = |what: &str, same: bool| {
+            if same {
+                Ok(())
+            } else {
+                Err(format!("{what} differ from a rebuild"))
+            }
+        };
+        check(
+            "ready sets",
+            non_empty(&self.ready) == non_empty(&rebuilt.ready),
+        )?;
+        check("timers", self.timed == rebuilt.timed)?;
+        check("leases", self.leases == rebuilt.leases)?;
+        check("dead letters", self.dead == rebuilt.dead)?;
+        check("owner counts", self.owners == rebuilt.owners)?;
+        check("holder counts", self.holders == rebuilt.holders)?;
+        check("tenant counts", self.tenants == rebuilt.tenants)?;
+        check(
+            "tenant active counts",
+            self.tenant_active == rebuilt.tenant_active,
+        )?;
+        check(
+            "tenant scheduled counts",
+            self.tenant_scheduled == rebuilt.tenant_scheduled,
+        )?;
+        for (key, summary) in &self.queues {
+            let want = rebuilt
+                .queues
+                .get(key)
+                .map(|q| q.counts.clone())
+                .unwrap_or_default();
+            check(&format!("counts of {key:?}"), summary.counts == want)?;
+        }
+        check(
+            "queues",
+            rebuilt.queues.keys().all(|k| self.queues.contains_key(k)),
+        )?;
+        check("sequence", self.next_seq >= rebuilt.next_seq)
+    }
+}
+
+/// Jobs per state over some queues.
+pub fn totals<'a>(queues: impl Iterator<Item = &'a QueueSummary>) -> StateCounts {
+    let mut t = StateCounts::default();
+    for q in queues {
+        let c = &q.counts;
+        t.scheduled += c.scheduled;
+        t.available += c.available;
+        t.pending += c.pending;
+        t.active += c.active;
+        t.completed += c.completed;
+        t.retryable += c.retryable;
+        t.cancelled += c.cancelled;
+        t.discarded += c.discarded;
+        t.dead_letter += c.dead_letter;
+    }
+    t
 }

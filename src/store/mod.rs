@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod jobs;
 pub mod tables;
 
 use std::path::{Path, PathBuf};

@@ -14,7 +14,6 @@ use crate::auth::actions::ActionGuard;
 use crate::auth::policy::RESERVED_QUEUE_PREFIX;
 use crate::auth::records::is_valid_tenant;
 use crate::auth::Permission;
-use crate::clock::now_ms;
 use crate::http::actions::{require_policy_token, used_event};
 use crate::http::audit;
 use crate::http::auth::Authenticated;
@@ -117,13 +116,14 @@ async fn prepare(
     caller: &Authenticated,
     rules: &Rules,
     body: &Value,
+    now: crate::clock::Millis,
 ) -> Result<Prepared, ApiError> {
     // Reserved queues are refused as a permission matter (OJS security §15.2), before the
     // envelope's pattern check would call them malformed.
     if let Some(reserved) = reserved_queue(body) {
         caller.allow(Permission::Enqueue, reserved).await?;
     }
-    let new = parse_new_job(body, &rules.envelope, now_ms())?;
+    let new = parse_new_job(body, &rules.envelope, now)?;
     caller.allow(Permission::Enqueue, &new.queue).await?;
     check_job_rules(req, caller, rules, &new, &body["args"]).await?;
     // `meta.tenant_id` may only repeat the tenant the request acts for; a system
@@ -181,7 +181,7 @@ pub async fn enqueue(
         mut new,
         tenant,
         owner,
-    } = prepare(&req, &caller, &rules, &body.0).await?;
+    } = prepare(&req, &caller, &rules, &body.0, queue.clock().now_ms()).await?;
     // Last of the checks, so that the token is judged for exactly the job that would be
     // stored: its type, the tenant it is stored for, and the principal.
     let token = require_policy_token(
@@ -408,7 +408,9 @@ pub async fn enqueue_batch(
             mut new,
             tenant,
             owner,
-        } = prepare(&req, &caller, &rules, item).await.map_err(at)?;
+        } = prepare(&req, &caller, &rules, item, queue.clock().now_ms())
+            .await
+            .map_err(at)?;
         if actions.is_action(&new.job_type) {
             return Err(at(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::json;
 use crate::auth::Permission;
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
@@ -20,7 +20,8 @@ use crate::job::view::job_json;
 use crate::job::{JobId, JobState, Payload};
 use crate::limiter::LimiterHandle;
 use crate::queue::{
-    AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueHandle,
+    AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueError,
+    QueueHandle, StillValid,
 };
 
 const MAX_QUEUES: usize = 32;
@@ -106,12 +107,11 @@ fn wait(obj: &Map<String, Value>, cap_ms: u64) -> Result<Duration, ApiError> {
     }
 }
 
-/// Pause between two looks at the queues during a long-poll fetch.
-const POLL_EVERY: Duration = Duration::from_millis(100);
-
-/// `POST /ojs/v1/workers/fetch`: with `wait_ms`, a long poll that answers as soon as a job
-/// can be claimed, or with `{"jobs": []}` once the wait (at most `[limits]
-/// max_fetch_wait_ms`, 30 s by default) is over.
+/// `POST /ojs/v1/workers/fetch`: with `wait_ms`, a long poll that the queue engine answers as
+/// soon as a job can be claimed (waits are served in the order they began), or with
+/// `{"jobs": []}` once the wait (at most `[limits] max_fetch_wait_ms`, 30 s by default) is
+/// over. A wait whose credential is revoked or expires meanwhile is answered 401 and is never
+/// handed a job; a principal's concurrent waits are capped (`[queue] max_waits_per_principal`).
 pub async fn fetch(
     caller: Authenticated,
     queue: web::Data<QueueHandle>,
@@ -165,26 +165,24 @@ pub async fn fetch(
         max_running: quotas.max_running_jobs_per_principal,
         max_tenant_active: quotas.max_active_jobs_per_tenant,
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let jobs = loop {
-        let jobs = match queue.fetch(req.clone()).await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                let e = ApiError::from(e);
-                crate::limiter::middleware::audit_limit_refusal(
-                    caller.request(),
-                    &caller.principal,
-                    &e,
-                )
-                .await;
-                return Err(e);
-            }
-        };
-        let now = tokio::time::Instant::now();
-        if !jobs.is_empty() || now >= deadline {
-            break jobs;
+    let principal = caller.principal.clone();
+    let valid = StillValid(std::sync::Arc::new(move |now| principal.still_valid(now)));
+    let jobs = match queue.fetch_wait(req, wait, valid).await {
+        Ok(jobs) => jobs,
+        Err(QueueError::CredentialInvalid) => {
+            caller.audit_credential_gone().await;
+            return Err(ApiError::from(QueueError::CredentialInvalid));
         }
-        tokio::time::sleep(POLL_EVERY.min(deadline - now)).await;
+        Err(e) => {
+            let e = ApiError::from(e);
+            crate::limiter::middleware::audit_limit_refusal(
+                caller.request(),
+                &caller.principal,
+                &e,
+            )
+            .await;
+            return Err(e);
+        }
     };
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
@@ -355,7 +353,7 @@ pub async fn heartbeat(
         &json!({
             "state": outcome.directive,
             "jobs_extended": extended,
-            "server_time": rfc3339(now_ms()),
+            "server_time": rfc3339(queue.clock().now_ms()),
         }),
     ))
 }
