@@ -99,6 +99,8 @@ struct Opts {
     w3_batch: usize,
     /// Worker sleep after an empty fetch (W3).
     idle_sleep: Duration,
+    /// W3 workers long-poll: `wait_ms` on every fetch (0: plain fetches and `idle_sleep`).
+    wait_ms: u64,
     /// Size of the serialized `args` array.
     arg_bytes: usize,
     fsync_secs: f64,
@@ -123,6 +125,7 @@ impl Default for Opts {
             batch: 50,
             w3_batch: 10,
             idle_sleep: Duration::from_millis(1),
+            wait_ms: 0,
             arg_bytes: 200,
             fsync_secs: 3.0,
             client: ClientKind::Hyper,
@@ -151,6 +154,8 @@ options:
   --w3-batch N           W3 fetch count (10)
   --idle-sleep-us US     W3 worker sleep after an empty fetch, microseconds (1000; 0 = busy
                          polling; tokio's timer rounds sleeps up to whole milliseconds)
+  --wait-ms MS           W3 workers long-poll with this wait_ms on every fetch (0 = plain
+                         fetches with --idle-sleep-us between empty ones)
   --arg-bytes N          serialized args size, bytes (200)
   --fsync-secs S         fsync workload length (3)
   --client hyper|reqwest HTTP client (hyper)
@@ -208,6 +213,11 @@ fn parse_opts() -> Opts {
                 o.idle_sleep = Duration::from_micros(value.parse().unwrap_or_else(|_| {
                     die(&format!("--idle-sleep-us: not a whole number: {value}"))
                 }));
+            }
+            "wait-ms" => {
+                o.wait_ms = value
+                    .parse()
+                    .unwrap_or_else(|_| die(&format!("--wait-ms: not a whole number: {value}")));
             }
             "arg-bytes" => o.arg_bytes = int(&value),
             "fsync-secs" => o.fsync_secs = num(&value),
@@ -564,7 +574,12 @@ fn job_body(queue: &str, seq: usize, t_ns: u64, pad: &str) -> Bytes {
     ))
 }
 
-fn fetch_body(queue: &str, count: usize, worker: &str) -> Bytes {
+fn fetch_body(queue: &str, count: usize, worker: &str, wait_ms: u64) -> Bytes {
+    if wait_ms > 0 {
+        return Bytes::from(format!(
+            r#"{{"queues":["{queue}"],"count":{count},"worker_id":"{worker}","wait_ms":{wait_ms}}}"#
+        ));
+    }
     Bytes::from(format!(
         r#"{{"queues":["{queue}"],"count":{count},"worker_id":"{worker}"}}"#
     ))
@@ -791,7 +806,11 @@ impl Server {
         std::fs::write(&config, text).expect("write config");
         let addr_file = path.join("addr");
         let log = std::fs::File::create(path.join("server.log")).expect("log file");
-        let bin = env!("CARGO_BIN_EXE_bulwark");
+        // `BULWARK_BENCH_BIN` runs another build (an earlier commit's, to compare back to back).
+        let bin = std::env::var_os("BULWARK_BENCH_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_bulwark")),
+            PathBuf::from,
+        );
         let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
@@ -1116,12 +1135,15 @@ async fn worker(
     batch: usize,
     drain: bool,
     idle: Duration,
+    wait_ms: u64,
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicU64>,
     deadline: Instant,
 ) -> WorkerOut {
     let mut out = WorkerOut::default();
-    let fetch = fetch_body(queue, batch, &id);
+    // Draining (W2) never waits: an empty queue ends it.
+    let wait_ms = if drain { 0 } else { wait_ms };
+    let fetch = fetch_body(queue, batch, &id, wait_ms);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let t0 = now_ns();
         let Some(body) = conn.call("fetch", FETCH_PATH, fetch.clone(), 200).await else {
@@ -1143,6 +1165,10 @@ async fn worker(
             out.empty += 1;
             if drain {
                 break;
+            }
+            if wait_ms > 0 {
+                // The server already waited for a job.
+                continue;
             }
             if idle.is_zero() {
                 tokio::task::yield_now().await;
@@ -1196,6 +1222,7 @@ async fn spawn_workers(
                 batch,
                 drain,
                 ctx.opts.idle_sleep,
+                ctx.opts.wait_ms,
                 stop.clone(),
                 completed.clone(),
                 deadline,
@@ -1396,13 +1423,20 @@ async fn w3(ctx: &Ctx, queue: &'static str, rate: Option<f64>) -> Report {
             per_sec(enq_window, secs),
             per_sec(done_window, secs)
         ),
-        format!(
-            "{} fetches, {} empty (worker sleeps {} us after an empty fetch), fetch count {}",
-            out.fetches,
-            out.empty,
-            o.idle_sleep.as_micros(),
-            o.w3_batch
-        ),
+        if o.wait_ms > 0 {
+            format!(
+                "{} fetches, {} empty (workers long-poll with wait_ms {}), fetch count {}",
+                out.fetches, out.empty, o.wait_ms, o.w3_batch
+            )
+        } else {
+            format!(
+                "{} fetches, {} empty (worker sleeps {} us after an empty fetch), fetch count {}",
+                out.fetches,
+                out.empty,
+                o.idle_sleep.as_micros(),
+                o.w3_batch
+            )
+        },
     ];
     if rate.is_none() && enq_window > done_window {
         extra.push(format!(
