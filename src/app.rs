@@ -184,7 +184,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             // The KEKs first: without them no job can be written or read.
             let (kek_reloader, keys) = load_keys(&setup)?;
             let store = Store::open(&setup.storage.data_dir)?;
-            info!(path = %store.path().display(), "database open");
+            info!(jobs = %store.jobs_path().display(), control = %store.control_path().display(), "database open");
             bootstrap(&store, &setup)?;
             bootstrap_admin_user(&store, &setup, admin_password)?;
             let accounts = Accounts::open(store.clone(), &setup.sessions, &setup.secrets.dir)?;

@@ -677,7 +677,9 @@ fn serve_expecting_exit(
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let started = addr_file.exists() || dir.join("data").join("bulwark.redb").exists();
+    let started = addr_file.exists()
+        || dir.join("data").join("bulwark.redb").exists()
+        || dir.join("data").join("control.redb").exists();
     (status.success(), stderr, started)
 }
 

@@ -384,17 +384,26 @@ async fn records_past_retention_are_pruned_behind_a_checkpoint_that_still_verifi
         "{stdout}"
     );
 
-    // The index follows the moved lines: the query route reads every kept record back.
-    let res = server
-        .client()
-        .get(server.url("/ojs/v1/admin/audit?limit=500"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let body: Value = res.json().await.unwrap();
-    let listed = body["records"].as_array().unwrap();
+    // The index follows the moved lines: the query route reads every kept record back. The
+    // writer indexes a record just after appending it, so the `audit.pruned` line can be in
+    // the log a moment before the index lists it: poll.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let res = server
+            .client()
+            .get(server.url("/ojs/v1/admin/audit?limit=500"))
+            .header("Authorization", server.auth())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        listed = body["records"].as_array().unwrap().clone();
+        if listed.iter().any(|r| r["event_type"] == "audit.pruned") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(listed.iter().any(|r| r["event_type"] == "audit.pruned"));
     assert!(listed
         .iter()

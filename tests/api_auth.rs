@@ -128,14 +128,16 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
     assert!(second.starts_with("bwk_live_"), "{second}");
     assert_ne!(second, first);
 
-    // Neither key appears in the database file: only hashes are stored.
-    let db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
-    for key in [&first, &second] {
-        let secret = common::key_secret(key);
-        assert!(
-            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "a key secret is in the database file"
-        );
+    // Neither key appears in either database file: only hashes are stored.
+    for file in ["bulwark.redb", "control.redb"] {
+        let db = std::fs::read(server.dir.join("data").join(file)).unwrap();
+        for key in [&first, &second] {
+            let secret = common::key_secret(key);
+            assert!(
+                !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a key secret is in {file}"
+            );
+        }
     }
 
     let client = server.client();

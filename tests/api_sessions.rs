@@ -489,10 +489,15 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
         .iter()
         .any(|r| r["outcome"] == "success"));
 
-    // Only digests are stored: no refresh token is in the database file.
-    let db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
-    for token in [&r1, &r2, &r3] {
-        assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+    // Only digests are stored: no refresh token is in either database file.
+    for file in ["bulwark.redb", "control.redb"] {
+        let db = std::fs::read(server.dir.join("data").join(file)).unwrap();
+        for token in [&r1, &r2, &r3] {
+            assert!(
+                !db.windows(token.len()).any(|w| w == token.as_bytes()),
+                "a refresh token is in {file}"
+            );
+        }
     }
     let log = audit_log(&server);
     for token in [&r1, &r2, &r3, &a2, &a3] {

@@ -242,6 +242,7 @@ async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
     files_under(&server.dir.join("data"), &mut files);
     files.push(server.dir.join("server.log"));
     assert!(files.iter().any(|f| f.ends_with("bulwark.redb")));
+    assert!(files.iter().any(|f| f.ends_with("control.redb")));
     for file in &files {
         let bytes = std::fs::read(file).unwrap();
         for canary in canaries {
@@ -255,13 +256,14 @@ async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
             }
         }
     }
-    let db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
+    let mut db = std::fs::read(server.dir.join("data").join("bulwark.redb")).unwrap();
+    db.extend(std::fs::read(server.dir.join("data").join("control.redb")).unwrap());
     let keks = kek_bytes(&kek_dir(&server));
     assert_eq!(keks.len(), 1, "one KEK made on first start");
     for kek in &keks {
         assert_eq!(kek.len(), 32);
         for form in [kek.clone(), hex(kek).into_bytes()] {
-            assert!(!contains(&db, &form), "a KEK is in the database");
+            assert!(!contains(&db, &form), "a KEK is in a database file");
         }
         let b64 = base64::engine::general_purpose::STANDARD.encode(kek);
         assert!(!contains(&db, b64.as_bytes()));

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ impl Summary {
 
 /// The highest indexed sequence number.
 pub fn last_indexed(store: &Store) -> Result<u64, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::AUDIT_INDEX)?;
     let last = table.last()?.map_or(0, |(k, _)| k.value());
     Ok(last)
@@ -66,7 +66,7 @@ pub fn last_indexed(store: &Store) -> Result<u64, StoreError> {
 
 /// The lowest indexed sequence number, if any.
 pub fn first_indexed(store: &Store) -> Result<Option<u64>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::AUDIT_INDEX)?;
     let first = table.first()?.map(|(k, _)| k.value());
     Ok(first)
@@ -75,8 +75,7 @@ pub fn first_indexed(store: &Store) -> Result<Option<u64>, StoreError> {
 /// Replaces the whole index with `summaries`, in one transaction (after pruning moved every
 /// line).
 pub fn replace(store: &Store, summaries: &[Summary]) -> Result<(), StoreError> {
-    let txn = store.db().begin_write()?;
-    {
+    store.control_write(|txn| {
         txn.open_table(tables::AUDIT_INDEX)?.retain(|_, _| false)?;
         let mut by = txn.open_multimap_table(tables::AUDIT_BY)?;
         let keys: Vec<String> = redb::ReadableMultimapTable::iter(&by)?
@@ -93,9 +92,8 @@ pub fn replace(store: &Store, summaries: &[Summary]) -> Result<(), StoreError> {
                 by.insert(key.as_str(), s.seq)?;
             }
         }
-    }
-    txn.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Forgets the whole index (when it runs ahead of the log it describes).
@@ -108,8 +106,7 @@ pub fn add(store: &Store, summaries: &[Summary]) -> Result<(), StoreError> {
     if summaries.is_empty() {
         return Ok(());
     }
-    let txn = store.db().begin_write()?;
-    {
+    store.control_write(|txn| {
         let mut index = txn.open_table(tables::AUDIT_INDEX)?;
         let mut by = txn.open_multimap_table(tables::AUDIT_BY)?;
         for s in summaries {
@@ -118,9 +115,8 @@ pub fn add(store: &Store, summaries: &[Summary]) -> Result<(), StoreError> {
                 by.insert(key.as_str(), s.seq)?;
             }
         }
-    }
-    txn.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Summaries of every line of a verified log after `after`, with their offsets.
@@ -158,7 +154,7 @@ pub struct Query {
 
 /// Records matching a query, newest first, read back from the log.
 pub fn query(store: &Store, log_path: &Path, q: &Query) -> Result<Vec<Value>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let index = txn.open_table(tables::AUDIT_INDEX)?;
     let by = txn.open_multimap_table(tables::AUDIT_BY)?;
     let before = q.before.unwrap_or(u64::MAX);

@@ -4,8 +4,8 @@
 //!
 //! Argon2 runs only on the blocking pool, at most [`PASSWORD_WORKERS`] at a time, each reusing a
 //! 19 MiB working memory; a login is throttled before any of it. Every read-check-write (a TOTP
-//! step, a refresh rotation) happens inside one redb write transaction, and redb runs one writer
-//! at a time, so two requests cannot both spend the same code or token.
+//! step, a refresh rotation) happens inside one write transaction on the control file, and redb
+//! runs one writer at a time, so two requests cannot both spend the same code or token.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -248,10 +248,9 @@ impl Accounts {
                 if round % PURGE_EVERY_ROUNDS == 0 {
                     let store = inner.store.clone();
                     let purged = blocking(move || {
-                        let txn = store.db().begin_write().map_err(StoreError::from)?;
-                        let n = session::purge_expired(&txn, now_ms())?;
-                        txn.commit().map_err(StoreError::from)?;
-                        Ok(n)
+                        store.control_write(|txn| {
+                            session::purge_expired(txn, now_ms()).map_err(AccountError::from)
+                        })
                     })
                     .await;
                     match purged {
@@ -375,50 +374,51 @@ impl Accounts {
         let checked_cv = record.credential_version;
         let (refresh_token, family, cv, confirmed) = blocking(move || {
             let now = now_ms();
-            let txn = store.db().begin_write().map_err(StoreError::from)?;
-            let mut current =
-                users::get_in(&txn, &name)?.ok_or(AccountError::Refused("unknown user"))?;
-            if current.credential_version != checked_cv || current.disabled {
-                return Err(AccountError::Refused("credentials changed during login"));
-            }
-            let secret = current
-                .totp_secret
-                .clone()
-                .ok_or(AccountError::Refused("totp not enrolled"))?;
-            let now_secs = u64::try_from(secs(now)).unwrap_or(0);
-            let Some(step) = users::check_totp(&secret, &code, now_secs, current.last_totp_step)
-            else {
-                return Err(AccountError::Refused(
-                    if users::check_totp(&secret, &code, now_secs, None).is_some() {
-                        "replayed totp code"
-                    } else {
-                        "wrong totp code"
+            store.control_write(|txn| {
+                let mut current =
+                    users::get_in(txn, &name)?.ok_or(AccountError::Refused("unknown user"))?;
+                if current.credential_version != checked_cv || current.disabled {
+                    return Err(AccountError::Refused("credentials changed during login"));
+                }
+                let secret = current
+                    .totp_secret
+                    .clone()
+                    .ok_or(AccountError::Refused("totp not enrolled"))?;
+                let now_secs = u64::try_from(secs(now)).unwrap_or(0);
+                let Some(step) =
+                    users::check_totp(&secret, &code, now_secs, current.last_totp_step)
+                else {
+                    return Err(AccountError::Refused(
+                        if users::check_totp(&secret, &code, now_secs, None).is_some() {
+                            "replayed totp code"
+                        } else {
+                            "wrong totp code"
+                        },
+                    ));
+                };
+                let confirmed = !current.totp_confirmed;
+                current.last_totp_step = Some(step);
+                current.totp_confirmed = true;
+                current.updated_at = now;
+                users::put_in(txn, &current)?;
+                let family = session::new_family_id().map_err(|_| AccountError::Unavailable)?;
+                let (token, digest) =
+                    session::new_refresh_token().map_err(|_| AccountError::Unavailable)?;
+                session::put_refresh(
+                    txn,
+                    &digest,
+                    &RefreshRecord {
+                        family: family.clone(),
+                        username: name.clone(),
+                        credential_version: current.credential_version,
+                        issued_at: now,
+                        expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
+                        used_at: None,
+                        revoked_at: None,
                     },
-                ));
-            };
-            let confirmed = !current.totp_confirmed;
-            current.last_totp_step = Some(step);
-            current.totp_confirmed = true;
-            current.updated_at = now;
-            users::put_in(&txn, &current)?;
-            let family = session::new_family_id().map_err(|_| AccountError::Unavailable)?;
-            let (token, digest) =
-                session::new_refresh_token().map_err(|_| AccountError::Unavailable)?;
-            session::put_refresh(
-                &txn,
-                &digest,
-                &RefreshRecord {
-                    family: family.clone(),
-                    username: name.clone(),
-                    credential_version: current.credential_version,
-                    issued_at: now,
-                    expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
-                    used_at: None,
-                    revoked_at: None,
-                },
-            )?;
-            txn.commit().map_err(StoreError::from)?;
-            Ok((token, family, current.credential_version, confirmed))
+                )?;
+                Ok((token, family, current.credential_version, confirmed))
+            })
         })
         .await?;
         let access_token = self.issue_access(&record.username, &family, cv)?;
@@ -454,37 +454,40 @@ impl Accounts {
         let refresh_ttl = self.inner.config.refresh_ttl_secs;
         let result = blocking(move || {
             let now = now_ms();
-            let txn = store.db().begin_write().map_err(StoreError::from)?;
-            let mut record = session::get_refresh(&txn, &digest)?
-                .ok_or(AccountError::Refused("unknown refresh token"))?;
-            let user = users::get_in(&txn, &record.username)?;
-            match session::decide(&record, now, user.as_ref().map(gate)) {
-                Decision::Refuse(reason) => Err(AccountError::Refused(reason)),
-                Decision::Reuse => {
-                    session::revoke_family(&txn, &record.family, now)?;
-                    txn.commit().map_err(StoreError::from)?;
-                    Err(AccountError::RefreshReuse {
-                        username: record.username,
-                        family: record.family,
-                    })
-                }
-                Decision::Rotate => {
-                    record.used_at = Some(now);
-                    session::put_refresh(&txn, &digest, &record)?;
-                    let (next, next_digest) =
-                        session::new_refresh_token().map_err(|_| AccountError::Unavailable)?;
-                    let next_record = RefreshRecord {
-                        issued_at: now,
-                        expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
-                        used_at: None,
-                        revoked_at: None,
-                        ..record.clone()
-                    };
-                    session::put_refresh(&txn, &next_digest, &next_record)?;
-                    txn.commit().map_err(StoreError::from)?;
-                    Ok((next, record))
-                }
-            }
+            // The outer error aborts the transaction; the inner one (reuse) is answered after
+            // the family's revocation is committed.
+            store
+                .control_write(|txn| {
+                    let mut record = session::get_refresh(txn, &digest)?
+                        .ok_or(AccountError::Refused("unknown refresh token"))?;
+                    let user = users::get_in(txn, &record.username)?;
+                    match session::decide(&record, now, user.as_ref().map(gate)) {
+                        Decision::Refuse(reason) => Err(AccountError::Refused(reason)),
+                        Decision::Reuse => {
+                            session::revoke_family(txn, &record.family, now)?;
+                            Ok(Err(AccountError::RefreshReuse {
+                                username: record.username,
+                                family: record.family,
+                            }))
+                        }
+                        Decision::Rotate => {
+                            record.used_at = Some(now);
+                            session::put_refresh(txn, &digest, &record)?;
+                            let (next, next_digest) = session::new_refresh_token()
+                                .map_err(|_| AccountError::Unavailable)?;
+                            let next_record = RefreshRecord {
+                                issued_at: now,
+                                expires_at: now.saturating_add(ttl_ms(refresh_ttl)),
+                                used_at: None,
+                                revoked_at: None,
+                                ..record.clone()
+                            };
+                            session::put_refresh(txn, &next_digest, &next_record)?;
+                            Ok(Ok((next, record)))
+                        }
+                    }
+                })
+                .and_then(std::convert::identity)
         })
         .await;
         let (refresh_token, record) = match result {
@@ -524,18 +527,18 @@ impl Accounts {
         let store = self.inner.store.clone();
         let (username, family) = blocking(move || {
             let now = now_ms();
-            let txn = store.db().begin_write().map_err(StoreError::from)?;
-            let record = session::get_refresh(&txn, &digest)?
-                .ok_or(AccountError::Refused("unknown refresh token"))?;
-            if record.revoked_at.is_some() {
-                return Err(AccountError::Refused("refresh token revoked"));
-            }
-            if record.expires_at <= now {
-                return Err(AccountError::Refused("refresh token expired"));
-            }
-            session::revoke_family(&txn, &record.family, now)?;
-            txn.commit().map_err(StoreError::from)?;
-            Ok((record.username, record.family))
+            store.control_write(|txn| {
+                let record = session::get_refresh(txn, &digest)?
+                    .ok_or(AccountError::Refused("unknown refresh token"))?;
+                if record.revoked_at.is_some() {
+                    return Err(AccountError::Refused("refresh token revoked"));
+                }
+                if record.expires_at <= now {
+                    return Err(AccountError::Refused("refresh token expired"));
+                }
+                session::revoke_family(txn, &record.family, now)?;
+                Ok((record.username, record.family))
+            })
         })
         .await?;
         self.revoke_session(&family);

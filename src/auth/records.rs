@@ -2,7 +2,7 @@
 //! when a key is made): call it off the async threads. The server's key-management routes and
 //! the offline `bulwark keys` commands share these functions.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -202,12 +202,10 @@ pub fn create(
     let now = now_ms();
     spec.validate(policy, now)?;
     let (record, token) = new_record(spec, env, now)?;
-    let txn = store.db().begin_write().map_err(StoreError::from)?;
-    {
+    store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS).map_err(StoreError::from)?;
-        write(&mut table, &record)?;
-    }
-    txn.commit().map_err(StoreError::from)?;
+        write(&mut table, &record)
+    })?;
     Ok((record, token))
 }
 
@@ -235,8 +233,7 @@ pub fn rotate(
     };
     let (mut new, token) = new_record(&spec, env, now)?;
     new.rotated_from = Some(old.id.clone());
-    let txn = store.db().begin_write().map_err(StoreError::from)?;
-    let old = {
+    let old = store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS).map_err(StoreError::from)?;
         // Read again inside the transaction: the key may have changed while argon2 ran.
         let mut old = read(&table, id)?.ok_or(KeyError::NotFound)?;
@@ -248,22 +245,21 @@ pub fn rotate(
         old.replaced_by = Some(new.id.clone());
         write(&mut table, &old)?;
         write(&mut table, &new)?;
-        old
-    };
-    txn.commit().map_err(StoreError::from)?;
+        Ok(old)
+    })?;
     Ok((new, token, old))
 }
 
 /// Reads one key record.
 pub fn get(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::API_KEYS)?;
     read(&table, id)
 }
 
 /// Every key record, by id.
 pub fn list(store: &Store) -> Result<Vec<KeyRecord>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::API_KEYS)?;
     let mut out = Vec::new();
     for entry in table.iter()? {
@@ -279,9 +275,7 @@ pub fn revoke_where(
     select: impl Fn(&KeyRecord) -> bool,
 ) -> Result<Vec<KeyRecord>, StoreError> {
     let now = now_ms();
-    let txn = store.db().begin_write()?;
-    let mut revoked = Vec::new();
-    {
+    store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS)?;
         let mut chosen = Vec::new();
         for entry in table.iter()? {
@@ -291,34 +285,31 @@ pub fn revoke_where(
                 chosen.push(record);
             }
         }
+        let mut revoked = Vec::new();
         for mut record in chosen {
             record.revoked_at = Some(now);
             write(&mut table, &record)?;
             revoked.push(record);
         }
-    }
-    txn.commit()?;
-    Ok(revoked)
+        Ok(revoked)
+    })
 }
 
 /// Revokes one key. Returns the record (already revoked keys are returned as they are), or
 /// `None` if there is no such key.
 pub fn revoke(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let txn = store.db().begin_write()?;
-    let record = {
+    store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS)?;
         let record = read(&table, id)?;
-        match record {
+        Ok(match record {
             Some(mut record) if record.revoked_at.is_none() => {
                 record.revoked_at = Some(now_ms());
                 write(&mut table, &record)?;
                 Some(record)
             }
             other => other,
-        }
-    };
-    txn.commit()?;
-    Ok(record)
+        })
+    })
 }
 
 /// Stores last-used times (newer ones only).
@@ -326,8 +317,7 @@ pub fn record_use(store: &Store, uses: &[(String, Millis)]) -> Result<(), StoreE
     if uses.is_empty() {
         return Ok(());
     }
-    let txn = store.db().begin_write()?;
-    {
+    store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS)?;
         for (id, at) in uses {
             if let Some(mut record) = read(&table, id)? {
@@ -337,14 +327,13 @@ pub fn record_use(store: &Store, uses: &[(String, Millis)]) -> Result<(), StoreE
                 }
             }
         }
-    }
-    txn.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Whether any key exists (first start creates the bootstrap key when none does).
 pub fn any(store: &Store) -> Result<bool, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::API_KEYS)?;
     Ok(!table.is_empty()?)
 }

@@ -741,32 +741,35 @@ mod tests {
             used_at: None,
             revoked_at: None,
         };
-        let txn = store.db().begin_write().unwrap();
-        put_refresh(&txn, &[1; 32], &record("f1", "alice", 100)).unwrap();
-        put_refresh(&txn, &[2; 32], &record("f1", "alice", 100)).unwrap();
-        put_refresh(&txn, &[3; 32], &record("f2", "alice", 100)).unwrap();
-        put_refresh(&txn, &[4; 32], &record("f3", "bob", 10)).unwrap();
-        assert_eq!(revoke_family(&txn, "f1", 50).unwrap(), 2);
-        assert_eq!(revoke_family(&txn, "f1", 50).unwrap(), 0);
-        assert!(get_refresh(&txn, &[3; 32])
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none());
-        assert_eq!(revoke_user_tokens(&txn, "alice", 60).unwrap(), 1);
-        assert_eq!(
-            get_refresh(&txn, &[1; 32]).unwrap().unwrap().revoked_at,
-            Some(50)
-        );
-        assert!(get_refresh(&txn, &[4; 32])
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none());
-        assert_eq!(purge_expired(&txn, 50).unwrap(), 1);
-        assert!(get_refresh(&txn, &[4; 32]).unwrap().is_none());
-        assert!(get_refresh(&txn, &[9; 32]).unwrap().is_none());
-        txn.commit().unwrap();
+        store
+            .control_write(|txn| {
+                put_refresh(txn, &[1; 32], &record("f1", "alice", 100)).unwrap();
+                put_refresh(txn, &[2; 32], &record("f1", "alice", 100)).unwrap();
+                put_refresh(txn, &[3; 32], &record("f2", "alice", 100)).unwrap();
+                put_refresh(txn, &[4; 32], &record("f3", "bob", 10)).unwrap();
+                assert_eq!(revoke_family(txn, "f1", 50).unwrap(), 2);
+                assert_eq!(revoke_family(txn, "f1", 50).unwrap(), 0);
+                assert!(get_refresh(txn, &[3; 32])
+                    .unwrap()
+                    .unwrap()
+                    .revoked_at
+                    .is_none());
+                assert_eq!(revoke_user_tokens(txn, "alice", 60).unwrap(), 1);
+                assert_eq!(
+                    get_refresh(txn, &[1; 32]).unwrap().unwrap().revoked_at,
+                    Some(50)
+                );
+                assert!(get_refresh(txn, &[4; 32])
+                    .unwrap()
+                    .unwrap()
+                    .revoked_at
+                    .is_none());
+                assert_eq!(purge_expired(txn, 50).unwrap(), 1);
+                assert!(get_refresh(txn, &[4; 32]).unwrap().is_none());
+                assert!(get_refresh(txn, &[9; 32]).unwrap().is_none());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
     }
 
     #[test]

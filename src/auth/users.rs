@@ -6,7 +6,7 @@
 //! and start-up. The accounts service ([`super::accounts`]) is the only writer while the
 //! server runs.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -294,7 +294,7 @@ pub fn new_record(username: &str, password_hash: String, totp: Option<TotpSecret
 
 /// Reads one user.
 pub fn get(store: &Store, username: &str) -> Result<Option<UserRecord>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::USERS)?;
     table
         .get(username)?
@@ -322,7 +322,7 @@ pub fn put_in(txn: &redb::WriteTransaction, record: &UserRecord) -> Result<(), S
 
 /// Every user, by name.
 pub fn list(store: &Store) -> Result<Vec<UserRecord>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::USERS)?;
     let mut out = Vec::new();
     for entry in table.iter()? {
@@ -335,7 +335,7 @@ pub fn list(store: &Store) -> Result<Vec<UserRecord>, StoreError> {
 /// Whether any user exists (first start creates `admin` from `OJS_SECRET_ADMIN_PASSWORD` when
 /// none does).
 pub fn any(store: &Store) -> Result<bool, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.control_read()?;
     let table = txn.open_table(tables::USERS)?;
     Ok(!table.is_empty()?)
 }
@@ -346,16 +346,14 @@ pub fn insert(store: &Store, record: &UserRecord) -> Result<(), UserError> {
         return Err(UserError::InvalidUsername);
     }
     let bytes = codec::encode(record)?;
-    let txn = store.db().begin_write()?;
-    {
+    store.control_write(|txn| {
         let mut table = txn.open_table(tables::USERS)?;
         if table.get(record.username.as_str())?.is_some() {
             return Err(UserError::Exists);
         }
         table.insert(record.username.as_str(), bytes.as_slice())?;
-    }
-    txn.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Reads a user inside a write transaction, changes it, writes it back, and revokes every
@@ -366,25 +364,25 @@ fn update(
     revoke_tokens: bool,
     change: impl FnOnce(&mut UserRecord),
 ) -> Result<UserRecord, UserError> {
-    let txn = store.db().begin_write()?;
-    let record = {
-        let mut table = txn.open_table(tables::USERS)?;
-        let mut record: UserRecord = table
-            .get(username)?
-            .map(|g| codec::decode(g.value()))
-            .transpose()?
-            .ok_or(UserError::NotFound)?;
-        change(&mut record);
-        record.updated_at = now_ms();
-        let bytes = codec::encode(&record)?;
-        table.insert(username, bytes.as_slice())?;
-        record
-    };
-    if revoke_tokens {
-        session::revoke_user_tokens(&txn, username, now_ms())?;
-    }
-    txn.commit()?;
-    Ok(record)
+    store.control_write(|txn| {
+        let record = {
+            let mut table = txn.open_table(tables::USERS)?;
+            let mut record: UserRecord = table
+                .get(username)?
+                .map(|g| codec::decode(g.value()))
+                .transpose()?
+                .ok_or(UserError::NotFound)?;
+            change(&mut record);
+            record.updated_at = now_ms();
+            let bytes = codec::encode(&record)?;
+            table.insert(username, bytes.as_slice())?;
+            record
+        };
+        if revoke_tokens {
+            session::revoke_user_tokens(txn, username, now_ms())?;
+        }
+        Ok(record)
+    })
 }
 
 /// Replaces the password hash: bumps the credential version (existing sessions die) and

@@ -166,7 +166,8 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Folder of the database file. Relative paths are relative to the working directory.
+    /// Folder of the database files (`bulwark.redb` for jobs, `control.redb` for keys, users and
+    /// the audit index). Relative paths are relative to the working directory.
     pub data_dir: PathBuf,
 }
 

@@ -15,6 +15,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("i/o error: {0}")]
     Io(std::io::Error),
+    /// The control tables cannot be moved out of the jobs file safely (see
+    /// [`super::migrate`]).
+    #[error("cannot move the control tables: {0}")]
+    Migration(String),
 }
 
 macro_rules! from_redb {
@@ -31,5 +35,6 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );

@@ -3,7 +3,7 @@
 //! `queue_config`, both in the jobs file. The queue actor is its only writer; by-id reads open
 //! their own read transaction and never wait for a commit.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use tracing::{error, warn};
 
 use super::{codec, tables, Store, StoreError};
@@ -70,7 +70,7 @@ impl JobSource for Reader {
 
 impl JobStore for RedbJobs {
     fn reader(&self) -> Result<Box<dyn JobSource + '_>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(StoreError::from)?;
+        let txn = self.store.jobs_read()?;
         let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
         Ok(Box::new(Reader {
             table,
@@ -80,7 +80,7 @@ impl JobStore for RedbJobs {
     }
 
     fn scan_heads(&self, visit: &mut dyn FnMut(Job)) -> Result<(), QueueError> {
-        let txn = self.store.db().begin_read().map_err(StoreError::from)?;
+        let txn = self.store.jobs_read()?;
         let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
         for entry in table.iter().map_err(StoreError::from)? {
             let (key, value) = entry.map_err(StoreError::from)?;
@@ -100,7 +100,7 @@ impl JobStore for RedbJobs {
     /// A record that does not decode is skipped with an error in the log (that queue falls
     /// back to the default bound) rather than keeping the server down.
     fn bounds(&self) -> Result<Vec<(QueueKey, QueueBound)>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(StoreError::from)?;
+        let txn = self.store.jobs_read()?;
         let table = txn
             .open_table(tables::QUEUE_CONFIG)
             .map_err(StoreError::from)?;
@@ -137,17 +137,14 @@ impl JobStore for RedbJobs {
             let key = bounds::table_key(tenant.as_deref(), queue);
             config.push((key, bound.as_ref().map(codec::encode).transpose()?));
         }
-        let txn = self.store.db().begin_write().map_err(StoreError::from)?;
-        {
+        self.store.jobs_write(|txn| {
             let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
             let mut bounds_table = txn
                 .open_table(tables::QUEUE_CONFIG)
                 .map_err(StoreError::from)?;
             if writes.clear {
                 table.retain(|_, _| false).map_err(StoreError::from)?;
-                bounds_table
-                    .retain(|_, _| false)
-                    .map_err(StoreError::from)?;
+                bounds_table.retain(|_, _| false).map_err(StoreError::from)?;
             }
             for (key, bytes) in &sealed {
                 match bytes {
@@ -175,26 +172,18 @@ impl JobStore for RedbJobs {
                     }
                 }
             }
-        }
-        txn.commit().map_err(StoreError::from)?;
-        Ok(())
+            Ok::<_, QueueError>(())
+        })
     }
 
     fn rewrap(&self, after: Option<u128>, batch: usize) -> Result<RewrapStep, QueueError> {
         let ring = self.keys.ring();
-        let txn = self.store.db().begin_write().map_err(StoreError::from)?;
-        let step = {
+        self.store.jobs_write(|txn| {
             let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
             crate::vault::rewrap_step(&mut table, &ring, after, batch).map_err(|e| match e {
                 VaultError::Storage(e) => QueueError::Storage(e),
                 _ => QueueError::Unavailable,
-            })?
-        };
-        if step.rewrapped > 0 {
-            txn.commit().map_err(StoreError::from)?;
-        } else {
-            let _ = txn.abort();
-        }
-        Ok(step)
+            })
+        })
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -198,7 +198,7 @@ pub struct VaultStatus {
 
 /// Counts jobs per KEK (reads only the clear part of each record).
 pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
-    let txn = store.db().begin_read().map_err(StoreError::from)?;
+    let txn = store.jobs_read()?;
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
     let mut per_kek: BTreeMap<String, u64> = ring.ids().map(|id| (id.to_string(), 0)).collect();
     let (mut clear, mut total) = (0, 0);
@@ -307,12 +307,10 @@ pub fn rewrap_offline(
     let mut total = RewrapStep::default();
     let mut after = None;
     loop {
-        let txn = store.db().begin_write().map_err(StoreError::from)?;
-        let step = {
+        let step = store.jobs_write(|txn| {
             let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
-            rewrap_step(&mut table, ring, after, batch)?
-        };
-        txn.commit().map_err(StoreError::from)?;
+            rewrap_step(&mut table, ring, after, batch)
+        })?;
         total.examined += step.examined;
         total.rewrapped += step.rewrapped;
         total.failed += step.failed;
