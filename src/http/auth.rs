@@ -509,7 +509,8 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     // refused requests spend them too.
     if let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() {
         let pattern = req.match_pattern().unwrap_or_default();
-        let class = Class::of(req.method().as_str(), &pattern);
+        let class = super::access::lookup(req.method().as_str(), &pattern)
+            .map_or(Class::Other, |route| route.rate);
         let checked = limiter
             .rates()
             .check_caller(principal.id(), tenant.as_deref(), class);

@@ -24,7 +24,7 @@ use crate::auth::AuthHandle;
 use crate::config::Config;
 use crate::queue::QueueHandle;
 use error::ApiError;
-use routes::{admin, dead_letter, jobs, keys, queues, sessions, system, vault, workers};
+use routes::system;
 
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
@@ -99,72 +99,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
                     ApiError::invalid("path", "the path is malformed").into()
                 }),
             );
-        let resource = |path: &str| {
-            web::resource(path.to_string()).default_service(web::to(routes::method_not_allowed))
-        };
-        cfg.service(resource("/ojs/manifest").route(web::get().to(system::manifest)))
-            .service(resource("/metrics").route(web::get().to(system::metrics)))
-            .service(resource("/ojs/v1/health").route(web::get().to(system::health)))
-            .service(resource("/ojs/v1/queues").route(web::get().to(system::list_queues)))
-            .service(resource("/ojs/v1/queues/{name}/stats").route(web::get().to(queues::stats)))
-            .service(resource("/ojs/v1/events").route(web::get().to(system::list_events)))
-            .service(resource("/ojs/v1/jobs").route(web::post().to(jobs::enqueue)))
-            // Before `{id}`, which would otherwise match `batch`.
-            .service(resource("/ojs/v1/jobs/batch").route(web::post().to(jobs::enqueue_batch)))
-            .service(
-                resource("/ojs/v1/jobs/{id}")
-                    .route(web::get().to(jobs::info))
-                    .route(web::delete().to(jobs::cancel)),
-            )
-            .service(resource("/ojs/v1/jobs/{id}/activate").route(web::post().to(jobs::activate)))
-            .service(resource("/ojs/v1/workers/fetch").route(web::post().to(workers::fetch)))
-            .service(resource("/ojs/v1/workers/ack").route(web::post().to(workers::ack)))
-            .service(resource("/ojs/v1/workers/nack").route(web::post().to(workers::nack)))
-            .service(
-                resource("/ojs/v1/workers/heartbeat").route(web::post().to(workers::heartbeat)),
-            )
-            .service(resource("/ojs/v1/dead-letter").route(web::get().to(dead_letter::list)))
-            .service(
-                resource("/ojs/v1/dead-letter/{id}").route(web::delete().to(dead_letter::delete)),
-            )
-            .service(
-                resource("/ojs/v1/dead-letter/{id}/retry")
-                    .route(web::post().to(dead_letter::retry)),
-            );
-        cfg.service(resource("/ojs/v1/admin/audit").route(web::get().to(admin::audit)))
-            .service(
-                resource("/ojs/v1/admin/queues/{name}/config")
-                    .route(web::get().to(queues::config))
-                    .route(web::put().to(queues::set_config)),
-            )
-            .service(
-                resource("/ojs/v1/admin/keys")
-                    .route(web::get().to(keys::list))
-                    .route(web::post().to(keys::create)),
-            )
-            // Before `{id}`, which would otherwise match `revoke`.
-            .service(resource("/ojs/v1/admin/keys/revoke").route(web::post().to(keys::revoke_many)))
-            .service(resource("/ojs/v1/admin/keys/{id}").route(web::delete().to(keys::revoke)))
-            .service(
-                resource("/ojs/v1/admin/keys/{id}/rotate").route(web::post().to(keys::rotate)),
-            );
-        cfg.service(resource("/ojs/v1/auth/login").route(web::post().to(sessions::login)))
-            .service(resource("/ojs/v1/auth/refresh").route(web::post().to(sessions::refresh)))
-            .service(resource("/ojs/v1/auth/logout").route(web::post().to(sessions::logout)))
-            .service(
-                resource("/ojs/v1/admin/users")
-                    .route(web::get().to(sessions::list_users))
-                    .route(web::post().to(sessions::create_user)),
-            )
-            .service(
-                resource("/ojs/v1/admin/users/{name}/password")
-                    .route(web::post().to(sessions::change_password)),
-            );
-        cfg.service(resource("/ojs/v1/admin/vault").route(web::get().to(vault::status)))
-            .service(resource("/ojs/v1/admin/vault/rewrap").route(web::post().to(vault::rewrap)));
-        if config.testing.allow_reset {
-            cfg.service(resource("/ojs/v1/admin/reset").route(web::post().to(admin::reset)));
-        }
+        access::register(cfg, config.testing.allow_reset);
     }
 }
 

@@ -52,7 +52,8 @@ impl Scope {
     }
 }
 
-/// The per-principal operation classes.
+/// The per-principal operation classes (each route's is in the route table,
+/// `crate::http::access::ROUTES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     /// `POST /ojs/v1/jobs`
@@ -61,20 +62,6 @@ pub enum Class {
     Worker,
     /// Everything else.
     Other,
-}
-
-impl Class {
-    /// The class of a route (method and route template).
-    #[must_use]
-    pub fn of(method: &str, pattern: &str) -> Self {
-        if method == "POST" && pattern == "/ojs/v1/jobs" {
-            Self::Enqueue
-        } else if pattern.starts_with("/ojs/v1/workers/") {
-            Self::Worker
-        } else {
-            Self::Other
-        }
-    }
 }
 
 /// What the `X-RateLimit-*` headers say about one budget.
@@ -379,14 +366,5 @@ mod tests {
         let third: IpAddr = "192.0.2.11".parse().unwrap();
         let info = r.check_source(third).unwrap();
         assert_eq!((info.scope, info.remaining), (Scope::Global, 0));
-    }
-
-    #[test]
-    fn classes_follow_the_routes() {
-        assert_eq!(Class::of("POST", "/ojs/v1/jobs"), Class::Enqueue);
-        assert_eq!(Class::of("POST", "/ojs/v1/workers/fetch"), Class::Worker);
-        assert_eq!(Class::of("POST", "/ojs/v1/workers/nack"), Class::Worker);
-        assert_eq!(Class::of("GET", "/ojs/v1/jobs/{id}"), Class::Other);
-        assert_eq!(Class::of("GET", "/ojs/v1/jobs"), Class::Other);
     }
 }

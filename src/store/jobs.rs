@@ -144,7 +144,9 @@ impl JobStore for RedbJobs {
                 .map_err(StoreError::from)?;
             if writes.clear {
                 table.retain(|_, _| false).map_err(StoreError::from)?;
-                bounds_table.retain(|_, _| false).map_err(StoreError::from)?;
+                bounds_table
+                    .retain(|_, _| false)
+                    .map_err(StoreError::from)?;
             }
             for (key, bytes) in &sealed {
                 match bytes {
