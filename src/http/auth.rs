@@ -25,12 +25,12 @@ use tracing::{error, info};
 
 use super::access::{self, Need};
 use super::error::ApiError;
+use super::limits;
 use crate::audit::Outcome;
 use crate::auth::records::is_valid_tenant;
 use crate::auth::session::{self, SessionVerifier};
 use crate::auth::{jwt, key, AuthError, AuthHandle, Credential, Permission, Principal, Reach};
 use crate::job::{Job, Visibility};
-use crate::limiter::middleware as limits;
 use crate::limiter::rates::{Class, RateInfo, Scope};
 use crate::limiter::LimiterHandle;
 use crate::queue::{Holder, QueueError};

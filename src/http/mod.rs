@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod limits;
 pub mod middleware;
 pub mod routes;
 pub mod strict_json;
@@ -120,9 +121,7 @@ fn plain_server(shared: Shared, listener: TcpListener) -> std::io::Result<Server
         App::new()
             .configure(routes.clone())
             .default_service(web::to(routes::not_found))
-            .wrap(actix_web::middleware::from_fn(
-                crate::limiter::middleware::limits,
-            ))
+            .wrap(actix_web::middleware::from_fn(crate::http::limits::limits))
             .wrap(actix_web::middleware::from_fn(middleware::standard_headers))
     })
     // Registered before the listener is added, or it would not apply to it.
@@ -182,9 +181,7 @@ fn tls_server(
         let app = App::new()
             .configure(routes.clone())
             .default_service(web::to(routes::not_found))
-            .wrap(actix_web::middleware::from_fn(
-                crate::limiter::middleware::limits,
-            ))
+            .wrap(actix_web::middleware::from_fn(crate::http::limits::limits))
             .wrap(actix_web::middleware::from_fn(middleware::standard_headers));
         let identities = identities.clone();
         let limiter = limiter.clone();

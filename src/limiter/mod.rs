@@ -4,14 +4,13 @@
 //! refreshes the gauges. Nothing on the request path waits for it.
 //!
 //! Who calls it: `app.rs` spawns it and registers [`connections::on_connect`]; the
-//! [`middleware::limits`] middleware checks connections and the global and per-address budgets
+//! [`crate::http::limits::limits`] middleware checks connections and the global and per-address budgets
 //! before authentication; the auth extractor checks the tenant and principal budgets
 //! ([`LimiterHandle::check_caller`]); the enqueue and nack routes consult [`abuse`]; SIGHUP
 //! runs [`crate::config::reload::reload_from_file`].
 
 pub mod abuse;
 pub mod connections;
-pub mod middleware;
 pub mod rates;
 
 use std::sync::Arc;

@@ -220,12 +220,12 @@ pub async fn enqueue(
     }
     // Abuse detection sees each stored submission (not dry runs): spikes and payload floods
     // are refused, all-top-priority floods demoted.
-    crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new).await?;
+    crate::http::limits::check_enqueue(&req, &caller.principal, &mut new).await?;
     let queue_name = new.queue.clone();
     let stored = async {
         let result = enqueue_bounded(&req, &queue, &rules, new, tenant, owner).await;
         if let Err(e) = &result {
-            crate::limiter::middleware::audit_limit_refusal(&req, &caller.principal, e).await;
+            crate::http::limits::audit_limit_refusal(&req, &caller.principal, e).await;
         }
         result
     };
@@ -424,7 +424,7 @@ pub async fn enqueue_batch(
                 "dry runs are not supported in batches",
             )));
         }
-        crate::limiter::middleware::check_enqueue(&req, &caller.principal, &mut new)
+        crate::http::limits::check_enqueue(&req, &caller.principal, &mut new)
             .await
             .map_err(at)?;
         jobs.push((new, tenant, Some(owner)));
@@ -434,7 +434,7 @@ pub async fn enqueue_batch(
         Ok(stored) => stored,
         Err(e) => {
             let e = ApiError::from(e).with_retry_after(rules.backpressure.retry_after_secs);
-            crate::limiter::middleware::audit_limit_refusal(&req, &caller.principal, &e).await;
+            crate::http::limits::audit_limit_refusal(&req, &caller.principal, &e).await;
             return Err(e);
         }
     };

@@ -135,7 +135,7 @@ pub async fn login(
                         config.sessions.login_per_minute_per_user
                     }
                 };
-                crate::limiter::middleware::record_refusal(
+                crate::http::limits::record_refusal(
                     &req,
                     crate::limiter::rates::RateInfo {
                         scope: crate::limiter::rates::Scope::Login,
@@ -152,7 +152,7 @@ pub async fn login(
                     .detail("retry_after_secs", t.retry_after_secs);
                 audit::emit(&req, with_claimed(event, &username)).await;
             }
-            crate::limiter::middleware::delay_refusal(&req, t.retry_after_secs).await;
+            crate::http::limits::delay_refusal(&req, t.retry_after_secs).await;
             Err(AccountError::Throttled(t).into())
         }
         Err(e) => {

@@ -175,12 +175,7 @@ pub async fn fetch(
         }
         Err(e) => {
             let e = ApiError::from(e);
-            crate::limiter::middleware::audit_limit_refusal(
-                caller.request(),
-                &caller.principal,
-                &e,
-            )
-            .await;
+            crate::http::limits::audit_limit_refusal(caller.request(), &caller.principal, &e).await;
             return Err(e);
         }
     };
@@ -292,7 +287,7 @@ pub async fn nack(
         requeue,
     };
     let job = caller.scoped(queue.nack(req).await).await?;
-    crate::limiter::middleware::note_nack(&http, &caller.principal).await;
+    crate::http::limits::note_nack(&http, &caller.principal).await;
     let mut out = json!({
         "id": job.id.to_string(),
         "job_id": job.id.to_string(),

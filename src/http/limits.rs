@@ -1,4 +1,4 @@
-//! The limits middleware, before authentication: a connection over the connection limits is
+//! The limits middleware (the edge's side of the [`crate::limiter`]), before authentication: a connection over the connection limits is
 //! answered 429 and closed; then the global and per-address budgets are spent. On the way out
 //! it writes `X-RateLimit-Limit`, `-Remaining` and `-Reset` (the Unix time at which at least one
 //! more request will pass, OJS rate limiting §10.4) for the tightest budget the request met,
@@ -12,12 +12,12 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage, HttpRequest, ResponseError};
 use tracing::info;
 
-use super::connections::OverLimit;
-use super::rates::{Limited, RateInfo, Scope};
-use super::LimiterHandle;
 use crate::audit::Outcome;
 use crate::auth::Principal;
 use crate::http::error::ApiError;
+use crate::limiter::connections::OverLimit;
+use crate::limiter::rates::{Limited, RateInfo, Scope};
+use crate::limiter::LimiterHandle;
 
 /// The hint every rate-limit refusal carries (OJS rate limiting §10.4).
 const HINT: &str = "Too many requests. Retry after the Retry-After header value, or consider \
@@ -148,7 +148,7 @@ pub async fn limits(
         match checked {
             Ok(info) => record(req.request(), info),
             Err(limited) => {
-                let key = super::rates::ip_bucket(ip).to_string();
+                let key = crate::limiter::rates::ip_bucket(ip).to_string();
                 let error = refuse(req.request(), &limiter, limited, &key, None).await;
                 if limited.info.scope == Scope::Ip {
                     delay_refusal(req.request(), limited.retry_after_secs).await;
@@ -186,7 +186,7 @@ fn add_headers(res: &mut ServiceResponse<BoxBody>) {
 fn audit_abuse(
     req: &HttpRequest,
     principal: &Principal,
-    report: &super::abuse::Report,
+    report: &crate::limiter::abuse::Report,
     action: &'static str,
 ) -> crate::audit::AuditEvent {
     let mut event = crate::http::audit::event(
@@ -224,14 +224,14 @@ pub async fn check_enqueue(
         principal.id(),
         bytes,
         job.priority,
-        super::now_ms(),
+        crate::limiter::now_ms(),
     );
     for report in &verdict.reports {
         let action = match report.pattern {
-            super::abuse::Pattern::Spike => "throttled",
-            super::abuse::Pattern::LargePayloads => "large_payloads_refused",
-            super::abuse::Pattern::PriorityFlood => "demoted",
-            super::abuse::Pattern::RetryStorm => "reported",
+            crate::limiter::abuse::Pattern::Spike => "throttled",
+            crate::limiter::abuse::Pattern::LargePayloads => "large_payloads_refused",
+            crate::limiter::abuse::Pattern::PriorityFlood => "demoted",
+            crate::limiter::abuse::Pattern::RetryStorm => "reported",
         };
         let event = audit_abuse(req, principal, report, action)
             .detail("queue", job.queue.clone())
@@ -244,7 +244,7 @@ pub async fn check_enqueue(
     }
     if let Some((pattern, retry_after_secs)) = verdict.refuse {
         let message = match pattern {
-            super::abuse::Pattern::LargePayloads => {
+            crate::limiter::abuse::Pattern::LargePayloads => {
                 "too many large jobs from this credential; large jobs are refused for a while"
             }
             _ => "this credential is submitting far above its usual rate; it is throttled for a while",
@@ -266,7 +266,7 @@ pub async fn note_nack(req: &HttpRequest, principal: &Principal) {
         &config.abuse,
         config.max_tracked_keys,
         principal.id(),
-        super::now_ms(),
+        crate::limiter::now_ms(),
     );
     if let Some(report) = report {
         crate::http::audit::emit(req, audit_abuse(req, principal, &report, "reported")).await;
