@@ -39,8 +39,13 @@ fn main() {
         head_file: dir.path().join("audit.head"),
     };
     let key_bytes = [42u8; 32];
-    let (audit, thread) =
-        AuditHandle::spawn(&config, hmac::Key::new(hmac::HMAC_SHA256, &key_bytes), None).unwrap();
+    let (audit, thread) = AuditHandle::spawn(
+        &config,
+        hmac::Key::new(hmac::HMAC_SHA256, &key_bytes),
+        None,
+        bulwark::clock::Clock::system(),
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

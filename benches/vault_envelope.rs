@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
-use bulwark::clock::now_ms;
+use bulwark::clock::Clock;
 use bulwark::job::envelope::{parse_new_job, EnvelopeRules};
 use bulwark::job::{Job, JobId};
 use bulwark::store::codec;
@@ -25,14 +25,15 @@ fn job(args_bytes: usize) -> Job {
     let rules = EnvelopeRules {
         ..EnvelopeRules::default()
     };
-    let new = parse_new_job(&body, &rules, now_ms()).unwrap();
+    let clock = Clock::system();
+    let new = parse_new_job(&body, &rules, clock.now_ms()).unwrap();
     Job::from_new(
         new,
         JobId::generate(),
         Some("acme".into()),
         None,
         1,
-        now_ms(),
+        clock.now_ms(),
     )
 }
 

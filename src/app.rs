@@ -16,6 +16,7 @@ use crate::auth::accounts::Accounts;
 use crate::auth::actions::{self, ActionGuard};
 use crate::auth::records::{self, KeySpec};
 use crate::auth::{users, AuthHandle};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::http;
 use crate::limiter::LimiterHandle;
@@ -38,7 +39,7 @@ pub fn prepare_secrets_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// On first start (no key in the database), creates an admin key, writes it to the secrets
 /// folder and prints it once.
-fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
+fn bootstrap(store: &Store, config: &Config, clock: &Clock) -> anyhow::Result<()> {
     if records::any(store)? {
         return Ok(());
     }
@@ -50,8 +51,13 @@ fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
         queues: None,
         expires_at: None,
     };
-    let (record, token) =
-        records::create(store, &config.policy()?, &spec, &config.secrets.key_env)?;
+    let (record, token) = records::create(
+        store,
+        &config.policy()?,
+        &spec,
+        &config.secrets.key_env,
+        clock.now_ms(),
+    )?;
     let path = config.secrets.dir.join(BOOTSTRAP_KEY_FILE);
     crate::secrets::write_private(&path, format!("{}\n", token.expose_secret()).as_bytes())?;
     println!(
@@ -71,6 +77,7 @@ fn bootstrap_admin_user(
     store: &Store,
     config: &Config,
     password: Option<secrecy::SecretString>,
+    clock: &Clock,
 ) -> anyhow::Result<()> {
     let Some(password) = password else {
         return Ok(());
@@ -92,7 +99,10 @@ fn bootstrap_admin_user(
     drop(password);
     let secret = users::new_totp_secret()?;
     let uri = users::otpauth_uri(&secret, "admin")?;
-    users::insert(store, &users::new_record("admin", hash, Some(secret)))?;
+    users::insert(
+        store,
+        &users::new_record("admin", hash, Some(secret), clock.now_ms()),
+    )?;
     let path = config.secrets.dir.join(BOOTSTRAP_TOTP_FILE);
     crate::secrets::write_private(&path, format!("{}\n", uri.expose_secret()).as_bytes())?;
     println!(
@@ -152,15 +162,15 @@ pub fn load_action_guard(config: &Config) -> anyhow::Result<ActionGuard> {
     Ok(guard)
 }
 
-/// Loads the key-encryption keys (creating one on first start) from the configured folder and
-/// the `OJS_SECRET_KEK_*` variables.
-pub fn load_keys(config: &Config) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
+/// Loads the key-encryption keys (creating one, named for `clock`'s time, on first start) from
+/// the configured folder and the `OJS_SECRET_KEK_*` variables.
+pub fn load_keys(config: &Config, clock: &Clock) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
     let vault = config.vault_config();
     let source = KeySource {
         dir: vault.kek_dir,
         active: vault.active,
     };
-    KekReloader::load(source, crate::vault::keyring::env_keys())
+    KekReloader::load(source, crate::vault::keyring::env_keys(), clock.now_ms())
         .context("cannot load the key-encryption keys ([vault])")
 }
 
@@ -175,6 +185,9 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     // Opening the file, the first-start key (argon2) and the index rebuild all block: keep them
     // off the async threads.
     let setup = config.clone();
+    // The one clock of the server: every component that reads the time holds a clone.
+    let clock = Clock::system();
+    let setup_clock = clock.clone();
     let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
         .ok()
         .map(secrecy::SecretString::from);
@@ -182,15 +195,24 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_secrets_dir(&setup.secrets.dir)?;
             // The KEKs first: without them no job can be written or read.
-            let (kek_reloader, keys) = load_keys(&setup)?;
+            let (kek_reloader, keys) = load_keys(&setup, &setup_clock)?;
             let store = Store::open(&setup.storage.data_dir)?;
             info!(jobs = %store.jobs_path().display(), control = %store.control_path().display(), "database open");
-            bootstrap(&store, &setup)?;
-            bootstrap_admin_user(&store, &setup, admin_password)?;
-            let accounts = Accounts::open(store.clone(), &setup.sessions, &setup.secrets.dir)?;
+            bootstrap(&store, &setup, &setup_clock)?;
+            bootstrap_admin_user(&store, &setup, admin_password, &setup_clock)?;
+            let accounts = Accounts::open(
+                store.clone(),
+                &setup.sessions,
+                &setup.secrets.dir,
+                setup_clock.clone(),
+            )?;
             let key = audit::load_or_create_key(&setup.secrets.dir)?;
-            let (audit, audit_thread) =
-                AuditHandle::spawn(&setup.audit_config(), key, Some(store.clone()))?;
+            let (audit, audit_thread) = AuditHandle::spawn(
+                &setup.audit_config(),
+                key,
+                Some(store.clone()),
+                setup_clock,
+            )?;
             let (queue, thread) =
                 QueueHandle::spawn(store.clone(), keys.clone(), setup.queue_config())?;
             Ok((
@@ -229,6 +251,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 guard: actions.clone(),
                 config: config.auth.actions.clone(),
                 secrets_dir: config.secrets.dir.clone(),
+                clock: clock.clone(),
             }))
             .await;
     }
@@ -246,6 +269,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         config.auth.throttle.clone(),
         jwt,
         Some(audit.clone()),
+        clock.clone(),
     )?;
 
     if let (Some(slot), Some(jwt)) = (auth.jwt_slot(), &config.auth.jwt) {
@@ -254,6 +278,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 slot,
                 jwt.clone(),
                 config.secrets.dir.clone(),
+                clock.clone(),
             )))
             .await;
     }
@@ -262,6 +287,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
             &config.tls,
             &config.secrets.dir,
             Arc::new(config.policy()?),
+            clock.clone(),
         )
         .context(
             "cannot load the TLS certificate ([tls]); scripts/dev-certs.sh makes a development set",
@@ -303,7 +329,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         .await;
     let audit_log = config.audit_config().log_file;
     let retention = tokio::spawn(apply_audit_retention(audit.clone()));
-    let limiter = LimiterHandle::spawn(&config.limits);
+    let limiter = LimiterHandle::spawn(&config.limits, clock.clone());
     let rules = crate::rules::RulesHandle::new(&config)?;
     let reloadable = crate::config::reload::Reloadable {
         limiter: limiter.clone(),
@@ -335,6 +361,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
         vault,
         watcher: watcher.clone(),
         tls: tls.clone(),
+        clock,
     };
     let server = http::server(shared, listener)?;
     let handle = server.handle();
@@ -347,7 +374,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 .register(Arc::new(crate::tls::TlsReload(runtime.clone())))
                 .await;
             reloader = Some(crate::tls::spawn_reloader(runtime.clone(), watcher.clone()));
-            let expiry = runtime.expiry(crate::clock::now_ms() / 1000);
+            let expiry = runtime.expiry_now();
             if expiry.status != "ok" {
                 warn!(status = expiry.status, not_after = %crate::clock::rfc3339(expiry.not_after * 1000), "the TLS certificate expires soon");
             }

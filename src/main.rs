@@ -14,7 +14,7 @@ use bulwark::cli::{
     AuditCommand, Cli, Command, ConfigCommand, KeysCommand, PolicyTokenCommand, UsersCommand,
     VaultCommand,
 };
-use bulwark::clock::{now_ms, parse_rfc3339, parse_time_spec, rfc3339};
+use bulwark::clock::{parse_rfc3339, parse_time_spec, rfc3339, Clock, Millis};
 use bulwark::config::Config;
 use bulwark::store::Store;
 
@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn init(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
     bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
-    let (_, keys) = bulwark::app::load_keys(&config)?;
+    let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
     let ring = keys.ring();
     println!(
         "secrets folder {} ready; key-encryption keys: {} (active: {})",
@@ -102,7 +102,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
     match command {
         VaultCommand::Status { config } => {
             let config = Config::load(config.as_deref())?;
-            let (_, keys) = bulwark::app::load_keys(&config)?;
+            let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
             let store = Store::open(&config.storage.data_dir).context(
                 "the database is in use: on a running server use GET /ojs/v1/admin/vault",
             )?;
@@ -125,7 +125,8 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
         VaultCommand::Rotate { config } => {
             let config = Config::load(config.as_deref())?;
             let dir = config.vault_config().kek_dir;
-            let id = bulwark::vault::keyring::generate(&dir)?;
+            let clock = Clock::system();
+            let id = bulwark::vault::keyring::generate(&dir, clock.now_ms())?;
             println!(
                 "created key-encryption key {id} in {}; a running server picks it up within \
                  seconds (or on SIGHUP); then run a re-wrap to retire the old keys",
@@ -138,7 +139,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
                 bail!("--batch must be from 1 to 10000");
             }
             let config = Config::load(config.as_deref())?;
-            let (_, keys) = bulwark::app::load_keys(&config)?;
+            let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
             let ring = keys.ring();
             let store = Store::open(&config.storage.data_dir).context(
                 "the database is in use: on a running server use POST /ojs/v1/admin/vault/rewrap",
@@ -219,7 +220,7 @@ fn policy_token_sign(
         &config.secrets.dir,
         bulwark::app::policy_token_secret_env(),
     )?;
-    let iat = u64::try_from(now_ms() / 1000).context("the clock is before 1970")?;
+    let iat = u64::try_from(Clock::system().now_secs()).context("the clock is before 1970")?;
     let claims = Claims {
         tenant,
         actor,
@@ -300,8 +301,12 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// for itself, as the server does). The change is refused if it cannot be recorded.
 fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::Result<()> {
     let key = bulwark::audit::load_or_create_key(&config.secrets.dir)?;
-    let (audit, thread) =
-        bulwark::audit::AuditHandle::spawn(&config.audit_config(), key, Some(store.clone()))?;
+    let (audit, thread) = bulwark::audit::AuditHandle::spawn(
+        &config.audit_config(),
+        key,
+        Some(store.clone()),
+        Clock::system(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -325,8 +330,8 @@ fn key_event(event_type: &'static str, record: &KeyRecord) -> AuditEvent {
     event
 }
 
-fn parse_expiry(text: &str) -> anyhow::Result<i64> {
-    let now = now_ms();
+/// `--expires`: a duration from `now` or an absolute time.
+fn parse_expiry(text: &str, now: Millis) -> anyhow::Result<i64> {
     let at = if text.starts_with('P') {
         parse_time_spec(&format!("+{text}"), now)
     } else {
@@ -338,6 +343,7 @@ fn parse_expiry(text: &str) -> anyhow::Result<i64> {
 }
 
 fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let clock = Clock::system();
     match command {
         KeysCommand::Create {
             config,
@@ -378,14 +384,23 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 tenant,
                 scopes,
                 queues,
-                expires_at: expires.as_deref().map(parse_expiry).transpose()?,
+                expires_at: expires
+                    .as_deref()
+                    .map(|text| parse_expiry(text, clock.now_ms()))
+                    .transpose()?,
             };
-            spec.validate(&policy, now_ms())?;
+            spec.validate(&policy, clock.now_ms())?;
             bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
             let store = open_store(&config)?;
-            let (record, token) = records::create(&store, &policy, &spec, &config.secrets.key_env)?;
+            let (record, token) = records::create(
+                &store,
+                &policy,
+                &spec,
+                &config.secrets.key_env,
+                clock.now_ms(),
+            )?;
             if let Err(e) = audit_offline(&config, &store, key_event("key.created", &record)) {
-                records::revoke(&store, &record.id)?;
+                records::revoke(&store, &record.id, clock.now_ms())?;
                 return Err(e);
             }
             println!("{}", token.expose_secret());
@@ -394,7 +409,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::List { config } => {
             let config = Config::load(config.as_deref())?;
             let store = open_store(&config)?;
-            let now = now_ms();
+            let now = clock.now_ms();
             println!(
                 "{:<18} {:<20} {:<12} {:<18} {:<26} {:<26} status",
                 "id", "name", "tenant", "roles", "expires", "last used"
@@ -433,11 +448,15 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             }
             event.tenant.clone_from(&tenant);
             audit_offline(&config, &store, event)?;
-            let revoked = records::revoke_where(&store, |r| {
-                id.as_ref().is_none_or(|id| &r.id == id)
-                    && tenant.as_ref().is_none_or(|t| r.tenant.as_ref() == Some(t))
-                    && name.as_ref().is_none_or(|n| &r.name == n)
-            })?;
+            let revoked = records::revoke_where(
+                &store,
+                |r| {
+                    id.as_ref().is_none_or(|id| &r.id == id)
+                        && tenant.as_ref().is_none_or(|t| r.tenant.as_ref() == Some(t))
+                        && name.as_ref().is_none_or(|n| &r.name == n)
+                },
+                clock.now_ms(),
+            )?;
             if revoked.is_empty() {
                 bail!("no unrevoked key matches");
             }
@@ -462,8 +481,13 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 &store,
                 key_event("key.rotated", &old).detail("grace_secs", grace),
             )?;
-            let (new, token, old) =
-                records::rotate(&store, &id, grace_ms, &config.secrets.key_env)?;
+            let (new, token, old) = records::rotate(
+                &store,
+                &id,
+                grace_ms,
+                &config.secrets.key_env,
+                clock.now_ms(),
+            )?;
             eprintln!(
                 "rotated {} -> {}; the old key works until {}",
                 old.id,
@@ -524,7 +548,8 @@ fn set_disabled(
         "user.enabled"
     };
     audit_offline(&config, &store, user_event(event_type, name))?;
-    users::set_disabled(&store, name, disabled).map_err(|e| match e {
+    let clock = Clock::system();
+    users::set_disabled(&store, name, disabled, clock.now_ms()).map_err(|e| match e {
         users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
         other => other.into(),
     })?;
@@ -533,6 +558,7 @@ fn set_disabled(
 }
 
 fn users_command(command: UsersCommand) -> anyhow::Result<()> {
+    let clock = Clock::system();
     let open = |config: Option<std::path::PathBuf>| -> anyhow::Result<(Config, Store)> {
         let config = Config::load(config.as_deref())?;
         let store = Store::open(&config.storage.data_dir)
@@ -550,7 +576,10 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
             }
             let hash = new_password_hash(&config, &name)?;
             audit_offline(&config, &store, user_event("user.created", &name))?;
-            users::insert(&store, &users::new_record(&name, hash, None))?;
+            users::insert(
+                &store,
+                &users::new_record(&name, hash, None, clock.now_ms()),
+            )?;
             println!("created user {name}; enrol its TOTP with: bulwark users totp {name}");
             Ok(())
         }
@@ -561,7 +590,7 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
             }
             let hash = new_password_hash(&config, &name)?;
             audit_offline(&config, &store, user_event("user.password_changed", &name))?;
-            users::set_password(&store, &name, hash)?;
+            users::set_password(&store, &name, hash, clock.now_ms())?;
             println!("password of {name} changed; its sessions have ended");
             Ok(())
         }
@@ -573,7 +602,7 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
             audit_offline(&config, &store, user_event("user.totp_enrolled", &name))?;
             let secret = users::new_totp_secret()?;
             let uri = users::otpauth_uri(&secret, &name)?;
-            users::set_totp(&store, &name, secret).map_err(|e| match e {
+            users::set_totp(&store, &name, secret, clock.now_ms()).map_err(|e| match e {
                 users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
                 other => other.into(),
             })?;

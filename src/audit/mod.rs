@@ -20,6 +20,7 @@ use ring::hmac;
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
+use crate::clock::Clock;
 use crate::store::Store;
 
 pub use record::{AuditEvent, Outcome};
@@ -75,13 +76,15 @@ pub struct AuditHandle {
 impl AuditHandle {
     /// Opens the log (recovering from a crash mid-append), checks it against its signed head,
     /// and starts the writer thread. Refuses to start on a log that does not match its head.
-    /// With a store, records are also indexed there for the admin query route.
+    /// With a store, records are also indexed there for the admin query route. Records are
+    /// stamped, and retention measured, by `clock`.
     pub fn spawn(
         config: &AuditConfig,
         key: hmac::Key,
         store: Option<Store>,
+        clock: Clock,
     ) -> Result<(Self, JoinHandle<()>), AuditError> {
-        let writer = writer::Writer::open(config, key, store)?;
+        let writer = writer::Writer::open(config, key, store, clock)?;
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("bulwark-audit".into())
@@ -146,4 +149,70 @@ pub fn load_key(secrets_dir: &Path) -> Result<hmac::Key, AuditError> {
     crate::secrets::read_hex_key(&secrets_dir.join(KEY_FILE))
         .map(|bytes| hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()))
         .map_err(|e| AuditError::Key(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 86_400_000;
+    /// 2026-05-28T00:00:00Z.
+    const START_MS: i64 = 1_779_926_400_000;
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn records_are_stamped_by_the_clock_and_pruned_once_it_passes_their_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            log_file: dir.path().join("test-audit.log"),
+            head_file: dir.path().join("test-audit.head"),
+            retention: Some(Duration::from_millis(2 * DAY_MS)),
+        };
+        let key = || hmac::Key::new(hmac::HMAC_SHA256, &[5u8; 32]);
+        let (clock, hand) = Clock::manual(START_MS);
+        let (audit, thread) = AuditHandle::spawn(&config, key(), None, clock).unwrap();
+        for _ in 0..3 {
+            audit
+                .record(AuditEvent::new("auth.failure", Outcome::Failure))
+                .await
+                .unwrap();
+        }
+        let stamped = lines(&config.log_file);
+        assert!(stamped
+            .iter()
+            .all(|r| r["timestamp"] == "2026-05-28T00:00:00.000Z"));
+
+        // A day later nothing is old enough; past two days the first three go.
+        hand.advance(DAY_MS);
+        assert_eq!(audit.prune().await.unwrap().removed, 0);
+        audit
+            .record(AuditEvent::new("server.started", Outcome::Success))
+            .await
+            .unwrap();
+        hand.advance(DAY_MS + 1);
+        assert_eq!(audit.prune().await.unwrap().removed, 3);
+        drop(audit);
+        thread.join().unwrap();
+
+        let kept = lines(&config.log_file);
+        let types: Vec<&str> = kept
+            .iter()
+            .filter_map(|r| r["event_type"].as_str())
+            .collect();
+        assert_eq!(types, vec!["server.started", "audit.pruned"]);
+        assert_eq!(kept[0]["checkpoint"]["seq"], 3);
+        assert_eq!(kept[2]["timestamp"], "2026-05-30T00:00:00.001Z");
+        let head: record::Head =
+            serde_json::from_slice(&std::fs::read(&config.head_file).unwrap()).unwrap();
+        let log = std::fs::read(&config.log_file).unwrap();
+        let verified = record::verify(&key(), &log, Some(&head)).unwrap();
+        assert_eq!(verified.checkpoint, Some(3));
+    }
 }

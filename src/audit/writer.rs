@@ -13,7 +13,7 @@ use tracing::{error, warn};
 use super::index::{self, Summary};
 use super::record::{self, AuditEvent, Head, Outcome};
 use super::{retention, AuditConfig, AuditError, Msg};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::{rfc3339, Clock};
 use crate::store::Store;
 
 const MAX_GROUP: usize = 1024;
@@ -38,6 +38,8 @@ pub(super) struct Writer {
     /// Set after a failed append that could not be rolled back: every later record fails too
     /// (fail closed) until an operator restarts and verifies.
     broken: bool,
+    /// Stamps records and places the retention cutoff.
+    clock: Clock,
 }
 
 fn read_head(path: &PathBuf) -> Result<Option<Head>, AuditError> {
@@ -58,6 +60,7 @@ impl Writer {
         config: &AuditConfig,
         key: hmac::Key,
         store: Option<Store>,
+        clock: Clock,
     ) -> Result<Self, AuditError> {
         let log_err = |what: &str, e: std::io::Error| {
             AuditError::Log(format!("{what} {}: {e}", config.log_file.display()))
@@ -151,6 +154,7 @@ impl Writer {
             len: log.len() as u64,
             store,
             broken: false,
+            clock,
         })
     }
 
@@ -230,8 +234,8 @@ impl Writer {
         if !std::fs::metadata(&self.log_file).is_ok_and(|m| m.is_file()) {
             return Ok(0);
         }
-        let cutoff =
-            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let reader =
             std::io::BufReader::new(File::open(&self.log_file).map_err(|e| io("cannot read", e))?);
         let Some(cut) =
@@ -304,7 +308,7 @@ impl Writer {
         if self.broken {
             return Err(AuditError::WriteFailed);
         }
-        let timestamp = rfc3339(now_ms());
+        let timestamp = rfc3339(self.clock.now_ms());
         let mut bytes = String::new();
         let mut seq = self.seq;
         let mut chain = self.chain.clone();

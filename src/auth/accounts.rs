@@ -20,7 +20,7 @@ use super::key::{self, Verifier};
 use super::login_throttle::{LoginThrottle, Throttled};
 use super::session::{self, Claims, Decision, Gate, Gates, RefreshRecord, SessionVerifier};
 use super::users::{self, PasswordPolicy, PolicyViolation, UserError, UserRecord, UserSummary};
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::SessionsConfig;
 use crate::error::ErrorKind;
 use crate::store::{Store, StoreError};
@@ -157,6 +157,8 @@ impl PasswordPool {
 
 struct Inner {
     store: Store,
+    /// The time logins, refreshes, expiries and revocations are judged at.
+    clock: Clock,
     sessions: SessionVerifier,
     config: SessionsConfig,
     throttle: LoginThrottle,
@@ -203,6 +205,7 @@ impl Accounts {
         store: Store,
         config: &SessionsConfig,
         secrets_dir: &std::path::Path,
+        clock: Clock,
     ) -> anyhow::Result<Self> {
         let key = session::load_or_create_key(secrets_dir).map_err(anyhow::Error::msg)?;
         let mut gates = Gates::default();
@@ -213,7 +216,8 @@ impl Accounts {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
-                sessions: SessionVerifier::new(key, gates),
+                sessions: SessionVerifier::new(key, gates, clock.clone()),
+                clock,
                 config: config.clone(),
                 throttle: LoginThrottle::new(
                     config.login_per_minute_per_ip,
@@ -243,13 +247,13 @@ impl Accounts {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.throttle.retain_recent();
-                inner.sessions.prune(secs(now_ms()));
+                inner.sessions.prune(inner.clock.now_secs());
                 round = round.wrapping_add(1);
                 if round % PURGE_EVERY_ROUNDS == 0 {
-                    let store = inner.store.clone();
+                    let (store, clock) = (inner.store.clone(), inner.clock.clone());
                     let purged = blocking(move || {
                         store.control_write(|txn| {
-                            session::purge_expired(txn, now_ms()).map_err(AccountError::from)
+                            session::purge_expired(txn, clock.now_ms()).map_err(AccountError::from)
                         })
                     })
                     .await;
@@ -268,7 +272,7 @@ impl Accounts {
         family: &str,
         cv: u32,
     ) -> Result<SecretString, AccountError> {
-        let now = secs(now_ms());
+        let now = self.inner.clock.now_secs();
         let ttl = i64::try_from(self.inner.config.access_ttl_secs).unwrap_or(900);
         self.inner
             .sessions
@@ -368,12 +372,12 @@ impl Accounts {
         if record.totp_secret.is_none() {
             return Err(AccountError::Refused("totp not enrolled"));
         }
-        let store = self.inner.store.clone();
+        let (store, clock) = (self.inner.store.clone(), self.inner.clock.clone());
         let refresh_ttl = self.inner.config.refresh_ttl_secs;
         let name = record.username.clone();
         let checked_cv = record.credential_version;
         let (refresh_token, family, cv, confirmed) = blocking(move || {
-            let now = now_ms();
+            let now = clock.now_ms();
             store.control_write(|txn| {
                 let mut current =
                     users::get_in(txn, &name)?.ok_or(AccountError::Refused("unknown user"))?;
@@ -450,10 +454,10 @@ impl Accounts {
         let digest = session::refresh_digest(&token)
             .ok_or(AccountError::Refused("malformed refresh token"))?;
         drop(token);
-        let store = self.inner.store.clone();
+        let (store, clock) = (self.inner.store.clone(), self.inner.clock.clone());
         let refresh_ttl = self.inner.config.refresh_ttl_secs;
         let result = blocking(move || {
-            let now = now_ms();
+            let now = clock.now_ms();
             // The outer error aborts the transaction; the inner one (reuse) is answered after
             // the family's revocation is committed.
             store
@@ -512,7 +516,7 @@ impl Accounts {
     }
 
     fn revoke_session(&self, family: &str) {
-        let until = secs(now_ms()).saturating_add(
+        let until = self.inner.clock.now_secs().saturating_add(
             i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600),
         );
         self.inner.sessions.revoke_session(family, until);
@@ -524,9 +528,9 @@ impl Accounts {
         let digest = session::refresh_digest(&token)
             .ok_or(AccountError::Refused("malformed refresh token"))?;
         drop(token);
-        let store = self.inner.store.clone();
+        let (store, clock) = (self.inner.store.clone(), self.inner.clock.clone());
         let (username, family) = blocking(move || {
-            let now = now_ms();
+            let now = clock.now_ms();
             store.control_write(|txn| {
                 let record = session::get_refresh(txn, &digest)?
                     .ok_or(AccountError::Refused("unknown refresh token"))?;
@@ -564,7 +568,7 @@ impl Accounts {
             .map_err(|_| UserError::Crypto)?;
         let secret = users::new_totp_secret()?;
         let uri = users::otpauth_uri(&secret, username)?;
-        let record = users::new_record(username, hash, Some(secret));
+        let record = users::new_record(username, hash, Some(secret), self.inner.clock.now_ms());
         let store = self.inner.store.clone();
         let record = blocking(move || {
             users::insert(&store, &record)?;
@@ -614,7 +618,9 @@ impl Accounts {
             .map_err(|_| UserError::Crypto)?;
         let store = self.inner.store.clone();
         let name = username.to_string();
-        let record = blocking(move || Ok(users::set_password(&store, &name, hash)?)).await?;
+        let clock = self.inner.clock.clone();
+        let record =
+            blocking(move || Ok(users::set_password(&store, &name, hash, clock.now_ms())?)).await?;
         self.inner.sessions.publish_user(username, gate(&record));
         Ok(UserSummary::from(&record))
     }
@@ -641,7 +647,15 @@ fn decoy_hash() -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
-    async fn setup(per_minute: u32) -> (tempfile::TempDir, Accounts) {
+    use crate::auth::AuthError;
+    use crate::clock::ManualClock;
+
+    /// Where the tests' manual clocks start (2026-05-28).
+    const START_MS: i64 = 1_780_000_000_000;
+
+    /// Accounts on a fresh store, on a manual clock: the clock to read and the hand that moves
+    /// it.
+    async fn setup(per_minute: u32) -> (tempfile::TempDir, Accounts, Clock, ManualClock) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("data")).unwrap();
         let secrets = dir.path().join("secrets");
@@ -651,8 +665,9 @@ mod tests {
             login_per_minute_per_user: per_minute,
             ..SessionsConfig::default()
         };
-        let accounts = Accounts::open(store, &config, &secrets).unwrap();
-        (dir, accounts)
+        let (clock, hand) = Clock::manual(START_MS);
+        let accounts = Accounts::open(store, &config, &secrets, clock.clone()).unwrap();
+        (dir, accounts, clock, hand)
     }
 
     fn s(text: &str) -> SecretString {
@@ -664,15 +679,15 @@ mod tests {
         s(&totp.generate(at).to_string())
     }
 
-    fn now_secs() -> u64 {
-        u64::try_from(now_ms() / 1000).unwrap()
+    fn now_secs(clock: &Clock) -> u64 {
+        u64::try_from(clock.now_secs()).unwrap()
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[tokio::test]
     async fn login_refresh_reuse_and_password_change() {
-        let (_dir, accounts) = setup(100).await;
+        let (_dir, accounts, clock, _hand) = setup(100).await;
         let (user, uri) = accounts
             .create_user("alice", s("Correct-Horse-9"))
             .await
@@ -682,14 +697,13 @@ mod tests {
             accounts.create_user("alice", s("Correct-Horse-9")).await,
             Err(AccountError::User(UserError::Exists))
         ));
-        // Wrong password, then the right one. (The current step's code: a replay of it stays
-        // inside the skew window even if the clock moves on a step meanwhile.)
+        // Wrong password, then the right one.
         let err = accounts
             .login(
                 IP,
                 "alice",
                 s("wrong-Password-1"),
-                code_for(&uri, now_secs()),
+                code_for(&uri, now_secs(&clock)),
             )
             .await
             .err()
@@ -700,13 +714,13 @@ mod tests {
                 IP,
                 "alice",
                 s("Correct-Horse-9"),
-                code_for(&uri, now_secs()),
+                code_for(&uri, now_secs(&clock)),
             )
             .await
             .unwrap();
         assert!(issued.confirmed_totp);
         let sessions = accounts.sessions();
-        let now = secs(now_ms());
+        let now = clock.now_secs();
         let claims = sessions
             .verify(issued.access_token.expose_secret(), now)
             .unwrap();
@@ -717,7 +731,7 @@ mod tests {
                 IP,
                 "alice",
                 s("Correct-Horse-9"),
-                code_for(&uri, now_secs()),
+                code_for(&uri, now_secs(&clock)),
             )
             .await
             .err()
@@ -757,7 +771,7 @@ mod tests {
 
         // Password change by the user: wrong current password refused; then sessions and
         // refresh tokens of other families die.
-        let code = code_for(&uri, now_secs() + 30);
+        let code = code_for(&uri, now_secs(&clock) + 30);
         let third = accounts
             .login(IP, "alice", s("Correct-Horse-9"), code)
             .await
@@ -803,7 +817,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_users_cost_a_password_check_and_logout_revokes() {
-        let (_dir, accounts) = setup(5).await;
+        let (_dir, accounts, clock, _hand) = setup(5).await;
         let err = accounts
             .login(IP, "nobody", s("Correct-Horse-9"), s("123456"))
             .await
@@ -815,7 +829,12 @@ mod tests {
             .await
             .unwrap();
         let issued = accounts
-            .login(IP, "bob", s("Correct-Horse-9"), code_for(&uri, now_secs()))
+            .login(
+                IP,
+                "bob",
+                s("Correct-Horse-9"),
+                code_for(&uri, now_secs(&clock)),
+            )
             .await
             .unwrap();
         let (user, family) = accounts
@@ -828,7 +847,7 @@ mod tests {
         );
         assert!(accounts
             .sessions()
-            .verify(issued.access_token.expose_secret(), secs(now_ms()))
+            .verify(issued.access_token.expose_secret(), clock.now_secs())
             .is_err());
         assert!(accounts
             .refresh(s(issued.refresh_token.expose_secret()))
@@ -842,5 +861,87 @@ mod tests {
             accounts.login(IP, "carol", s("x"), s("000000")).await,
             Err(AccountError::Throttled(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn session_and_refresh_tokens_die_when_the_clock_passes_their_lifetimes() {
+        let (_dir, accounts, clock, hand) = setup(100).await;
+        let (_, uri) = accounts
+            .create_user("dave", s("Correct-Horse-9"))
+            .await
+            .unwrap();
+        let issued = accounts
+            .login(
+                IP,
+                "dave",
+                s("Correct-Horse-9"),
+                code_for(&uri, now_secs(&clock)),
+            )
+            .await
+            .unwrap();
+        let sessions = accounts.sessions();
+        let access_ms = i64::try_from(issued.access_ttl_secs * 1000).unwrap();
+        let refresh_ms = i64::try_from(issued.refresh_ttl_secs * 1000).unwrap();
+        assert!(access_ms < refresh_ms);
+
+        // The session token stands until its last millisecond, not after.
+        hand.set(START_MS + access_ms - 1000);
+        assert!(sessions.authenticate(&issued.access_token).is_ok());
+        hand.set(START_MS + access_ms);
+        assert!(matches!(
+            sessions.authenticate(&issued.access_token),
+            Err(AuthError::Expired)
+        ));
+
+        // The refresh token outlives it, and is refused once its own lifetime is over.
+        hand.set(START_MS + refresh_ms);
+        let err = accounts
+            .refresh(s(issued.refresh_token.expose_secret()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, AccountError::Refused(_)), "{err:?}");
+        // A logout with it is refused too: nothing is left to end.
+        assert!(matches!(
+            accounts
+                .logout(s(issued.refresh_token.expose_secret()))
+                .await,
+            Err(AccountError::Refused("refresh token expired"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_just_before_expiry_issues_tokens_that_run_from_the_refresh() {
+        let (_dir, accounts, clock, hand) = setup(100).await;
+        let (_, uri) = accounts
+            .create_user("erin", s("Correct-Horse-9"))
+            .await
+            .unwrap();
+        let issued = accounts
+            .login(
+                IP,
+                "erin",
+                s("Correct-Horse-9"),
+                code_for(&uri, now_secs(&clock)),
+            )
+            .await
+            .unwrap();
+        let refresh_ms = i64::try_from(issued.refresh_ttl_secs * 1000).unwrap();
+        hand.set(START_MS + refresh_ms - 1);
+        let next = accounts
+            .refresh(s(issued.refresh_token.expose_secret()))
+            .await
+            .unwrap();
+        // The new pair counts from the refresh: an hour past the first refresh token's end, the
+        // new session token has ended and the new refresh token still works.
+        hand.advance(3_600_000);
+        assert!(accounts
+            .sessions()
+            .authenticate(&next.access_token)
+            .is_err());
+        assert!(accounts
+            .refresh(s(next.refresh_token.expose_secret()))
+            .await
+            .is_ok());
     }
 }

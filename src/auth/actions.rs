@@ -368,6 +368,8 @@ pub struct PolicySecretReload {
     pub guard: std::sync::Arc<ActionGuard>,
     pub config: ActionsConfig,
     pub secrets_dir: std::path::PathBuf,
+    /// Where the previous secret's grace period starts.
+    pub clock: crate::clock::Clock,
 }
 
 impl crate::vault::watch::Reload for PolicySecretReload {
@@ -382,7 +384,7 @@ impl crate::vault::watch::Reload for PolicySecretReload {
 
     fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
         use crate::vault::watch::{Change, ReloadError};
-        let now = crate::clock::now_ms().max(0).unsigned_abs() / 1000;
+        let now = self.clock.now_secs().max(0).unsigned_abs();
         match self
             .guard
             .reload_secret(&self.config, &self.secrets_dir, now)

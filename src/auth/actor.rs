@@ -25,7 +25,7 @@ use super::policy::Policy;
 use super::throttle::Throttle;
 use super::{key, records, AuthError, Cache, Credential, Digest, Msg, Principal};
 use crate::audit::{AuditEvent, AuditHandle, Outcome};
-use crate::clock::{now_ms, Millis};
+use crate::clock::{Clock, Millis};
 use crate::store::Store;
 
 type Waiters = Vec<oneshot::Sender<Result<Arc<Principal>, AuthError>>>;
@@ -58,6 +58,8 @@ pub(super) struct AuthActor {
     epoch: u64,
     /// Last-used times already in the store, by key id.
     flushed: HashMap<String, Millis>,
+    /// The time cached principals expire at (the verifier threads hold clones).
+    clock: Clock,
 }
 
 impl AuthActor {
@@ -70,15 +72,21 @@ impl AuthActor {
         throttle: Arc<Throttle>,
         audit: Option<AuditHandle>,
         me: mpsc::WeakSender<Msg>,
+        clock: Clock,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = sync_channel(VERIFY_QUEUE);
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..VERIFIER_THREADS {
-            let (store, policy, queue, me) =
-                (store.clone(), policy.clone(), queue.clone(), me.clone());
+            let (store, policy, queue, me, clock) = (
+                store.clone(),
+                policy.clone(),
+                queue.clone(),
+                me.clone(),
+                clock.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("bulwark-verify-{n}"))
-                .spawn(move || verifier_loop(&store, &policy, &queue, &me))?;
+                .spawn(move || verifier_loop(&store, &policy, &queue, &me, &clock))?;
         }
         Ok(Self {
             store,
@@ -89,6 +97,7 @@ impl AuthActor {
             jobs,
             epoch: 0,
             flushed: HashMap::new(),
+            clock,
         })
     }
 
@@ -160,7 +169,7 @@ impl AuthActor {
 
     async fn housekeeping(&mut self) {
         self.throttle.prune();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if self.cache.load().values().any(|p| p.expired_at(now)) {
             let mut next = Cache::clone(&self.cache.load());
             next.retain(|_, p| !p.expired_at(now));
@@ -280,6 +289,7 @@ fn verifier_loop(
     policy: &Policy,
     queue: &Mutex<Receiver<VerifyJob>>,
     me: &mpsc::WeakSender<Msg>,
+    clock: &Clock,
 ) {
     // Made before the first job, not at the first unknown id, so that one costs no more than
     // the others.
@@ -291,7 +301,7 @@ fn verifier_loop(
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let result = check(store, policy, &mut verifier, &job.token);
+        let result = check(store, policy, &mut verifier, &job.token, clock);
         let Some(me) = me.upgrade() else { return };
         if me
             .blocking_send(Msg::Verified {
@@ -306,12 +316,14 @@ fn verifier_loop(
     }
 }
 
-/// Verifies a presented key against the store. Blocking: argon2 and redb.
+/// Verifies a presented key against the store; its expiry is checked at `clock`'s time after
+/// the hash. Blocking: argon2 and redb.
 fn check(
     store: &Store,
     policy: &Policy,
     verifier: &mut key::Verifier,
     token: &SecretString,
+    clock: &Clock,
 ) -> Result<Arc<Principal>, AuthError> {
     let Some(parsed) = key::parse(token.expose_secret()) else {
         return Err(AuthError::Malformed);
@@ -330,7 +342,7 @@ fn check(
     if record.revoked_at.is_some() {
         return Err(AuthError::Revoked);
     }
-    if record.expires_at.is_some_and(|at| at <= now_ms()) {
+    if record.expires_at.is_some_and(|at| at <= clock.now_ms()) {
         return Err(AuthError::Expired);
     }
     Ok(Arc::new(Principal::from_key(&record, policy)))

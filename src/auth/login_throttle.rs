@@ -1,6 +1,9 @@
 //! Login throttling: GCRA limiters (`governor`) keyed by source IP and by claimed username,
 //! checked before any password work. Their maps grow with the keys seen, so the accounts
 //! service calls [`LoginThrottle::retain_recent`] every minute.
+//!
+//! The limiters run on `governor`'s own monotonic clock, not the server's [`crate::clock`]:
+//! they measure intervals between attempts, never dates.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::AuthError;
 pub use policy::{DenyReason, Grants, Permission, Policy, QueuePattern, Reach};
 
-use crate::clock::{now_ms, Millis};
+use crate::clock::{Clock, Millis};
 use crate::store::Store;
 use records::KeyRecord;
 
@@ -299,16 +299,20 @@ pub struct AuthHandle {
     /// The JWT verifier, replaced whole when its key files are reloaded.
     jwt: Option<Arc<ArcSwap<jwt::JwtVerifier>>>,
     store: Store,
+    /// The time credentials are checked at (expiry of keys, JWTs and cached principals).
+    clock: Clock,
 }
 
 impl AuthHandle {
-    /// Starts the auth store on the current tokio runtime.
+    /// Starts the auth store on the current tokio runtime; credentials are checked at `clock`'s
+    /// time.
     pub fn spawn(
         store: Store,
         policy: Arc<Policy>,
         throttle: throttle::ThrottleConfig,
         jwt: Option<jwt::JwtVerifier>,
         audit: Option<crate::audit::AuditHandle>,
+        clock: Clock,
     ) -> Result<Self, AuthError> {
         let rng = ring::rand::SystemRandom::new();
         let mac =
@@ -323,6 +327,7 @@ impl AuthHandle {
             throttle.clone(),
             audit,
             tx.downgrade(),
+            clock.clone(),
         )
         .map_err(|_| AuthError::Unavailable)?;
         tokio::spawn(actor.run(rx));
@@ -333,7 +338,14 @@ impl AuthHandle {
             policy,
             jwt: jwt.map(|j| Arc::new(ArcSwap::from_pointee(j))),
             store,
+            clock,
         })
+    }
+
+    /// The clock credentials are checked at.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Where the JWT verifier is published, for reloading its keys (`None` without `[auth.jwt]`).
@@ -366,7 +378,7 @@ impl AuthHandle {
         let tag = hmac::sign(&self.mac, token.expose_secret().as_bytes());
         let mut digest = [0u8; 32];
         digest.copy_from_slice(tag.as_ref());
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Some(principal) = self.cache.load().get(&digest) {
             if principal.expired_at(now) {
                 return Err(AuthError::Expired);
@@ -401,7 +413,7 @@ impl AuthHandle {
             .jwt
             .as_ref()
             .ok_or(AuthError::InvalidToken("jwt_disabled"))?;
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = u64::try_from(self.clock.now_secs()).unwrap_or(0);
         let verified = verifier
             .load()
             .verify(token, now_secs)
@@ -456,5 +468,74 @@ impl AuthHandle {
             .await
             .map_err(|_| AuthError::Unavailable)?;
         rx.await.map_err(|_| AuthError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_780_000_000_000;
+
+    fn key_expiring_at(
+        expires_at: Millis,
+    ) -> (tempfile::TempDir, Store, SecretString, records::KeyRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = records::KeySpec {
+            name: "svc-short".into(),
+            roles: vec!["producer".into()],
+            tenant: Some("acme".into()),
+            scopes: None,
+            queues: None,
+            expires_at: Some(expires_at),
+        };
+        let (record, token) =
+            records::create(&store, &Policy::default(), &spec, "test", NOW).unwrap();
+        (dir, store, token, record)
+    }
+
+    fn spawn(store: &Store, clock: Clock) -> AuthHandle {
+        AuthHandle::spawn(
+            store.clone(),
+            Arc::new(Policy::default()),
+            throttle::ThrottleConfig::default(),
+            None,
+            None,
+            clock,
+        )
+        .unwrap()
+    }
+
+    fn copy(token: &SecretString) -> SecretString {
+        SecretString::from(token.expose_secret().to_string())
+    }
+
+    #[tokio::test]
+    async fn an_api_key_is_refused_once_the_clock_passes_its_expiry_even_from_the_cache() {
+        let (_dir, store, token, record) = key_expiring_at(NOW + 60_000);
+        let (clock, hand) = Clock::manual(NOW);
+        let auth = spawn(&store, clock);
+        let principal = auth.authenticate(copy(&token), None).await.unwrap();
+        assert_eq!(principal.credential_id(), key::display_id(&record.id));
+        // Served from the cache until its last millisecond.
+        hand.set(NOW + 59_999);
+        assert!(auth.authenticate(copy(&token), None).await.is_ok());
+        hand.set(NOW + 60_000);
+        assert!(matches!(
+            auth.authenticate(copy(&token), None).await,
+            Err(AuthError::Expired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_key_first_presented_after_its_expiry_is_refused_by_the_verifier() {
+        let (_dir, store, token, _) = key_expiring_at(NOW + 60_000);
+        let (clock, _hand) = Clock::manual(NOW + 60_001);
+        let auth = spawn(&store, clock);
+        assert!(matches!(
+            auth.authenticate(copy(&token), None).await,
+            Err(AuthError::Expired)
+        ));
     }
 }

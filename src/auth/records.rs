@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::key;
 use super::policy::{Permission, Policy, PolicyError, QueuePattern};
-use crate::clock::{now_ms, Millis};
+use crate::clock::Millis;
 use crate::store::{codec, tables, Store, StoreError};
 
 /// A stored API key: everything but the key itself, of which only the hash is kept.
@@ -191,15 +191,15 @@ fn new_record(
     Ok((record, new.token))
 }
 
-/// Creates a key (after [`KeySpec::validate`]), stores its hash, and returns the record and the
-/// key (to show once).
+/// Creates a key at `now` (after [`KeySpec::validate`]), stores its hash, and returns the
+/// record and the key (to show once).
 pub fn create(
     store: &Store,
     policy: &Policy,
     spec: &KeySpec,
     env: &str,
+    now: Millis,
 ) -> Result<(KeyRecord, SecretString), KeyError> {
-    let now = now_ms();
     spec.validate(policy, now)?;
     let (record, token) = new_record(spec, env, now)?;
     store.control_write(|txn| {
@@ -211,14 +211,14 @@ pub fn create(
 
 /// Replaces a live key with a new one for the same principal, roles, tenant, scopes and queues.
 /// The old key keeps working for `grace_ms` (its expiry is brought forward to then, never pushed
-/// back). Returns the new record and key, and the old record as it is now.
+/// back). Returns the new record and key, and the old record as it is at `now`.
 pub fn rotate(
     store: &Store,
     id: &str,
     grace_ms: Millis,
     env: &str,
+    now: Millis,
 ) -> Result<(KeyRecord, SecretString, KeyRecord), KeyError> {
-    let now = now_ms();
     let old = get(store, id)?.ok_or(KeyError::NotFound)?;
     if !old.is_live(now) {
         return Err(KeyError::NotLive);
@@ -269,12 +269,13 @@ pub fn list(store: &Store) -> Result<Vec<KeyRecord>, StoreError> {
     Ok(out)
 }
 
-/// Revokes every not-yet-revoked key `select` picks, in one transaction; returns their ids.
+/// Revokes, as of `now`, every not-yet-revoked key `select` picks, in one transaction; returns
+/// them.
 pub fn revoke_where(
     store: &Store,
     select: impl Fn(&KeyRecord) -> bool,
+    now: Millis,
 ) -> Result<Vec<KeyRecord>, StoreError> {
-    let now = now_ms();
     store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS)?;
         let mut chosen = Vec::new();
@@ -295,15 +296,15 @@ pub fn revoke_where(
     })
 }
 
-/// Revokes one key. Returns the record (already revoked keys are returned as they are), or
-/// `None` if there is no such key.
-pub fn revoke(store: &Store, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+/// Revokes one key as of `now`. Returns the record (already revoked keys are returned as they
+/// are), or `None` if there is no such key.
+pub fn revoke(store: &Store, id: &str, now: Millis) -> Result<Option<KeyRecord>, StoreError> {
     store.control_write(|txn| {
         let mut table = txn.open_table(tables::API_KEYS)?;
         let record = read(&table, id)?;
         Ok(match record {
             Some(mut record) if record.revoked_at.is_none() => {
-                record.revoked_at = Some(now_ms());
+                record.revoked_at = Some(now);
                 write(&mut table, &record)?;
                 Some(record)
             }
@@ -353,40 +354,76 @@ mod tests {
         }
     }
 
+    const NOW: Millis = 1_780_000_000_000;
+
     #[test]
     fn keys_are_created_rotated_with_grace_and_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let policy = Policy::default();
-        let (old, _) = create(&store, &policy, &spec(&["producer"]), "test").unwrap();
-        let (new, _, old_now) = rotate(&store, &old.id, 60_000, "test").unwrap();
+        let (clock, hand) = crate::clock::Clock::manual(NOW);
+        let (old, _) = create(&store, &policy, &spec(&["producer"]), "test", NOW).unwrap();
+        hand.advance(5_000);
+        let (new, _, old_now) = rotate(&store, &old.id, 60_000, "test", clock.now_ms()).unwrap();
         assert_eq!(new.name, old.name);
+        assert_eq!(new.created_at, NOW + 5_000);
         assert_eq!(new.rotated_from.as_deref(), Some(old.id.as_str()));
         assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
-        let grace_end = old_now.expires_at.unwrap();
-        assert!(grace_end > now_ms() && grace_end <= now_ms() + 60_000);
+        assert_eq!(
+            old_now.expires_at,
+            Some(NOW + 65_000),
+            "grace from the rotation"
+        );
+        assert_eq!(old_now.status(NOW + 64_999), "active");
+        assert_eq!(old_now.status(NOW + 65_000), "expired");
         // A second rotation of the old key is allowed while it is live; after revocation not.
-        revoke(&store, &old.id).unwrap();
+        revoke(&store, &old.id, clock.now_ms()).unwrap();
         assert!(matches!(
-            rotate(&store, &old.id, 1, "test"),
+            rotate(&store, &old.id, 1, "test", clock.now_ms()),
             Err(KeyError::NotLive)
         ));
         assert!(matches!(
-            rotate(&store, "0000000000000000", 1, "test"),
+            rotate(&store, "0000000000000000", 1, "test", clock.now_ms()),
             Err(KeyError::NotFound)
         ));
-        let revoked = revoke_where(&store, |r| r.tenant.as_deref() == Some("acme")).unwrap();
+        let revoked = revoke_where(
+            &store,
+            |r| r.tenant.as_deref() == Some("acme"),
+            clock.now_ms(),
+        )
+        .unwrap();
         assert_eq!(revoked.len(), 1, "only the new key was still unrevoked");
+        assert_eq!(revoked[0].revoked_at, Some(NOW + 5_000));
         assert!(list(&store)
             .unwrap()
             .iter()
-            .all(|r| r.status(now_ms()) == "revoked"));
+            .all(|r| r.status(clock.now_ms()) == "revoked"));
+    }
+
+    #[test]
+    fn a_rotated_keys_grace_ends_when_the_clock_passes_it_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (clock, hand) = crate::clock::Clock::manual(NOW);
+        let policy = Policy::default();
+        let (old, _) = create(&store, &policy, &spec(&["producer"]), "test", NOW).unwrap();
+        rotate(&store, &old.id, 30_000, "test", clock.now_ms()).unwrap();
+        hand.advance(29_999);
+        let stored = get(&store, &old.id).unwrap().unwrap();
+        assert!(stored.is_live(clock.now_ms()));
+        hand.advance(1);
+        assert!(!stored.is_live(clock.now_ms()));
+        // Once the grace is over the old key cannot be rotated again.
+        assert!(matches!(
+            rotate(&store, &old.id, 30_000, "test", clock.now_ms()),
+            Err(KeyError::NotLive)
+        ));
     }
 
     #[test]
     fn specs_are_validated() {
         let policy = Policy::default();
-        let now = now_ms();
+        let now = NOW;
         assert!(spec(&["producer"]).validate(&policy, now).is_ok());
         assert!(matches!(
             spec(&["producer", "worker"]).validate(&policy, now),

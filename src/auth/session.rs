@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::AuthError;
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 use crate::store::{codec, tables, StoreError};
 
 /// Prefix of session tokens (the auth extractor routes on it).
@@ -106,6 +106,8 @@ impl From<SessionError> for AuthError {
 pub struct SessionVerifier {
     keys: Arc<ArcSwap<SigningKeys>>,
     gates: Arc<ArcSwap<Gates>>,
+    /// The time tokens are checked at, and key grace periods start from.
+    clock: Clock,
 }
 
 /// The current signing key and, after a rotation, the previous one with the time (seconds)
@@ -116,15 +118,16 @@ struct SigningKeys {
 }
 
 impl SessionVerifier {
-    /// A verifier with `key` and an initial snapshot.
+    /// A verifier with `key` and an initial snapshot, checking tokens at `clock`'s time.
     #[must_use]
-    pub fn new(key: hmac::Key, gates: Gates) -> Self {
+    pub fn new(key: hmac::Key, gates: Gates, clock: Clock) -> Self {
         Self {
             keys: Arc::new(ArcSwap::from_pointee(SigningKeys {
                 current: Arc::new(key),
                 previous: None,
             })),
             gates: Arc::new(ArcSwap::from_pointee(gates)),
+            clock,
         }
     }
 
@@ -210,10 +213,9 @@ impl SessionVerifier {
         Ok(claims)
     }
 
-    /// The auth extractor's entry: a principal for a valid session token.
+    /// The auth extractor's entry: a principal for a valid session token, checked now.
     pub fn authenticate(&self, token: &SecretString) -> Result<Arc<super::Principal>, AuthError> {
-        let now = crate::clock::now_ms() / 1000;
-        let claims = self.verify(token.expose_secret(), now)?;
+        let claims = self.verify(token.expose_secret(), self.clock.now_secs())?;
         Ok(Arc::new(super::Principal::session_admin(
             &claims.sub,
             &claims.sid,
@@ -310,7 +312,7 @@ impl crate::vault::watch::Reload for SessionKeyReload {
             return Ok(Change::Unchanged);
         }
         let grace = i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600);
-        let until = (crate::clock::now_ms() / 1000).saturating_add(grace);
+        let until = self.verifier.clock.now_secs().saturating_add(grace);
         self.verifier
             .rotate_key(hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()), until);
         *known = digest;
@@ -514,8 +516,11 @@ mod tests {
                 disabled: false,
             },
         );
-        SessionVerifier::new(key, gates)
+        SessionVerifier::new(key, gates, Clock::manual(NOW * 1000).0)
     }
+
+    /// The manual clocks' start, in seconds.
+    const NOW: i64 = 1_700_000_000;
 
     fn claims(now: i64) -> Claims {
         Claims {
@@ -540,10 +545,11 @@ mod tests {
                 disabled: false,
             },
         );
-        let v = SessionVerifier::new(key, gates);
+        let (clock, _) = Clock::manual(NOW * 1000);
+        let v = SessionVerifier::new(key, gates, clock);
         let reload = SessionKeyReload::new(v.clone(), dir.path()).unwrap();
         assert_eq!(reload.reload().unwrap(), Change::Unchanged);
-        let now = crate::clock::now_ms() / 1000;
+        let now = NOW;
         let old = v.sign(&claims(now)).unwrap();
         // A malformed rewrite keeps the key.
         crate::secrets::write_private(&dir.path().join(KEY_FILE), b"nope").unwrap();
@@ -583,6 +589,7 @@ mod tests {
         let other = SessionVerifier::new(
             hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]),
             Gates::default(),
+            Clock::system(),
         );
         let forged = other.sign(&claims(now)).unwrap();
         assert_eq!(

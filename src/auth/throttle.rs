@@ -6,6 +6,9 @@
 //! controls. The limiter's map is bounded: the auth store prunes idle addresses every minute,
 //! and when more than [`ThrottleConfig::max_tracked`] addresses are busy at once, new ones share
 //! one overflow budget rather than growing the map.
+//!
+//! The GCRA budgets run on `governor`'s own monotonic clock, not the server's [`crate::clock`]:
+//! they measure intervals between attempts, never dates, and stay as they are.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;

@@ -14,7 +14,7 @@ use totp_rs::{Algorithm, Builder, Secret, Totp};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::session;
-use crate::clock::{now_ms, Millis};
+use crate::clock::Millis;
 use crate::config::SessionsConfig;
 use crate::store::{codec, tables, Store, StoreError};
 
@@ -275,10 +275,14 @@ pub fn check_totp(
     matched
 }
 
-/// Builds a new user record (the password already policy-checked and hashed).
+/// Builds a new user record created at `now` (the password already policy-checked and hashed).
 #[must_use]
-pub fn new_record(username: &str, password_hash: String, totp: Option<TotpSecret>) -> UserRecord {
-    let now = now_ms();
+pub fn new_record(
+    username: &str,
+    password_hash: String,
+    totp: Option<TotpSecret>,
+    now: Millis,
+) -> UserRecord {
     UserRecord {
         username: username.to_string(),
         password_hash,
@@ -357,11 +361,13 @@ pub fn insert(store: &Store, record: &UserRecord) -> Result<(), UserError> {
 }
 
 /// Reads a user inside a write transaction, changes it, writes it back, and revokes every
-/// refresh token of the user when `revoke_tokens` is set. Returns the updated record.
+/// refresh token of the user when `revoke_tokens` is set, all as of `now`. Returns the updated
+/// record.
 fn update(
     store: &Store,
     username: &str,
     revoke_tokens: bool,
+    now: Millis,
     change: impl FnOnce(&mut UserRecord),
 ) -> Result<UserRecord, UserError> {
     store.control_write(|txn| {
@@ -373,13 +379,13 @@ fn update(
                 .transpose()?
                 .ok_or(UserError::NotFound)?;
             change(&mut record);
-            record.updated_at = now_ms();
+            record.updated_at = now;
             let bytes = codec::encode(&record)?;
             table.insert(username, bytes.as_slice())?;
             record
         };
         if revoke_tokens {
-            session::revoke_user_tokens(txn, username, now_ms())?;
+            session::revoke_user_tokens(txn, username, now)?;
         }
         Ok(record)
     })
@@ -391,8 +397,9 @@ pub fn set_password(
     store: &Store,
     username: &str,
     password_hash: String,
+    now: Millis,
 ) -> Result<UserRecord, UserError> {
-    update(store, username, true, |r| {
+    update(store, username, true, now, |r| {
         r.password_hash = password_hash;
         r.credential_version = r.credential_version.saturating_add(1);
     })
@@ -404,8 +411,9 @@ pub fn set_totp(
     store: &Store,
     username: &str,
     secret: TotpSecret,
+    now: Millis,
 ) -> Result<UserRecord, UserError> {
-    update(store, username, true, |r| {
+    update(store, username, true, now, |r| {
         let was_enrolled = r.totp_secret.is_some();
         r.totp_secret = Some(secret);
         r.totp_confirmed = false;
@@ -422,8 +430,9 @@ pub fn set_disabled(
     store: &Store,
     username: &str,
     disabled: bool,
+    now: Millis,
 ) -> Result<UserRecord, UserError> {
-    update(store, username, disabled, |r| r.disabled = disabled)
+    update(store, username, disabled, now, |r| r.disabled = disabled)
 }
 
 #[cfg(test)]
@@ -540,30 +549,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(!any(&store).unwrap());
-        let r = new_record("alice", "hash".into(), None);
+        let r = new_record("alice", "hash".into(), None, 1_000);
+        assert_eq!((r.created_at, r.updated_at), (1_000, 1_000));
         insert(&store, &r).unwrap();
         assert!(matches!(insert(&store, &r), Err(UserError::Exists)));
-        let bad = new_record("Alice", "hash".into(), None);
+        let bad = new_record("Alice", "hash".into(), None, 1_000);
         assert!(matches!(
             insert(&store, &bad),
             Err(UserError::InvalidUsername)
         ));
         assert!(any(&store).unwrap());
-        let updated = set_password(&store, "alice", "hash2".into()).unwrap();
+        let updated = set_password(&store, "alice", "hash2".into(), 2_000).unwrap();
         assert_eq!(updated.credential_version, 2);
+        assert_eq!((updated.created_at, updated.updated_at), (1_000, 2_000));
         // A first enrolment does not bump the version; a re-enrolment does.
-        let enrolled = set_totp(&store, "alice", new_totp_secret().unwrap()).unwrap();
+        let enrolled = set_totp(&store, "alice", new_totp_secret().unwrap(), 3_000).unwrap();
         assert_eq!(enrolled.credential_version, 2);
-        let again = set_totp(&store, "alice", new_totp_secret().unwrap()).unwrap();
+        let again = set_totp(&store, "alice", new_totp_secret().unwrap(), 4_000).unwrap();
         assert_eq!(again.credential_version, 3);
         assert!(!again.totp_confirmed);
         let got = get(&store, "alice").unwrap().unwrap();
         assert_eq!(got.password_hash, "hash2");
         assert!(matches!(
-            set_password(&store, "bob", "h".into()),
+            set_password(&store, "bob", "h".into(), 5_000),
             Err(UserError::NotFound)
         ));
-        assert!(set_disabled(&store, "alice", true).unwrap().disabled);
+        assert!(set_disabled(&store, "alice", true, 6_000).unwrap().disabled);
         assert_eq!(list(&store).unwrap().len(), 1);
     }
 }

@@ -6,7 +6,7 @@
 //! token.
 
 use actix_web::http::StatusCode;
-use actix_web::HttpRequest;
+use actix_web::{web, HttpRequest};
 use serde_json::json;
 
 use super::audit;
@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::actions::ActionGuard;
 use crate::auth::policy_token::{Claims, Expected, PolicyTokenError, MAX_TOKEN_BYTES};
-use crate::clock::now_ms;
+use crate::clock::Clock;
 
 /// What the request carries in the token header.
 enum Presented<'a> {
@@ -76,6 +76,10 @@ pub async fn require_policy_token(
     if !guard.is_action(job_type) {
         return Ok(None);
     }
+    // The clock is registered with every route (`http::configure`); without it, refuse.
+    let clock = req
+        .app_data::<web::Data<Clock>>()
+        .ok_or_else(ApiError::unavailable)?;
     let checked = match presented(req, guard.header()) {
         Presented::Missing => Err("policy_token_missing"),
         Presented::TooLarge => Err(PolicyTokenError::TooLarge.reason()),
@@ -86,7 +90,7 @@ pub async fn require_policy_token(
                 actor: caller.principal.name(),
                 action: job_type,
             };
-            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            let now = u64::try_from(clock.now_secs()).unwrap_or(0);
             guard
                 .verify(token, &expected, now)
                 .map_err(PolicyTokenError::reason)

@@ -437,12 +437,13 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
             return Err(ApiError::unauthenticated());
         }
     };
+    let clock = auth.clock();
     let principal = match token {
         Some(token) => bearer_principal(&req, &auth, token, peer).await?,
         // No Authorization header and a client certificate mapped to an identity: that
         // identity, for as long as the certificate is valid.
         None => match from_certificate.clone() {
-            Some(p) if !p.expired_at(crate::clock::now_ms()) => p,
+            Some(p) if !p.expired_at(clock.now_ms()) => p,
             _ => {
                 refuse_unauthenticated(&req, "certificate_expired", None, true).await;
                 return Err(ApiError::unauthenticated());

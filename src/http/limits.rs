@@ -38,10 +38,6 @@ pub fn record_refusal(req: &HttpRequest, info: RateInfo) {
     req.extensions_mut().insert(info);
 }
 
-fn unix_now() -> u64 {
-    u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0)
-}
-
 /// The 429 for a spent budget; audited once per scope and key a minute (every refusal is
 /// counted in `bulwark_rate_limited_total`).
 pub async fn refuse(
@@ -154,17 +150,19 @@ pub async fn limits(
                     delay_refusal(req.request(), limited.retry_after_secs).await;
                 }
                 let mut res = req.into_response(error.error_response());
-                add_headers(&mut res);
+                add_headers(&mut res, limiter.clock());
                 return Ok(res);
             }
         }
     }
     let mut res = next.call(req).await?.map_into_boxed_body();
-    add_headers(&mut res);
+    add_headers(&mut res, limiter.clock());
     Ok(res)
 }
 
-fn add_headers(res: &mut ServiceResponse<BoxBody>) {
+/// The `X-RateLimit-*` headers of the budget the request met; the reset is a Unix time by
+/// `clock`.
+fn add_headers(res: &mut ServiceResponse<BoxBody>, clock: &crate::clock::Clock) {
     let info = res.request().extensions().get::<RateInfo>().copied();
     if let Some(info) = info {
         let headers = res.headers_mut();
@@ -178,7 +176,7 @@ fn add_headers(res: &mut ServiceResponse<BoxBody>) {
         );
         headers.insert(
             HeaderName::from_static("x-ratelimit-reset"),
-            header(unix_now() + info.reset_in_secs),
+            header(u64::try_from(clock.now_secs()).unwrap_or(0) + info.reset_in_secs),
         );
     }
 }
@@ -224,7 +222,7 @@ pub async fn check_enqueue(
         principal.id(),
         bytes,
         job.priority,
-        crate::limiter::now_ms(),
+        crate::limiter::unsigned_ms(limiter.clock()),
     );
     for report in &verdict.reports {
         let action = match report.pattern {
@@ -266,7 +264,7 @@ pub async fn note_nack(req: &HttpRequest, principal: &Principal) {
         &config.abuse,
         config.max_tracked_keys,
         principal.id(),
-        crate::limiter::now_ms(),
+        crate::limiter::unsigned_ms(limiter.clock()),
     );
     if let Some(report) = report {
         crate::http::audit::emit(req, audit_abuse(req, principal, &report, "reported")).await;

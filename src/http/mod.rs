@@ -53,6 +53,8 @@ pub struct Shared {
     pub watcher: crate::vault::watch::SecretWatcher,
     /// TLS, when `[tls]` is on.
     pub tls: Option<Arc<crate::tls::TlsRuntime>>,
+    /// The server's clock (app data for handlers that judge times).
+    pub clock: crate::clock::Clock,
 }
 
 /// What the auth extractor needs to know about client certificates (app data).
@@ -85,6 +87,7 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::new(shared.rules.clone()))
             .app_data(web::Data::new(system::StartedAt(shared.started)))
             .app_data(web::Data::new(shared.tls.clone()))
+            .app_data(web::Data::new(shared.clock.clone()))
             .app_data(web::Data::new(CertificatePolicy {
                 required_for_roles: shared
                     .tls

@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
+use crate::clock::Clock;
 use crate::config::limits::LimitsConfig;
 use abuse::Abuse;
 use connections::Connections;
@@ -38,6 +39,9 @@ struct Published {
     rates: ArcSwap<Rates>,
     connections: Arc<Connections>,
     abuse: Abuse,
+    /// The wall clock of the abuse windows and the rate-limit reset headers. The GCRA budgets
+    /// (`governor`) keep their own monotonic clock: they measure intervals, not dates.
+    clock: Clock,
 }
 
 /// A cheap handle to the limiter: inline checks on what the actor publishes, and reloads.
@@ -53,14 +57,15 @@ pub struct LimiterHandle {
 pub struct Unavailable;
 
 impl LimiterHandle {
-    /// Spawns the actor on the current tokio runtime.
+    /// Spawns the actor on the current tokio runtime; abuse windows run on `clock`.
     #[must_use]
-    pub fn spawn(limits: &LimitsConfig) -> Self {
+    pub fn spawn(limits: &LimitsConfig, clock: Clock) -> Self {
         let published = Arc::new(Published {
             config: ArcSwap::from_pointee(limits.clone()),
             rates: ArcSwap::from_pointee(Rates::new(limits)),
             connections: Arc::new(Connections::default()),
             abuse: Abuse::new(),
+            clock,
         });
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(run(published.clone(), rx));
@@ -91,6 +96,12 @@ impl LimiterHandle {
         &self.published.abuse
     }
 
+    /// The limiter's clock.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.published.clock
+    }
+
     /// Publishes new limits (already validated); returns once they are in force. Rate
     /// budgets start full again under the new limits.
     pub async fn reload(&self, limits: LimitsConfig) -> Result<(), Unavailable> {
@@ -106,10 +117,10 @@ impl LimiterHandle {
     }
 }
 
-/// Milliseconds since the Unix epoch, for the abuse detector.
+/// Milliseconds since the Unix epoch by `clock`, as the abuse detector counts them.
 #[must_use]
-pub fn now_ms() -> u64 {
-    u64::try_from(crate::clock::now_ms()).unwrap_or(0)
+pub fn unsigned_ms(clock: &Clock) -> u64 {
+    u64::try_from(clock.now_ms()).unwrap_or(0)
 }
 
 fn clean_up(published: &Published) {
@@ -122,7 +133,9 @@ fn clean_up(published: &Published) {
         .saturating_mul(4)
         .max(config.abuse.window_secs)
         .saturating_mul(1000);
-    published.abuse.prune(now_ms(), idle_ms);
+    published
+        .abuse
+        .prune(unsigned_ms(&published.clock), idle_ms);
     #[allow(clippy::cast_precision_loss)]
     {
         metrics::gauge!(crate::metrics::RATE_LIMIT_KEYS).set(rates.tracked() as f64);
@@ -172,7 +185,7 @@ mod tests {
     async fn a_reload_publishes_new_budgets() {
         let mut limits = LimitsConfig::default();
         limits.rate.enqueue = Rate::new(0.01, 1);
-        let h = LimiterHandle::spawn(&limits);
+        let h = LimiterHandle::spawn(&limits, Clock::system());
         let check = |h: &LimiterHandle| h.rates().check_caller("p", None, rates::Class::Enqueue);
         assert!(check(&h).is_ok());
         assert!(check(&h).is_err());

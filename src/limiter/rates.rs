@@ -3,6 +3,11 @@
 //! from one `[limits]` snapshot and replaced whole on reload. Keyed maps are bounded: past
 //! `max_tracked_keys` new keys share one overflow budget, and the limiter actor forgets idle
 //! keys on a timer.
+//!
+//! The limiters run on `governor`'s own monotonic clock (quanta), not the server's
+//! [`crate::clock`]: GCRA measures intervals between requests, never dates, so they stay as
+//! they are. The wall-clock parts of limiting (abuse windows, reset headers) use the limiter's
+//! [`crate::clock::Clock`].
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;

@@ -27,6 +27,7 @@ pub use config::{ClientAuth, ClientIdentity, TlsConfig};
 pub use store::{CertInfo, CertStore};
 
 use crate::auth::Policy;
+use crate::clock::Clock;
 use identity::Identities;
 
 /// Why certificate material cannot be used. Messages name files, never their contents.
@@ -79,14 +80,19 @@ pub struct TlsRuntime {
     pub require_certificate_for_roles: Arc<Vec<String>>,
     pub settings: TlsConfig,
     provider: Arc<CryptoProvider>,
+    /// The time certificate expiry is reported at. (rustls checks peer certificate validity
+    /// against its own time provider, the system clock.)
+    clock: Clock,
 }
 
 impl TlsRuntime {
-    /// Loads the certificate files named by `config` (which was validated).
+    /// Loads the certificate files named by `config` (which was validated); expiry is judged
+    /// at `clock`'s time.
     pub fn load(
         config: &TlsConfig,
         secrets_dir: &Path,
         policy: Arc<Policy>,
+        clock: Clock,
     ) -> Result<Self, TlsError> {
         let provider = Arc::new(provider());
         let store = CertStore::load(
@@ -100,6 +106,7 @@ impl TlsRuntime {
             require_certificate_for_roles: Arc::new(config.require_certificate_for_roles.clone()),
             settings: config.clone(),
             provider,
+            clock,
         })
     }
 
@@ -132,6 +139,12 @@ impl TlsRuntime {
             now,
             i64::from(self.settings.expiry_warning_days),
         )
+    }
+
+    /// The expiry status of the live certificate now, by the runtime's clock.
+    #[must_use]
+    pub fn expiry_now(&self) -> Expiry {
+        self.expiry(self.clock.now_secs())
     }
 }
 
@@ -166,8 +179,7 @@ pub fn expiry(info: &CertInfo, now: i64, warning_days: i64) -> Expiry {
 
 /// Publishes the certificate expiry gauges.
 pub fn publish_expiry(runtime: &TlsRuntime) {
-    let now = crate::clock::now_ms() / 1000;
-    let e = runtime.expiry(now);
+    let e = runtime.expiry_now();
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(crate::metrics::TLS_CERT_EXPIRY).set(e.seconds_left as f64);
     metrics::gauge!(crate::metrics::TLS_CERT_EXPIRING).set(if e.status == "ok" {
@@ -323,7 +335,31 @@ mod tests {
             key_file: "server.key".into(),
             ..TlsConfig::default()
         };
-        TlsRuntime::load(&config, dir, Arc::new(Policy::default())).unwrap()
+        TlsRuntime::load(&config, dir, Arc::new(Policy::default()), Clock::system()).unwrap()
+    }
+
+    #[test]
+    fn the_certificate_reads_expiring_then_expired_as_the_clock_reaches_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair();
+        write(dir.path(), "server.crt", &cert);
+        write(dir.path(), "server.key", &key);
+        let config = TlsConfig {
+            enabled: true,
+            cert_file: "server.crt".into(),
+            key_file: "server.key".into(),
+            ..TlsConfig::default()
+        };
+        let (clock, hand) = Clock::manual(0);
+        let rt = TlsRuntime::load(&config, dir.path(), Arc::new(Policy::default()), clock).unwrap();
+        let end_ms = rt.store.info().not_after * 1000;
+        let window_ms = i64::from(config.expiry_warning_days) * 86_400_000;
+        hand.set(end_ms - window_ms - 1000);
+        assert_eq!(rt.expiry_now().status, "ok");
+        hand.set(end_ms - window_ms);
+        assert_eq!(rt.expiry_now().status, "expiring");
+        hand.set(end_ms);
+        assert_eq!(rt.expiry_now().status, "expired");
     }
 
     #[test]

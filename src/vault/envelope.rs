@@ -493,7 +493,6 @@ pub fn rewrap(ring: &KeyRing, bytes: &[u8]) -> Result<Option<Vec<u8>>, VaultErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::now_ms;
     use crate::job::envelope::{parse_new_job, EnvelopeRules};
     use crate::job::JobState;
     use serde_json::json;
@@ -508,7 +507,7 @@ mod tests {
 
     fn job(tenant: Option<&str>) -> Job {
         let body = json!({"type": "t.x", "args": ["CANARY-args"], "meta": {"k": "CANARY-meta"}});
-        let new = parse_new_job(&body, &EnvelopeRules::default(), now_ms()).unwrap();
+        let new = parse_new_job(&body, &EnvelopeRules::default(), 1_780_000_000_000).unwrap();
         let mut job = Job::from_new(
             new,
             JobId::generate(),

@@ -308,10 +308,11 @@ pub fn env_keys() -> Vec<(String, Zeroizing<Vec<u8>>)> {
         .collect()
 }
 
-/// A new key id: `kek-<UTC timestamp>`, so ids sort by creation time.
+/// A new key id made at `now`: `kek-<UTC timestamp>`, so ids sort by creation time.
 #[must_use]
-pub fn new_key_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
+pub fn new_key_id(now: crate::clock::Millis) -> String {
+    let now = time::OffsetDateTime::from_unix_timestamp(now.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "kek-{:04}{:02}{:02}t{:02}{:02}{:02}z",
         now.year(),
@@ -324,21 +325,21 @@ pub fn new_key_id() -> String {
 }
 
 /// Creates a new KEK file (32 random bytes as base64, mode 0600) in `dir` (created 0700 if
-/// missing); returns its id.
+/// missing), named for `now`; returns its id.
 ///
 /// # Errors
 /// When the folder or the file cannot be written.
-pub fn generate(dir: &Path) -> Result<String, VaultError> {
+pub fn generate(dir: &Path, now: crate::clock::Millis) -> Result<String, VaultError> {
     // A mounted folder (a Kubernetes secret volume is world-listable) is used as it is; the
     // files inside are what must be private.
     if std::fs::symlink_metadata(dir).is_err() {
         secrets::prepare_dir(dir).map_err(|e| VaultError::KeySet(e.to_string()))?;
     }
-    let mut id = new_key_id();
+    let mut id = new_key_id(now);
     let mut n = 1;
     while std::fs::symlink_metadata(dir.join(&id)).is_ok() {
         n += 1;
-        id = format!("{}-{n}", new_key_id());
+        id = format!("{}-{n}", new_key_id(now));
     }
     let mut bytes = Zeroizing::new([0u8; 32]);
     SystemRandom::new()
@@ -412,10 +413,11 @@ mod tests {
     #[test]
     fn the_active_key_is_configured_or_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let a = generate(dir.path()).unwrap();
+        let a = generate(dir.path(), 1_780_000_000_000).unwrap();
+        assert_eq!(a, "kek-20260528t202640z");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::rename(dir.path().join(&a), dir.path().join("zzz-old")).unwrap();
-        let b = generate(dir.path()).unwrap();
+        let b = generate(dir.path(), 1_780_000_000_000).unwrap();
         let (ring, _) = load(&source(dir.path()), &[], &[0; 32]).unwrap();
         assert_eq!(
             ring.active_id(),

@@ -110,11 +110,12 @@ pub struct KekReloader {
 }
 
 impl KekReloader {
-    /// Loads the ring for the first time; generates a KEK when there is none at all (first
-    /// start). Returns the reloader and the published keys.
+    /// Loads the ring for the first time; generates a KEK (named for `now`) when there is none
+    /// at all (first start). Returns the reloader and the published keys.
     pub fn load(
         source: KeySource,
         env: Vec<(String, Zeroizing<Vec<u8>>)>,
+        now: crate::clock::Millis,
     ) -> Result<(Arc<Self>, VaultKeys), VaultError> {
         let mut salt = [0u8; 32];
         SystemRandom::new()
@@ -122,7 +123,7 @@ impl KekReloader {
             .map_err(|_| VaultError::KeySet("no randomness".into()))?;
         let (mut ring, mut fingerprint) = keyring::load(&source, &env, &salt)?;
         if ring.is_empty() {
-            let id = keyring::generate(&source.dir)?;
+            let id = keyring::generate(&source.dir, now)?;
             warn!(kek = %keyring::short_id(&id), dir = %source.dir.display(), "no key-encryption key found; created one");
             (ring, fingerprint) = keyring::load(&source, &env, &salt)?;
         }

@@ -314,15 +314,19 @@ pub struct JwtReload {
     pub config: JwtConfig,
     pub base_dir: PathBuf,
     digest: std::sync::Mutex<[u8; 32]>,
+    /// Where the grace period of replaced shared secrets starts.
+    clock: crate::clock::Clock,
 }
 
 impl JwtReload {
-    /// Watches the files of `config` (read again now to remember them).
+    /// Watches the files of `config` (read again now to remember them); grace periods run on
+    /// `clock`.
     #[must_use]
     pub fn new(
         slot: std::sync::Arc<arc_swap::ArcSwap<JwtVerifier>>,
         config: JwtConfig,
         base_dir: PathBuf,
+        clock: crate::clock::Clock,
     ) -> Self {
         let digest = files_digest(&config, &base_dir);
         Self {
@@ -330,6 +334,7 @@ impl JwtReload {
             config,
             base_dir,
             digest: std::sync::Mutex::new(digest),
+            clock,
         }
     }
 
@@ -391,7 +396,7 @@ impl crate::vault::watch::Reload for JwtReload {
             .map_err(|e| ReloadError(e.to_string()))?;
         // Dual-read for shared secrets: the HS256 keys being replaced keep verifying for the
         // longest token lifetime (and the leeway), as do earlier ones still in their grace.
-        let now = u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0);
+        let now = u64::try_from(self.clock.now_secs()).unwrap_or(0);
         let until = now + verifier.max_lifetime_secs + verifier.leeway_secs;
         let current = self.slot.load_full();
         for (kid, key) in &current.keys {

@@ -1517,7 +1517,13 @@ fn reloading_picks_up_rewritten_key_files_and_keeps_the_old_set_on_a_bad_one() {
     let slot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
         JwtVerifier::load(&f.config, f.dir.path()).unwrap(),
     ));
-    let reload = JwtReload::new(slot.clone(), f.config.clone(), f.dir.path().to_path_buf());
+    let (clock, _) = crate::clock::Clock::manual(i64::try_from(NOW).unwrap() * 1000);
+    let reload = JwtReload::new(
+        slot.clone(),
+        f.config.clone(),
+        f.dir.path().to_path_buf(),
+        clock,
+    );
     assert_eq!(reload.dirs(), vec![f.dir.path().to_path_buf()]);
     assert_eq!(reload.reload().unwrap(), Change::Unchanged);
     let old = f.token("hs-raw", &claims());
@@ -1534,11 +1540,10 @@ fn reloading_picks_up_rewritten_key_files_and_keeps_the_old_set_on_a_bad_one() {
     write(&f.path("hs.raw"), fresh, 0o600);
     assert!(matches!(reload.reload().unwrap(), Change::Changed(_)));
     assert!(slot.load().verify(&old, NOW).is_ok(), "dual-read");
-    let real_now = u64::try_from(crate::clock::now_ms() / 1000).unwrap();
     let current = slot.load();
     let (_, until) = &current.previous["hs-raw"];
     let grace = current.max_lifetime_secs + current.leeway_secs;
-    assert!((real_now + grace..=real_now + grace + 5).contains(until));
+    assert_eq!(*until, NOW + grace, "the grace runs from the reload");
     assert!(current.verify(&old, *until + 1).is_err(), "past the grace");
     // Public keys are not shared secrets: only HS256 keys are kept.
     assert!(current

@@ -16,7 +16,7 @@ use crate::audit::Outcome;
 use crate::auth::key::display_id;
 use crate::auth::records::{self, KeyError, KeyRecord, KeySpec};
 use crate::auth::{AuthHandle, Permission, QueuePattern};
-use crate::clock::{now_ms, parse_iso_duration, parse_rfc3339, rfc3339, Millis};
+use crate::clock::{parse_iso_duration, parse_rfc3339, rfc3339, Millis};
 use crate::config::Config;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
@@ -133,7 +133,8 @@ pub async fn list(
     let store = auth.store().clone();
     let mut keys = blocking(move || records::list(&store).map_err(KeyError::from)).await?;
     let recent = auth.last_used().await.unwrap_or_default();
-    let now = now_ms();
+    let clock = auth.clock();
+    let now = clock.now_ms();
     keys.retain(|k| manages(&caller, k) && query.name.as_ref().is_none_or(|n| &k.name == n));
     let items: Vec<Value> = keys
         .iter_mut()
@@ -213,7 +214,8 @@ pub async fn create(
                 })
         })
         .transpose()?;
-    let now = now_ms();
+    let clock = auth.clock().clone();
+    let now = clock.now_ms();
     let expires_at = match (obj.get("expires_at"), obj.get("expires_in")) {
         (Some(Value::String(at)), None) => Some(parse_rfc3339(at).ok_or_else(|| {
             ApiError::invalid("expires_at", "expires_at must be an RFC 3339 time")
@@ -261,12 +263,15 @@ pub async fn create(
     let (record, token) = audit::guarded(
         &req,
         event,
-        blocking(move || records::create(&store, &policy, &spec, &env)),
+        blocking({
+            let clock = clock.clone();
+            move || records::create(&store, &policy, &spec, &env, clock.now_ms())
+        }),
     )
     .await?;
     Ok(json(
         StatusCode::CREATED,
-        &json!({ "key": view(&record, now_ms()), "secret": token.expose_secret() }),
+        &json!({ "key": view(&record, clock.now_ms()), "secret": token.expose_secret() }),
     ))
 }
 
@@ -298,12 +303,16 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let key = load_managed(&caller, &auth, &id).await?;
     let event = key_event(&req, &caller, "key.revoked", &key);
+    let clock = auth.clock().clone();
     let store = auth.store().clone();
     let key_id = key.id.clone();
     let revoked = audit::guarded(
         &req,
         event,
-        blocking(move || records::revoke(&store, &key_id)?.ok_or(KeyError::NotFound)),
+        blocking({
+            let clock = clock.clone();
+            move || records::revoke(&store, &key_id, clock.now_ms())?.ok_or(KeyError::NotFound)
+        }),
     )
     .await?;
     auth.forget(vec![revoked.id.clone()])
@@ -311,7 +320,7 @@ pub async fn revoke(
         .map_err(ApiError::from)?;
     Ok(json(
         StatusCode::OK,
-        &json!({ "key": view(&revoked, now_ms()) }),
+        &json!({ "key": view(&revoked, clock.now_ms()) }),
     ))
 }
 
@@ -354,23 +363,27 @@ pub async fn revoke_many(
             ids.iter().map(|i| display_id(i)).collect::<Vec<_>>(),
         );
     }
-    let store = auth.store().clone();
+    let (store, clock) = (auth.store().clone(), auth.clock().clone());
     let scope = caller.tenant.clone();
     let system = caller.principal.is_system_admin();
     let revoked = audit::guarded(
         &req,
         event,
         blocking(move || {
-            records::revoke_where(&store, |k| {
-                let managed = match &scope {
-                    Some(t) => k.tenant.as_ref() == Some(t),
-                    None => system,
-                };
-                managed
-                    && ids.as_ref().is_none_or(|ids| ids.contains(&k.id))
-                    && name.as_ref().is_none_or(|n| &k.name == n)
-                    && tenant.as_ref().is_none_or(|t| k.tenant.as_ref() == Some(t))
-            })
+            records::revoke_where(
+                &store,
+                |k| {
+                    let managed = match &scope {
+                        Some(t) => k.tenant.as_ref() == Some(t),
+                        None => system,
+                    };
+                    managed
+                        && ids.as_ref().is_none_or(|ids| ids.contains(&k.id))
+                        && name.as_ref().is_none_or(|n| &k.name == n)
+                        && tenant.as_ref().is_none_or(|t| k.tenant.as_ref() == Some(t))
+                },
+                clock.now_ms(),
+            )
             .map_err(KeyError::from)
         }),
     )
@@ -411,19 +424,23 @@ pub async fn rotate(
     };
     let event = key_event(&req, &caller, "key.rotated", &key).detail("grace_secs", grace);
     let (store, env) = (auth.store().clone(), config.secrets.key_env.clone());
+    let clock = auth.clock().clone();
     let key_id = key.id.clone();
     let grace_ms = i64::try_from(grace.saturating_mul(1000)).unwrap_or(i64::MAX);
     let (new, token, old) = audit::guarded(
         &req,
         event,
-        blocking(move || records::rotate(&store, &key_id, grace_ms, &env)),
+        blocking({
+            let clock = clock.clone();
+            move || records::rotate(&store, &key_id, grace_ms, &env, clock.now_ms())
+        }),
     )
     .await?;
     // The old key's cached copy carries its old expiry: forget it so the grace period holds.
     auth.forget(vec![old.id.clone()])
         .await
         .map_err(ApiError::from)?;
-    let now = now_ms();
+    let now = clock.now_ms();
     Ok(json(
         StatusCode::CREATED,
         &json!({

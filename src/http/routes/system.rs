@@ -42,7 +42,7 @@ pub async fn health(
                 "encryption": encryption,
             });
             if let Some(runtime) = tls.as_ref() {
-                let e = runtime.expiry(crate::clock::now_ms() / 1000);
+                let e = runtime.expiry_now();
                 body["tls"] = json!({
                     "status": e.status,
                     "certificate_not_after": rfc3339(e.not_after.saturating_mul(1000)),
