@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bulwark::clock::now_ms;
+use bulwark::clock::Clock;
 use bulwark::job::envelope::{parse_new_job, EnvelopeRules, NewJob};
 use bulwark::queue::{AckRequest, FetchRequest, Holder, QueueConfig, QueueHandle};
 use bulwark::store::Store;
@@ -73,7 +73,7 @@ fn new_job() -> NewJob {
         "args": [{"seq": 12_345, "t": 1_234_567_890_123_u64, "pad": "x".repeat(155)}],
         "options": {"queue": QUEUE},
     });
-    parse_new_job(&json, &EnvelopeRules::default(), now_ms()).expect("valid job")
+    parse_new_job(&json, &EnvelopeRules::default(), Clock::system().now_ms()).expect("valid job")
 }
 
 /// `total` enqueues from `senders` concurrent tasks; returns how long they took.

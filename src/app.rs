@@ -211,10 +211,14 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
                 &setup.audit_config(),
                 key,
                 Some(store.clone()),
-                setup_clock,
+                setup_clock.clone(),
             )?;
             let (queue, thread) =
-                QueueHandle::spawn(store.clone(), keys.clone(), setup.queue_config())?;
+                QueueHandle::spawn(store.clone(), keys.clone(), {
+                    let mut queue = setup.queue_config();
+                    queue.clock = setup_clock.clone();
+                    queue
+                })?;
             Ok((
                 store,
                 queue,

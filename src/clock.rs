@@ -115,14 +115,6 @@ impl ManualClock {
     }
 }
 
-/// The system clock's current time in milliseconds since the Unix epoch.
-///
-/// Kept for the places that are not yet handed a [`Clock`]; new code takes a `Clock`.
-#[must_use]
-pub fn now_ms() -> Millis {
-    system_now()
-}
-
 /// Renders a timestamp as `2026-02-12T10:30:00.000Z`.
 #[must_use]
 pub fn rfc3339(ms: Millis) -> String {

@@ -407,7 +407,11 @@ impl QueueHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{now_ms, Clock};
+    use crate::clock::Clock;
+
+    fn now_ms() -> crate::clock::Millis {
+        Clock::system().now_ms()
+    }
     use crate::job::envelope::{parse_new_job, EnvelopeRules};
     use serde_json::json;
 
