@@ -22,7 +22,9 @@ async fn drain_all(server: &TestServer, client: &reqwest::Client, queue: &str) -
         let res: Value = client
             .post(server.url("/ojs/v1/workers/fetch"))
             .header("Authorization", server.auth())
-            .json(&json!({"queues": [queue], "count": 100, "worker_id": "drain"}))
+            // The drain's own leases outlast the drain: on a loaded machine a drain slower
+            // than the jobs' visibility timeout would see its own claims come back.
+            .json(&json!({"queues": [queue], "count": 100, "worker_id": "drain", "visibility_timeout_ms": 600_000}))
             .send()
             .await
             .unwrap()
