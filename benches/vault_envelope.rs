@@ -14,8 +14,8 @@ use bulwark::clock::Clock;
 use bulwark::job::envelope::{parse_new_job, EnvelopeRules};
 use bulwark::job::{Job, JobId};
 use bulwark::store::codec;
-use bulwark::vault::envelope::{open_job, seal_job};
 use bulwark::vault::keyring::Kek;
+use bulwark::vault::sealed::{open_job, seal_job};
 use bulwark::vault::KeyRing;
 
 fn job(args_bytes: usize) -> Job {

@@ -21,8 +21,8 @@ use crate::config::Config;
 use crate::http;
 use crate::limiter::LimiterHandle;
 use crate::queue::QueueHandle;
+use crate::secrets::watch::SecretWatcher;
 use crate::store::Store;
-use crate::vault::watch::SecretWatcher;
 use crate::vault::{KekReloader, KeySource, VaultHandle, VaultKeys};
 
 /// The file the bootstrap admin key is written to, inside the secrets folder.

@@ -304,11 +304,9 @@ async fn other_keys_and_moved_records_fail_closed_on_every_read() {
             table.insert(key(&ids[0]), one.as_slice()).unwrap();
             let two = table.get(key(&ids[2])).unwrap().unwrap().value().to_vec();
             let three = table.get(key(&ids[3])).unwrap().unwrap().value().to_vec();
-            let mut rec = bulwark::vault::envelope::read_record(&two).unwrap();
-            rec.sealed = bulwark::vault::envelope::read_record(&three)
-                .unwrap()
-                .sealed;
-            let spliced = bulwark::vault::envelope::write_record(&rec).unwrap();
+            let mut rec = bulwark::vault::sealed::read_record(&two).unwrap();
+            rec.sealed = bulwark::vault::sealed::read_record(&three).unwrap().sealed;
+            let spliced = bulwark::vault::sealed::write_record(&rec).unwrap();
             table.insert(key(&ids[2]), spliced.as_slice()).unwrap();
         }
         txn.commit().unwrap();

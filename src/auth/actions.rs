@@ -363,7 +363,7 @@ impl ActionGuard {
 }
 
 /// Re-reads the policy-token secret file when its folder changes (see
-/// [`crate::vault::watch`]).
+/// [`crate::secrets::watch`]).
 pub struct PolicySecretReload {
     pub guard: std::sync::Arc<ActionGuard>,
     pub config: ActionsConfig,
@@ -372,7 +372,7 @@ pub struct PolicySecretReload {
     pub clock: crate::clock::Clock,
 }
 
-impl crate::vault::watch::Reload for PolicySecretReload {
+impl crate::secrets::watch::Reload for PolicySecretReload {
     fn name(&self) -> &'static str {
         "policy_token_secret"
     }
@@ -382,8 +382,8 @@ impl crate::vault::watch::Reload for PolicySecretReload {
         path.parent().map(Path::to_path_buf).into_iter().collect()
     }
 
-    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
-        use crate::vault::watch::{Change, ReloadError};
+    fn reload(&self) -> Result<crate::secrets::watch::Change, crate::secrets::watch::ReloadError> {
+        use crate::secrets::watch::{Change, ReloadError};
         let now = self.clock.now_secs().max(0).unsigned_abs();
         match self
             .guard

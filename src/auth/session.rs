@@ -261,7 +261,7 @@ impl SessionVerifier {
 }
 
 /// Re-reads the session signing key file when the secrets folder changes (see
-/// [`crate::vault::watch`]). A new key signs new tokens at once; tokens signed with the old
+/// [`crate::secrets::watch`]). A new key signs new tokens at once; tokens signed with the old
 /// one keep verifying for the longest session lifetime. A malformed or exposed file changes
 /// nothing.
 pub struct SessionKeyReload {
@@ -288,7 +288,7 @@ impl SessionKeyReload {
     }
 }
 
-impl crate::vault::watch::Reload for SessionKeyReload {
+impl crate::secrets::watch::Reload for SessionKeyReload {
     fn name(&self) -> &'static str {
         "session_signing_key"
     }
@@ -297,8 +297,8 @@ impl crate::vault::watch::Reload for SessionKeyReload {
         vec![self.dir.clone()]
     }
 
-    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
-        use crate::vault::watch::{Change, ReloadError};
+    fn reload(&self) -> Result<crate::secrets::watch::Change, crate::secrets::watch::ReloadError> {
+        use crate::secrets::watch::{Change, ReloadError};
         let bytes = crate::secrets::read_hex_key(&self.dir.join(KEY_FILE))
             .map_err(|e| ReloadError(e.to_string()))?;
         let mut digest = [0u8; 32];
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_rotated_key_signs_and_the_previous_one_verifies_for_the_grace_period() {
-        use crate::vault::watch::{Change, Reload};
+        use crate::secrets::watch::{Change, Reload};
         let dir = tempfile::tempdir().unwrap();
         let key = load_or_create_key(dir.path()).unwrap();
         let mut gates = Gates::default();

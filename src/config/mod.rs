@@ -445,8 +445,8 @@ impl Config {
 
     /// The secret watcher's settings.
     #[must_use]
-    pub fn watch_config(&self) -> crate::vault::watch::WatchConfig {
-        crate::vault::watch::WatchConfig {
+    pub fn watch_config(&self) -> crate::secrets::watch::WatchConfig {
+        crate::secrets::watch::WatchConfig {
             debounce: std::time::Duration::from_millis(self.secrets.reload_debounce_ms),
             interval: std::time::Duration::from_secs(self.secrets.reload_interval_secs),
         }

@@ -453,18 +453,21 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     // A role that requires a certificate is usable only by the certificate's own principal:
     // a key or JWT holding it must come over a connection whose client certificate maps to
     // the same principal name and tenant.
-    if let Some(policy) = req.app_data::<web::Data<super::CertificatePolicy>>() {
-        let needs_certificate = principal
-            .roles()
-            .iter()
-            .any(|r| policy.required_for_roles.contains(r));
-        let bound = matches!(principal.credential(), Credential::Certificate { .. })
-            || from_certificate
-                .as_ref()
-                .is_some_and(|c| c.name() == principal.name() && c.tenant() == principal.tenant());
-        if needs_certificate && !bound {
-            return Err(forbidden(&req, &principal, None, None, "certificate_required").await);
-        }
+    // Missing wiring refuses (503) rather than skipping the check.
+    let Some(policy) = req.app_data::<web::Data<super::CertificatePolicy>>() else {
+        tracing::error!("the certificate policy is not wired into the HTTP app; refusing");
+        return Err(ApiError::unavailable());
+    };
+    let needs_certificate = principal
+        .roles()
+        .iter()
+        .any(|r| policy.required_for_roles.contains(r));
+    let bound = matches!(principal.credential(), Credential::Certificate { .. })
+        || from_certificate
+            .as_ref()
+            .is_some_and(|c| c.name() == principal.name() && c.tenant() == principal.tenant());
+    if needs_certificate && !bound {
+        return Err(forbidden(&req, &principal, None, None, "certificate_required").await);
     }
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "success", "reason" => "")
         .increment(1);
@@ -508,7 +511,11 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
 
     // The tenant's and the principal's budgets, before anything else is looked at, so that
     // refused requests spend them too.
-    if let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() {
+    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
+        tracing::error!("the limiter is not wired into the HTTP app; refusing");
+        return Err(ApiError::unavailable());
+    };
+    {
         let pattern = req.match_pattern().unwrap_or_default();
         let class = super::access::lookup(req.method().as_str(), &pattern)
             .map_or(Class::Other, |route| route.rate);

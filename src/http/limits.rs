@@ -125,8 +125,11 @@ pub async fn limits(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    // A missing limiter is a wiring fault: refuse rather than serve without limits.
     let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>().cloned() else {
-        return Ok(next.call(req).await?.map_into_boxed_body());
+        tracing::error!("the limiter is not wired into the HTTP app; refusing");
+        let res = ApiError::unavailable().error_response();
+        return Ok(req.into_response(res));
     };
     if let Some(over) = req.conn_data::<OverLimit>().copied() {
         let message = match over {
@@ -211,8 +214,10 @@ pub async fn check_enqueue(
     principal: &Principal,
     job: &mut crate::job::envelope::NewJob,
 ) -> Result<(), ApiError> {
+    // A missing limiter is a wiring fault: refuse rather than skip the check.
     let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
-        return Ok(());
+        tracing::error!("the limiter is not wired into the HTTP app; refusing");
+        return Err(ApiError::unavailable());
     };
     let config = limiter.config();
     let bytes = job.args.0.len() + job.meta.as_ref().map_or(0, |m| m.0.len());

@@ -50,7 +50,7 @@ pub struct Shared {
     /// The key vault (status and re-wrap routes, unreadable-job counts).
     pub vault: crate::vault::VaultHandle,
     /// The secret watcher, where further reloadable secrets are registered.
-    pub watcher: crate::vault::watch::SecretWatcher,
+    pub watcher: crate::secrets::watch::SecretWatcher,
     /// TLS, when `[tls]` is on.
     pub tls: Option<Arc<crate::tls::TlsRuntime>>,
     /// The server's clock (app data for handlers that judge times).

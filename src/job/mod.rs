@@ -87,7 +87,7 @@ impl JobState {
 }
 
 /// A piece of client JSON kept as its text: args, meta, results and error details. The server
-/// routes on none of it. The key vault seals these at rest ([`crate::vault::envelope`]).
+/// routes on none of it. The key vault seals these at rest ([`crate::vault::sealed`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload(pub String);
 
@@ -203,9 +203,9 @@ pub struct Job {
     /// A conformance-suite directive (`options.metadata.test_directive`), kept only in testing mode.
     pub test_directive: Option<String>,
     /// The job's unwrapped data key while the job is in memory (never serialized: the record
-    /// keeps it wrapped, see [`crate::vault::envelope`]).
+    /// keeps it wrapped, see [`crate::vault::sealed`]).
     #[serde(skip)]
-    pub key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
+    pub key: Option<std::sync::Arc<crate::vault::sealed::JobKey>>,
 }
 
 impl Job {

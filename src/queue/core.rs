@@ -343,7 +343,7 @@ impl Engine {
         tenant: Option<String>,
         owner: Option<String>,
         limits: &Limits,
-        key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
+        key: Option<std::sync::Arc<crate::vault::sealed::JobKey>>,
     ) -> Result<Enqueued, QueueError> {
         let now = t.now;
         let id = new.id.unwrap_or_else(JobId::generate);

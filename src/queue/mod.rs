@@ -162,7 +162,7 @@ impl QueueHandle {
         // The id is fixed here so the args and meta can be sealed on the caller's thread (the
         // associated data names the job); the queue thread then only stores them.
         let id = *job.id.get_or_insert_with(JobId::generate);
-        let key = crate::vault::envelope::preseal(
+        let key = crate::vault::sealed::preseal(
             &self.keys.ring(),
             id,
             tenant.as_deref(),

@@ -162,7 +162,7 @@ pub(crate) enum Msg {
         owner: Option<String>,
         limits: Limits,
         /// The job's data key with its args and meta already sealed (by the caller's thread).
-        key: Option<std::sync::Arc<crate::vault::envelope::JobKey>>,
+        key: Option<std::sync::Arc<crate::vault::sealed::JobKey>>,
         reply: Reply<Enqueued>,
     },
     /// Enqueues every job or none (each with its tenant and owner).

@@ -29,7 +29,7 @@ pub fn version(bytes: &[u8]) -> Option<u8> {
 }
 
 /// Encodes a record of a table with its own versions (the job table, see
-/// `vault::envelope`).
+/// `vault::sealed`).
 pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![version];
     rmp_serde::encode::write_named(&mut out, value)

@@ -12,7 +12,7 @@ use crate::queue::bounds::{self, QueueBound};
 use crate::queue::sched::QueueKey;
 use crate::queue::seam::{JobSource, JobStore, Writes};
 use crate::queue::QueueError;
-use crate::vault::envelope;
+use crate::vault::sealed;
 use crate::vault::{RewrapStep, VaultError, VaultKeys};
 
 /// Jobs in the redb file, sealed and opened with the vault's keys.
@@ -41,7 +41,7 @@ impl JobSource for Reader {
     fn job(&self, id: JobId) -> Result<Option<Job>, QueueError> {
         let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
         let Some(guard) = guard else { return Ok(None) };
-        match envelope::open_job(&self.ring, guard.value()) {
+        match sealed::open_job(&self.ring, guard.value()) {
             Ok(job) if job.id == id => Ok(Some(job)),
             // A whole record copied onto another row: its own id no longer matches the key.
             Ok(_) => {
@@ -62,7 +62,7 @@ impl JobSource for Reader {
     fn head(&self, id: JobId) -> Result<Option<Job>, QueueError> {
         let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
         guard
-            .map(|g| envelope::job_head(g.value()).map(|h| h.job))
+            .map(|g| sealed::job_head(g.value()).map(|h| h.job))
             .transpose()
             .map_err(QueueError::from)
     }
@@ -86,7 +86,7 @@ impl JobStore for RedbJobs {
             let (key, value) = entry.map_err(StoreError::from)?;
             // Only the clear part: the indexes need no payload, and a job whose key is missing
             // still has its place (it fails closed when read).
-            let head = envelope::job_head(value.value())?;
+            let head = sealed::job_head(value.value())?;
             if head.job.id.as_u128() != key.value() {
                 // A record copied onto another row is never scheduled; reading it fails closed.
                 error!(row = %JobId(uuid::Uuid::from_u128(key.value())), "job record belongs to another row; left out");
@@ -127,7 +127,7 @@ impl JobStore for RedbJobs {
         for (id, job) in &writes.jobs {
             let bytes = job
                 .as_ref()
-                .map(|job| envelope::seal_job(&ring, job))
+                .map(|job| sealed::seal_job(&ring, job))
                 .transpose()
                 .map_err(|e| QueueError::Storage(StoreError::Corrupt(format!("seal: {e}"))))?;
             sealed.push((id.as_u128(), bytes));

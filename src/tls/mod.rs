@@ -209,7 +209,7 @@ fn files_signature(runtime: &TlsRuntime) -> Vec<Option<(u64, std::time::SystemTi
 /// poll of [`spawn_reloader`] stays for mounts that send no file events.)
 pub struct TlsReload(pub Arc<TlsRuntime>);
 
-impl crate::vault::watch::Reload for TlsReload {
+impl crate::secrets::watch::Reload for TlsReload {
     fn name(&self) -> &'static str {
         "tls"
     }
@@ -228,8 +228,8 @@ impl crate::vault::watch::Reload for TlsReload {
         dirs
     }
 
-    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
-        use crate::vault::watch::{Change, ReloadError};
+    fn reload(&self) -> Result<crate::secrets::watch::Change, crate::secrets::watch::ReloadError> {
+        use crate::secrets::watch::{Change, ReloadError};
         match self.0.store.reload() {
             Ok(false) => Ok(Change::Unchanged),
             Ok(true) => {
@@ -260,7 +260,7 @@ impl crate::vault::watch::Reload for TlsReload {
 /// expiry gauges on each tick. Runs until aborted through the returned handle.
 pub fn spawn_reloader(
     runtime: Arc<TlsRuntime>,
-    watcher: crate::vault::watch::SecretWatcher,
+    watcher: crate::secrets::watch::SecretWatcher,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let poll = runtime.settings.reload_poll_secs;

@@ -1,15 +1,14 @@
 //! The key vault: owns the key-encryption keys (KEKs), publishes the current key ring as an
 //! immutable snapshot ([`VaultKeys`]) that the queue reads inline to seal and open job records
-//! ([`envelope`]), reloads the ring when its files change ([`KekReloader`], driven by the
-//! generic [`watch::SecretWatcher`]), and runs re-wrapping of old data keys in small batches
+//! ([`sealed`], the sealed record format), reloads the ring when its files change
+//! ([`KekReloader`], driven by the generic [`crate::secrets::watch::SecretWatcher`]), and runs re-wrapping of old data keys in small batches
 //! through the queue actor while the server serves traffic.
 //!
 //! KEKs never enter the database or a log. See `docs/encryption.md`.
 
-pub mod envelope;
 pub mod error;
 pub mod keyring;
-pub mod watch;
+pub mod sealed;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,8 +28,8 @@ pub use keyring::{KeyRing, KeySource};
 
 use crate::audit::{AuditEvent, AuditHandle, Outcome};
 use crate::queue::QueueHandle;
+use crate::secrets::watch::{Change, Reload, ReloadError};
 use crate::store::{tables, Store, StoreError};
-use watch::{Change, Reload, ReloadError};
 
 /// `bulwark_vault_unreadable_jobs` (gauge): jobs whose KEK is not loaded, as of the last scan.
 pub const METRIC_UNREADABLE: &str = "bulwark_vault_unreadable_jobs";
@@ -206,7 +205,7 @@ pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
     for entry in table.iter().map_err(StoreError::from)? {
         let (_, value) = entry.map_err(StoreError::from)?;
         total += 1;
-        match envelope::job_head(value.value())?.kek {
+        match sealed::job_head(value.value())?.kek {
             Some(kek) => *per_kek.entry(kek).or_default() += 1,
             None => clear += 1,
         }
@@ -272,7 +271,7 @@ pub fn rewrap_step(
             let key = key.value();
             last = Some(key);
             step.examined += 1;
-            match envelope::rewrap(ring, value.value()) {
+            match sealed::rewrap(ring, value.value()) {
                 Ok(Some(bytes)) => updates.push((key, bytes)),
                 Ok(None) => {}
                 Err(VaultError::NoActiveKey) => return Err(VaultError::NoActiveKey),

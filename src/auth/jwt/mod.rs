@@ -307,7 +307,7 @@ pub struct VerifiedToken {
 }
 
 /// Re-reads the JWT verification keys (key files and JWKS files) when their folders change
-/// (see [`crate::vault::watch`]) and publishes a new verifier; a set that fails to load (a
+/// (see [`crate::secrets::watch`]) and publishes a new verifier; a set that fails to load (a
 /// malformed, half-written or exposed file, a weak key, a duplicate `kid`) changes nothing.
 pub struct JwtReload {
     pub slot: std::sync::Arc<arc_swap::ArcSwap<JwtVerifier>>,
@@ -366,7 +366,7 @@ fn files_digest(config: &JwtConfig, base_dir: &Path) -> [u8; 32] {
     out
 }
 
-impl crate::vault::watch::Reload for JwtReload {
+impl crate::secrets::watch::Reload for JwtReload {
     fn name(&self) -> &'static str {
         "jwt_keys"
     }
@@ -382,8 +382,8 @@ impl crate::vault::watch::Reload for JwtReload {
         dirs
     }
 
-    fn reload(&self) -> Result<crate::vault::watch::Change, crate::vault::watch::ReloadError> {
-        use crate::vault::watch::{Change, ReloadError};
+    fn reload(&self) -> Result<crate::secrets::watch::Change, crate::secrets::watch::ReloadError> {
+        use crate::secrets::watch::{Change, ReloadError};
         let digest = files_digest(&self.config, &self.base_dir);
         let mut known = self
             .digest

@@ -1512,7 +1512,7 @@ fn the_verifier_can_be_shared_across_threads() {
 
 #[test]
 fn reloading_picks_up_rewritten_key_files_and_keeps_the_old_set_on_a_bad_one() {
-    use crate::vault::watch::{Change, Reload};
+    use crate::secrets::watch::{Change, Reload};
     let f = Fixture::new();
     let slot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
         JwtVerifier::load(&f.config, f.dir.path()).unwrap(),

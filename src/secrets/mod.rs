@@ -1,6 +1,9 @@
 //! The secrets folder: files only the server's user may read (folder 0700, files 0600), kept
 //! apart from the data folder. Every secret file the server reads or writes goes through here,
-//! so the permission rules and the wiping of buffers are in one place.
+//! so the permission rules and the wiping of buffers are in one place. [`watch`] re-reads
+//! mounted secrets when they change, for every subsystem that reads one.
+
+pub mod watch;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

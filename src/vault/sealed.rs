@@ -1,5 +1,6 @@
-//! The envelope: how a job record is sealed at rest (see `docs/encryption.md`). Pure functions,
-//! no I/O: the queue actor calls them where it reads and writes job records.
+//! The sealed job record: how a job is sealed at rest with envelope encryption (see
+//! `docs/encryption.md`). Pure functions, no I/O: the queue engine's store calls them where it
+//! reads and writes job records.
 //!
 //! A job gets a fresh 256-bit data key (DEK) when it is first written. Its args, meta, result
 //! and error texts are each sealed with AES-256-GCM under that DEK with a random 96-bit nonce
