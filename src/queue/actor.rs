@@ -14,14 +14,17 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
+use super::bounds::{Limits, Strategy};
 use super::core::{Engine, Turn};
-use super::msg::{FetchRequest, Msg, Reply, StillValid};
+use super::msg::{Enqueued, FetchRequest, Msg, Reply, StillValid};
 use super::seam::JobStore;
 use super::view::Shared;
 use super::waiters::Waiters;
 use super::{QueueConfig, QueueError};
 use crate::clock::{Clock, Millis};
+use crate::job::envelope::NewJob;
 use crate::job::Job;
+use crate::vault::sealed::JobKey;
 
 /// What to send once the turn's outcome is known: `true` if the commit succeeded.
 type Delivery = Box<dyn FnOnce(bool) + Send>;
@@ -42,6 +45,16 @@ struct Waiter {
     reply: Reply<Vec<Job>>,
 }
 
+/// An enqueue held by a full `block` queue until there is room or its time is up.
+struct Blocked {
+    job: Box<NewJob>,
+    tenant: Option<String>,
+    owner: Option<String>,
+    limits: Limits,
+    key: Option<Arc<JobKey>>,
+    reply: Reply<Enqueued>,
+}
+
 pub(super) struct QueueActor {
     store: Arc<dyn JobStore>,
     engine: Engine,
@@ -50,6 +63,7 @@ pub(super) struct QueueActor {
     clock: Clock,
     rng: SystemRandom,
     waiters: Waiters<Waiter>,
+    blocked: Waiters<Blocked>,
     last_sweep: Millis,
 }
 
@@ -97,6 +111,7 @@ impl QueueActor {
             clock,
             rng: SystemRandom::new(),
             waiters: Waiters::default(),
+            blocked: Waiters::default(),
         })
     }
 
@@ -133,6 +148,9 @@ impl QueueActor {
             for waiter in self.waiters.take_all() {
                 let _ = waiter.reply.send(Ok(Vec::new()));
             }
+            for blocked in self.blocked.take_all() {
+                let _ = blocked.reply.send(Err(QueueError::Unavailable));
+            }
             debug!("queue actor stopped");
         });
     }
@@ -145,10 +163,14 @@ impl QueueActor {
             MAX_IDLE_MS
         };
         let now = self.clock.now_ms();
-        let next = match (self.engine.next_wake(), self.waiters.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [
+            self.engine.next_wake(),
+            self.waiters.next_deadline(),
+            self.blocked.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sweep = (!self.waiters.is_empty()).then_some(self.last_sweep + SWEEP_EVERY_MS);
         let next = match (next, sweep) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -204,6 +226,7 @@ impl QueueActor {
             }
         }
         if !failed {
+            self.serve_blocked(&mut turn, &mut deliveries, &mut failed);
             self.serve_waiters(&mut turn, &mut deliveries, &mut failed);
         }
         let (writes, events) = turn.finish();
@@ -270,12 +293,36 @@ impl QueueActor {
                 owner,
                 limits,
                 key,
+                block_until,
                 reply,
-            } => deliver(
-                reply,
-                e.enqueue(t, *job, tenant, owner, &limits, key),
-                failed,
-            ),
+            } => {
+                // Only an enqueue that may block, into a queue already full, keeps a copy to
+                // retry with.
+                let queue = (tenant.clone(), job.queue.clone());
+                let retry = (block_until.is_some_and(|until| until > t.now())
+                    && !e.has_room(&queue, &limits))
+                .then(|| job.clone());
+                match e.enqueue(t, *job, tenant.clone(), owner.clone(), &limits, key.clone()) {
+                    Err(QueueError::QueueFull {
+                        strategy: Strategy::Block,
+                        ..
+                    }) if retry.is_some() => {
+                        if let (Some(job), Some(until)) = (retry, block_until) {
+                            let blocked = Blocked {
+                                job,
+                                tenant,
+                                owner,
+                                limits,
+                                key,
+                                reply,
+                            };
+                            self.blocked.park(vec![queue], until, blocked);
+                        }
+                        return None;
+                    }
+                    result => deliver(reply, result, failed),
+                }
+            }
             Msg::EnqueueBatch {
                 jobs,
                 limits,
@@ -407,9 +454,56 @@ impl QueueActor {
         }
     }
 
+    /// Stores held enqueues whose queue has room again, longest-held first, in this turn.
+    fn serve_blocked(
+        &mut self,
+        t: &mut Turn<'_>,
+        deliveries: &mut Vec<Delivery>,
+        failed: &mut bool,
+    ) {
+        for id in self.blocked.ids() {
+            let Some(blocked) = self.blocked.get(id) else {
+                continue;
+            };
+            let queue = (blocked.tenant.clone(), blocked.job.queue.clone());
+            if !blocked.reply.is_closed() && !self.engine.has_room(&queue, &blocked.limits) {
+                continue;
+            }
+            let Some(blocked) = self.blocked.take(id) else {
+                continue;
+            };
+            if blocked.reply.is_closed() {
+                continue;
+            }
+            let result = self.engine.enqueue(
+                t,
+                *blocked.job,
+                blocked.tenant,
+                blocked.owner,
+                &blocked.limits,
+                blocked.key,
+            );
+            if matches!(result, Err(QueueError::Unavailable)) {
+                *failed = true;
+            }
+            deliveries.push(deliver(blocked.reply, result, failed));
+        }
+    }
+
     /// Ends the waits that are over (no jobs, or `CredentialInvalid`), and, once a second,
     /// drops waiters whose caller is gone and answers those whose credential went bad.
     fn end_waits(&mut self, now: Millis) {
+        for blocked in self.blocked.take_expired(now) {
+            let queue = (blocked.tenant.clone(), blocked.job.queue.clone());
+            let info = self
+                .engine
+                .bound_info(&queue, blocked.limits.default_max_depth);
+            let _ = blocked.reply.send(Err(QueueError::QueueFull {
+                depth: info.depth,
+                bound: info.bound.max_depth,
+                strategy: info.bound.strategy,
+            }));
+        }
         for waiter in self.waiters.take_expired(now) {
             let answer = if (waiter.valid.0)(now) {
                 Ok(Vec::new())

@@ -198,6 +198,12 @@ impl Engine {
         self.idx.peek_ready(tenant, queue).is_some()
     }
 
+    /// Whether a queue has room for one more job under its bound.
+    #[must_use]
+    pub fn has_room(&self, key: &QueueKey, limits: &Limits) -> bool {
+        !self.bound_of(key, limits).is_full(self.idx.depth(key))
+    }
+
     /// A queue's bound (configured or the default) and its depth.
     #[must_use]
     pub fn bound_info(&self, key: &QueueKey, default_max_depth: u64) -> BoundInfo {

@@ -154,11 +154,32 @@ impl QueueHandle {
     /// Enqueues a job under the queue's bound and the quotas of `limits`.
     pub async fn enqueue_with(
         &self,
-        mut job: NewJob,
+        job: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
         limits: bounds::Limits,
     ) -> Result<Enqueued, QueueError> {
+        self.enqueue_blocking(job, tenant, owner, limits, Duration::ZERO)
+            .await
+    }
+
+    /// Enqueues a job under the queue's bound and the quotas of `limits`; when the queue is
+    /// full and its strategy is `block`, the engine holds the enqueue until there is room (the
+    /// first blocked enqueue of a queue gets the first free place) or `block` has passed, then
+    /// refuses it with [`QueueError::QueueFull`].
+    pub async fn enqueue_blocking(
+        &self,
+        mut job: NewJob,
+        tenant: Option<String>,
+        owner: Option<String>,
+        limits: bounds::Limits,
+        block: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let block_until = (!block.is_zero()).then(|| {
+            self.clock
+                .now_ms()
+                .saturating_add(i64::try_from(block.as_millis()).unwrap_or(i64::MAX))
+        });
         // The id is fixed here so the args and meta can be sealed on the caller's thread (the
         // associated data names the job); the queue thread then only stores them.
         let id = *job.id.get_or_insert_with(JobId::generate);
@@ -177,6 +198,7 @@ impl QueueHandle {
             owner,
             limits,
             key,
+            block_until,
             reply,
         })
         .await
@@ -680,5 +702,73 @@ mod tests {
         for poll in polls {
             assert_eq!(poll.await.unwrap().unwrap().len(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_block_queue_holds_enqueues_in_the_engine_until_there_is_room_or_time_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (clock, hand) = Clock::manual(now_ms());
+        let config = QueueConfig {
+            clock,
+            ..QueueConfig::default()
+        };
+        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let bound = bounds::QueueBound {
+            max_depth: 1,
+            strategy: bounds::Strategy::Block,
+            warning_threshold: 0.8,
+        };
+        queue
+            .set_bound(None, "q".into(), Some(bound))
+            .await
+            .unwrap();
+        let first = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        let limits = bounds::Limits::default();
+        let block = std::time::Duration::from_secs(30);
+        let held = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .enqueue_blocking(new_job(0, 2), None, None, limits, block)
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!held.is_finished(), "the enqueue waits for room");
+        let active = fetch_one(&queue).await.unwrap();
+        assert_eq!(active.id, first.id);
+        queue
+            .ack(AckRequest {
+                id: active.id,
+                holder: holder(),
+                attempt: None,
+                result: None,
+            })
+            .await
+            .unwrap();
+        let stored = held.await.unwrap().unwrap();
+        assert_eq!(stored.job.state, JobState::Available, "stored once there was room");
+
+        // The queue is full again: the next one is refused when its time is up.
+        let late = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .enqueue_blocking(new_job(0, 3), None, None, limits, block)
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        hand.advance(30_000);
+        queue.tick().await;
+        assert!(matches!(
+            late.await.unwrap(),
+            Err(QueueError::QueueFull {
+                depth: 1,
+                bound: 1,
+                ..
+            })
+        ));
     }
 }

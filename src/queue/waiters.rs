@@ -1,4 +1,5 @@
-//! Long-poll fetches waiting inside the engine, and the caps on how many may wait.
+//! Requests waiting inside the engine (long-poll fetches, enqueues held by a full `block`
+//! queue), and the caps on how many long-polls may wait.
 //!
 //! A fetch with `wait_ms` that finds nothing is parked here, per (tenant, queue), instead of
 //! polling: after every turn the actor hands newly available jobs to the waiters of their
@@ -115,6 +116,12 @@ impl<W> Waiters<W> {
             }
         }
         ids.into_iter().collect()
+    }
+
+    /// Every waiter, longest-waiting first.
+    #[must_use]
+    pub fn ids(&self) -> Vec<u64> {
+        self.entries.keys().copied().collect()
     }
 
     /// A waiter's payload.

@@ -21,10 +21,9 @@ use crate::http::body::{OjsBatchJson, OjsJson};
 use crate::http::error::ApiError;
 use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
-use crate::queue::bounds::Strategy;
-use crate::queue::{Enqueued, QueueError, QueueHandle};
+use crate::queue::{Enqueued, QueueHandle};
 use crate::rules::{Rules, RulesHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.
 fn reserved_queue(body: &Value) -> Option<&str> {
@@ -283,9 +282,9 @@ fn block_timeout(req: &HttpRequest, rules: &Rules) -> Duration {
     Duration::from_secs(asked.min(max))
 }
 
-/// Stores a job under its queue's bound and the caller's quotas. A full `block` queue is retried
-/// until there is room or the block timeout passes; then, like a `reject` queue, 429
-/// `queue_full` with the depth headers.
+/// Stores a job under its queue's bound and the caller's quotas. A full `block` queue holds the
+/// enqueue inside the queue engine until there is room (first come, first served) or the block
+/// timeout passes; then, like a `reject` queue, 429 `queue_full` with the depth headers.
 async fn enqueue_bounded(
     req: &HttpRequest,
     queue: &QueueHandle,
@@ -294,33 +293,18 @@ async fn enqueue_bounded(
     tenant: Option<String>,
     owner: String,
 ) -> Result<Enqueued, ApiError> {
-    let limits = rules.limits();
     let retry_after = rules.backpressure.retry_after_secs;
-    let deadline = Instant::now() + block_timeout(req, rules);
-    let mut pause = BLOCK_POLL_FIRST;
-    loop {
-        let result = queue
-            .enqueue_with(new.clone(), tenant.clone(), Some(owner.clone()), limits)
-            .await;
-        match result {
-            Err(QueueError::QueueFull {
-                strategy: Strategy::Block,
-                ..
-            }) if Instant::now() < deadline => {
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
-                pause = (pause * 2).min(BLOCK_POLL_MAX);
-            }
-            Err(e) => return Err(ApiError::from(e).with_retry_after(retry_after)),
-            Ok(done) => return Ok(done),
-        }
-    }
+    queue
+        .enqueue_blocking(
+            new,
+            tenant,
+            Some(owner),
+            rules.limits(),
+            block_timeout(req, rules),
+        )
+        .await
+        .map_err(|e| ApiError::from(e).with_retry_after(retry_after))
 }
-
-/// How soon a blocked enqueue first looks for room again; the pause doubles up to
-/// [`BLOCK_POLL_MAX`], so many blocked producers cost the queue actor little.
-const BLOCK_POLL_FIRST: Duration = Duration::from_millis(25);
-const BLOCK_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// `GET /ojs/v1/jobs/{id}`
 pub async fn info(
