@@ -28,7 +28,7 @@ const FETCH_COUNT: usize = 10;
 /// A queue actor on a fresh store; dropping it stops the actor and removes the folder.
 struct Fixture {
     handle: Option<QueueHandle>,
-    join: Option<JoinHandle<()>>,
+    join: Option<JoinHandle<bulwark::queue::QueueExit>>,
     _dir: tempfile::TempDir,
 }
 

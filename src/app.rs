@@ -415,9 +415,22 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     drop(watcher);
     drop(queue);
     // The queue thread ends once the last handle (held by the stopped HTTP workers) is gone.
-    tokio::task::spawn_blocking(move || queue_thread.join())
-        .await
-        .ok();
+    match tokio::task::spawn_blocking(move || queue_thread.join()).await {
+        Ok(Ok(exit)) if exit.failed_turns == 0 && !exit.never_started => info!(
+            turns = exit.turns,
+            commits = exit.commits,
+            released = exit.released,
+            "queue stopped after its last commit"
+        ),
+        Ok(Ok(exit)) => warn!(
+            turns = exit.turns,
+            commits = exit.commits,
+            failed_turns = exit.failed_turns,
+            never_started = exit.never_started,
+            "queue stopped; some turns failed and were answered 503"
+        ),
+        _ => warn!("the queue thread ended abnormally"),
+    }
     // The audit writer stops last, after everything that could still emit.
     retention.abort();
     let _ = retention.await;

@@ -65,6 +65,22 @@ pub(super) struct QueueActor {
     waiters: Waiters<Waiter>,
     blocked: Waiters<Blocked>,
     last_sweep: Millis,
+    exit: QueueExit,
+}
+
+/// How the queue engine ended: what it did over its life, for the shutdown log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueExit {
+    /// Turns that applied anything.
+    pub turns: u64,
+    /// Durable commits that wrote something.
+    pub commits: u64,
+    /// Turns that failed (a store error or a failed commit) and were answered 503.
+    pub failed_turns: u64,
+    /// Long-polls and held enqueues still waiting at the end, answered then.
+    pub released: u64,
+    /// The runtime could not start: the engine never ran.
+    pub never_started: bool,
 }
 
 fn deliver<T: Send + 'static>(
@@ -112,11 +128,12 @@ impl QueueActor {
             rng: SystemRandom::new(),
             waiters: Waiters::default(),
             blocked: Waiters::default(),
+            exit: QueueExit::default(),
         })
     }
 
     /// Runs the loop until every handle is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> QueueExit {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -124,7 +141,10 @@ impl QueueActor {
             Ok(rt) => rt,
             Err(e) => {
                 error!(error = %e, "queue actor could not start its runtime");
-                return;
+                return QueueExit {
+                    never_started: true,
+                    ..QueueExit::default()
+                };
             }
         };
         runtime.block_on(async move {
@@ -146,13 +166,16 @@ impl QueueActor {
             }
             // Nobody is left to fetch for the waiters: let them go empty-handed.
             for waiter in self.waiters.take_all() {
+                self.exit.released += 1;
                 let _ = waiter.reply.send(Ok(Vec::new()));
             }
             for blocked in self.blocked.take_all() {
+                self.exit.released += 1;
                 let _ = blocked.reply.send(Err(QueueError::Unavailable));
             }
             debug!("queue actor stopped");
-        });
+            self.exit
+        })
     }
 
     /// How long the loop may sleep before a timer, a lease or a waiter falls due.
@@ -239,6 +262,12 @@ impl QueueActor {
                     false
                 }
             };
+        self.exit.turns += 1;
+        if !committed {
+            self.exit.failed_turns += 1;
+        } else if !writes.is_empty() {
+            self.exit.commits += 1;
+        }
         if committed {
             if reset {
                 self.shared.clear_events();

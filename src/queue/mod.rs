@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use actor::QueueExit;
 pub use error::QueueError;
 pub use events::{Event, EventFilter};
 pub use msg::{
@@ -96,7 +97,7 @@ impl QueueHandle {
         store: Store,
         keys: VaultKeys,
         config: QueueConfig,
-    ) -> Result<(Self, JoinHandle<()>), QueueError> {
+    ) -> Result<(Self, JoinHandle<QueueExit>), QueueError> {
         let jobs = crate::store::jobs::RedbJobs::new(store, keys.clone());
         Self::spawn_on(Arc::new(jobs), keys, config)
     }
@@ -106,7 +107,7 @@ impl QueueHandle {
         store: Arc<dyn JobStore>,
         keys: VaultKeys,
         config: QueueConfig,
-    ) -> Result<(Self, JoinHandle<()>), QueueError> {
+    ) -> Result<(Self, JoinHandle<QueueExit>), QueueError> {
         let (tx, rx) = mpsc::channel(config.mailbox.max(1));
         let shared = Arc::new(Shared::new(config.events_capacity));
         let permits = WaitPermits::new(config.max_waits_per_principal, config.max_waits);
@@ -483,10 +484,12 @@ mod tests {
         let active = fetch_one(&queue).await.unwrap();
         assert_eq!(active.id, low.id);
         drop(queue);
-        tokio::task::spawn_blocking(move || thread.join())
+        let exit = tokio::task::spawn_blocking(move || thread.join())
             .await
             .unwrap()
             .unwrap();
+        // Four enqueues and two fetches, each its own durable commit; nothing failed.
+        assert_eq!((exit.commits, exit.failed_turns, exit.released), (6, 0, 0));
 
         // A new actor over the same file rebuilds the same order and the lease.
         let (queue, _thread) =
@@ -748,7 +751,11 @@ mod tests {
             .await
             .unwrap();
         let stored = held.await.unwrap().unwrap();
-        assert_eq!(stored.job.state, JobState::Available, "stored once there was room");
+        assert_eq!(
+            stored.job.state,
+            JobState::Available,
+            "stored once there was room"
+        );
 
         // The queue is full again: the next one is refused when its time is up.
         let late = tokio::spawn({
