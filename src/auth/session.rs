@@ -223,6 +223,16 @@ impl SessionVerifier {
         )))
     }
 
+    /// Whether a session that was valid stands now: its user exists and is enabled, and the
+    /// session was not revoked since (logout, refresh-token reuse, an administrator). A
+    /// waiting long-poll asks this before it is handed a job.
+    #[must_use]
+    pub fn stands(&self, username: &str, sid: &str) -> bool {
+        let gates = self.gates.load();
+        gates.users.get(username).is_some_and(|gate| !gate.disabled)
+            && !gates.revoked.contains_key(sid)
+    }
+
     /// Publishes a user's current gate (after creation or a credential change).
     pub fn publish_user(&self, username: &str, gate: Gate) {
         self.gates.rcu(|current| {
@@ -624,6 +634,27 @@ mod tests {
             v.verify(long.expose_secret(), now),
             Err(SessionError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_session_stands_until_it_is_revoked_or_its_user_disabled() {
+        let v = verifier();
+        assert!(v.stands("alice", "s1"));
+        assert!(
+            !v.stands("mallory", "s1"),
+            "an unknown user's session never stands"
+        );
+        v.revoke_session("s1", 2_000_000_000);
+        assert!(!v.stands("alice", "s1"));
+        assert!(v.stands("alice", "s2"));
+        v.publish_user(
+            "alice",
+            Gate {
+                credential_version: 1,
+                disabled: true,
+            },
+        );
+        assert!(!v.stands("alice", "s2"));
     }
 
     #[test]
