@@ -5,7 +5,6 @@
 //! Every refusal looks the same to the client, and nothing here ever records or echoes the
 //! token.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 use serde_json::json;
 
@@ -16,6 +15,7 @@ use crate::audit::{AuditEvent, Outcome};
 use crate::auth::actions::ActionGuard;
 use crate::auth::policy_token::{Claims, Expected, PolicyTokenError, MAX_TOKEN_BYTES};
 use crate::clock::Clock;
+use crate::http::error::Code;
 
 /// What the request carries in the token header.
 enum Presented<'a> {
@@ -48,8 +48,7 @@ fn presented<'a>(req: &'a HttpRequest, header: &str) -> Presented<'a> {
 /// The refusal the client sees, whatever the cause.
 fn refusal(principal: &str, job_type: &str, queue: &str, header: &str) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "permission_denied",
+        Code::PermissionDenied,
         format!(
             "Job type '{job_type}' is an action: enqueueing it needs a valid policy token in the \
              '{header}' header."

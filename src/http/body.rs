@@ -5,13 +5,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::strict_json::{self, StrictError};
+use crate::http::error::Code;
 use crate::rules::{Rules, RulesHandle};
 
 /// A parsed JSON request body: valid UTF-8, no duplicate keys, nesting within the limit.
@@ -19,16 +20,14 @@ pub struct OjsJson(pub Value);
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        Code::PayloadTooLarge,
         format!("the request body exceeds {limit} bytes"),
     )
 }
 
 fn unsupported() -> ApiError {
     ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        Code::UnsupportedMediaType,
         "send application/openjobspec+json or application/json",
     )
 }
@@ -88,8 +87,7 @@ async fn read_json(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                Code::RequestTimeout,
                 format!(
                     "the request body did not arrive within {} seconds",
                     timeout.as_secs()

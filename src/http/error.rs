@@ -21,6 +21,157 @@ pub const OJS_JSON: &str = "application/openjobspec+json";
 /// Where error codes are documented.
 const DOCS_BASE: &str = "https://openjobspec.org/spec/errors#";
 
+/// Every error the API answers with, and what it is on the wire: the one table from an error
+/// to its OJS code and HTTP status. Handlers and the conversions below name a `Code`; nothing
+/// outside this file writes an error status. Two rows may share a wire code when the spec's
+/// code covers two statuses (`invalid_request` for a malformed request, 400, and for one the
+/// server understood but refuses, 422).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// 400: the request is malformed.
+    InvalidRequest,
+    /// 422: the request is well formed but refused (unknown attributes, impossible settings).
+    Unprocessable,
+    /// 422: the retry policy is invalid.
+    InvalidRetryPolicy,
+    /// 422: the job type is not allowed.
+    InvalidJobType,
+    /// 422: the args do not match the job type's schema.
+    SchemaValidationFailed,
+    /// 422: a per-job limit (priority, timeout) is exceeded.
+    JobLimitExceeded,
+    /// 400: the body is not what a JSON request needs.
+    InvalidPayload,
+    /// 413
+    PayloadTooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 408
+    RequestTimeout,
+    /// 401
+    Unauthenticated,
+    /// 403
+    PermissionDenied,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 409: the resource's state does not allow the operation.
+    Conflict,
+    /// 409: a job with this id exists.
+    Duplicate,
+    /// 429: the queue is at its depth bound.
+    QueueFull,
+    /// 429: a per-principal quota is used up.
+    QuotaExceeded,
+    /// 429: a per-tenant limit is used up.
+    TenantLimitExceeded,
+    /// 429: a rate budget is spent.
+    RateLimited,
+    /// 429: too many long-polls wait at once.
+    TooManyLongPolls,
+    /// 500: a job record cannot be decrypted with the loaded keys.
+    JobUnreadable,
+    /// 500
+    InternalError,
+    /// 503
+    BackendUnavailable,
+}
+
+impl Code {
+    /// The wire code and the HTTP status: the table.
+    #[must_use]
+    pub const fn row(self) -> (&'static str, StatusCode) {
+        match self {
+            Self::InvalidRequest => ("invalid_request", StatusCode::BAD_REQUEST),
+            Self::Unprocessable => ("invalid_request", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::InvalidRetryPolicy => ("invalid_retry_policy", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::InvalidJobType => ("invalid_job_type", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::SchemaValidationFailed => {
+                ("schema_validation_failed", StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Self::JobLimitExceeded => ("quota_exceeded", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
+            Self::PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            Self::UnsupportedMediaType => {
+                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            Self::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            Self::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED),
+            Self::PermissionDenied => ("permission_denied", StatusCode::FORBIDDEN),
+            Self::NotFound => ("not_found", StatusCode::NOT_FOUND),
+            Self::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            Self::Conflict => ("conflict", StatusCode::CONFLICT),
+            Self::Duplicate => ("duplicate", StatusCode::CONFLICT),
+            Self::QueueFull => ("queue_full", StatusCode::TOO_MANY_REQUESTS),
+            Self::QuotaExceeded => ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
+            Self::TenantLimitExceeded => ("tenant_limit_exceeded", StatusCode::TOO_MANY_REQUESTS),
+            Self::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            Self::TooManyLongPolls => ("too_many_long_polls", StatusCode::TOO_MANY_REQUESTS),
+            Self::JobUnreadable => ("job_unreadable", StatusCode::INTERNAL_SERVER_ERROR),
+            Self::InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
+            Self::BackendUnavailable => ("backend_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// The OJS error code on the wire.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub const fn status(self) -> StatusCode {
+        self.row().1
+    }
+
+    /// Every code, in table order.
+    pub const ALL: [Code; 24] = [
+        Self::InvalidRequest,
+        Self::Unprocessable,
+        Self::InvalidRetryPolicy,
+        Self::InvalidJobType,
+        Self::SchemaValidationFailed,
+        Self::JobLimitExceeded,
+        Self::InvalidPayload,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RequestTimeout,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::Duplicate,
+        Self::QueueFull,
+        Self::QuotaExceeded,
+        Self::TenantLimitExceeded,
+        Self::RateLimited,
+        Self::TooManyLongPolls,
+        Self::JobUnreadable,
+        Self::InternalError,
+        Self::BackendUnavailable,
+    ];
+}
+
+/// The error table as Markdown, as `docs/errors.md` publishes it.
+#[must_use]
+pub fn markdown_table() -> String {
+    let mut out = String::from("| code | status | type | retryable |\n|---|---|---|---|\n");
+    for code in Code::ALL {
+        let e = ApiError::new(code, "");
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | {} |\n",
+            code.as_str(),
+            code.status().as_u16(),
+            e.error_type(),
+            if e.retryable() { "yes" } else { "no" }
+        ));
+    }
+    out
+}
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -45,9 +196,10 @@ impl ApiError {
         self.code
     }
 
-    /// A new error.
+    /// A new error of `code` (its status comes from the [`Code`] table).
     #[must_use]
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let (code, status) = code.row();
         Self {
             status,
             code,
@@ -81,25 +233,20 @@ impl ApiError {
     /// 400 `invalid_request` about one field.
     #[must_use]
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-            .with_details(json!({ "field": field }))
+        Self::new(Code::InvalidRequest, message).with_details(json!({ "field": field }))
     }
 
     /// 400 `invalid_payload`: the body is not what a JSON request needs.
     #[must_use]
     pub fn invalid_payload(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_payload", message)
+        Self::new(Code::InvalidPayload, message)
     }
 
     /// 401, the same whatever went wrong.
     #[must_use]
     pub fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "missing or invalid credentials",
-        )
-        .with_hint("send Authorization: Bearer <api key>")
+        Self::new(Code::Unauthenticated, "missing or invalid credentials")
+            .with_hint("send Authorization: Bearer <api key>")
     }
 
     /// 403 `permission_denied`, naming the principal, the operation and the queue (OJS
@@ -117,7 +264,7 @@ impl ApiError {
             ),
             None => format!("Principal '{principal}' may not perform '{operation}' here."),
         };
-        Self::new(StatusCode::FORBIDDEN, "permission_denied", message).with_details(json!({
+        Self::new(Code::PermissionDenied, message).with_details(json!({
             "principal": principal,
             "operation": operation,
             "queue": queue,
@@ -127,15 +274,15 @@ impl ApiError {
     /// 429 `rate_limited` with `Retry-After`.
     #[must_use]
     pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        let mut e = Self::new(Code::RateLimited, message);
         e.retry_after_secs = Some(retry_after_secs.max(1));
         e
     }
 
     /// 429 with `Retry-After` and a code of its own (`queue_full`, `quota_exceeded`).
     #[must_use]
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+    pub fn too_many(code: Code, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(code, message);
         e.retry_after_secs = Some(retry_after_secs.max(1));
         e
     }
@@ -164,21 +311,16 @@ impl ApiError {
     /// 404 for a job (or any resource) the caller cannot see.
     #[must_use]
     pub fn not_found(resource: &'static str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{resource} not found"),
-        )
-        .with_details(json!({ "resource_type": resource }))
-        .with_hint("check the identifier; it may have been deleted or never existed")
+        Self::new(Code::NotFound, format!("{resource} not found"))
+            .with_details(json!({ "resource_type": resource }))
+            .with_hint("check the identifier; it may have been deleted or never existed")
     }
 
     /// 503: try again shortly.
     #[must_use]
     pub fn unavailable() -> Self {
         let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backend_unavailable",
+            Code::BackendUnavailable,
             "the server cannot complete this request right now",
         );
         e.retry_after_secs = Some(1);
@@ -274,30 +416,24 @@ impl From<Invalid> for ApiError {
         let field = e.field.clone();
         match e.kind {
             InvalidKind::Request => {
-                let mut err = Self::new(StatusCode::BAD_REQUEST, "invalid_request", e.message);
+                let mut err = Self::new(Code::InvalidRequest, e.message);
                 if let Some(f) = field {
                     err = err.with_details(json!({ "field": f }));
                 }
                 err
             }
-            InvalidKind::Policy => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_retry_policy",
+            InvalidKind::Policy => Self::new(Code::InvalidRetryPolicy,
                 e.message,
             )
             .with_details(json!({ "field": field })),
-            InvalidKind::UnknownFields => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+            InvalidKind::UnknownFields => Self::new(Code::Unprocessable,
                 e.message,
             )
             .with_details(json!({ "unknown_fields": e.unknown }))
             .with_hint(
                 "remove the attributes, or set [api] unknown_fields = \"preserve\" on the server",
             ),
-            InvalidKind::TooLarge => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+            InvalidKind::TooLarge => Self::new(Code::PayloadTooLarge,
                 e.message,
             )
             .with_details(json!({ "field": field })),
@@ -308,16 +444,16 @@ impl From<Invalid> for ApiError {
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match (&e, e.kind()) {
-            (QueueError::Duplicate, _) => Self::new(StatusCode::CONFLICT, "duplicate", "a job with this id already exists"),
+            (QueueError::Duplicate, _) => Self::new(Code::Duplicate, "a job with this id already exists"),
             (QueueError::InvalidState { current, .. }, _) => {
-                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                Self::new(Code::Conflict, e.to_string())
                     .with_details(json!({ "current_state": current.as_str() }))
             }
-            (QueueError::LeaseNotHeld, _) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            (QueueError::LeaseNotHeld, _) => Self::new(Code::Conflict, e.to_string())
                 .with_hint("only the worker that fetched the job, with the same credential, may ack, nack or heartbeat it"),
             (QueueError::NotInDeadLetter, _) => Self::not_found("dead letter job"),
             (QueueError::QueueFull { depth, bound, strategy }, _) => Self::too_many(
-                "queue_full",
+                Code::QueueFull,
                 format!("the queue has reached its depth bound ({bound})"),
                 5,
             )
@@ -325,13 +461,13 @@ impl From<QueueError> for ApiError {
             .with_header("X-OJS-Queue-Depth", depth.to_string())
             .with_header("X-OJS-Queue-Bound", bound.to_string()),
             (QueueError::QuotaExceeded { quota, limit }, _) => Self::too_many(
-                if quota.is_tenant() { "tenant_limit_exceeded" } else { "quota_exceeded" },
+                if quota.is_tenant() { Code::TenantLimitExceeded } else { Code::QuotaExceeded },
                 format!("quota {} ({limit}) is used up", quota.as_str()),
                 5,
             )
             .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
             (QueueError::TooManyWaits { limit, scope }, _) => Self::too_many(
-                "too_many_long_polls",
+                Code::TooManyLongPolls,
                 format!("too many long-poll fetches wait at once ({scope} limit {limit})"),
                 1,
             )
@@ -341,9 +477,7 @@ impl From<QueueError> for ApiError {
             (_, ErrorKind::NotFound) => Self::not_found("job"),
             (QueueError::Unreadable(id), _) => {
                 error!(job_id = %id, "job record cannot be decrypted with the loaded keys");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "job_unreadable",
+                Self::new(Code::JobUnreadable,
                     "the job's data cannot be decrypted with the keys this server holds",
                 )
                 .with_hint("restore the job's key-encryption key (see GET /ojs/v1/admin/vault)")
@@ -366,8 +500,7 @@ impl From<crate::vault::VaultError> for ApiError {
         match e.kind() {
             ErrorKind::Unavailable => Self::unavailable(),
             _ => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+                Code::InternalError,
                 "the key vault could not complete the operation",
             ),
         }
@@ -411,21 +544,42 @@ impl From<AccountError> for ApiError {
                 Self::invalid("username", UserError::InvalidUsername.to_string())
             }
             AccountError::User(UserError::Policy(v)) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                Code::Unprocessable,
                 "the password does not meet the password policy",
             )
             .with_details(json!({ "field": "password", "missing": v.missing })),
-            AccountError::User(UserError::Exists) => Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "a user with this name already exists",
-            ),
+            AccountError::User(UserError::Exists) => {
+                Self::new(Code::Conflict, "a user with this name already exists")
+            }
             AccountError::User(UserError::NotFound) => Self::not_found("user"),
             other => {
                 warn!(error = %other, "accounts service unavailable");
                 Self::unavailable()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_error_table_matches_the_code() {
+        let doc = include_str!("../../docs/errors.md");
+        let table = markdown_table();
+        assert!(
+            doc.contains(&table),
+            "docs/errors.md is out of date; its table must read:\n{table}"
+        );
+    }
+
+    #[test]
+    fn every_code_is_listed_once_and_each_wire_code_and_status_pair_once() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.row()), "{code:?} repeats a row");
+        }
+        assert_eq!(seen.len(), Code::ALL.len());
     }
 }

@@ -1,12 +1,11 @@
 //! `/ojs/v1/admin`: operator routes. `reset` exists only when `[testing] allow_reset` is set.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
-use super::json;
+use super::ok;
 use crate::audit::Outcome;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
@@ -28,7 +27,7 @@ pub async fn reset(
     );
     audit::guarded(&req, event, queue.reset()).await?;
     warn!(principal = %caller.principal.display_id(), "all job state reset through the testing route");
-    Ok(json(StatusCode::OK, &json!({ "reset": true })))
+    Ok(ok(&json!({ "reset": true })))
 }
 
 /// Where audit queries read from (app data).
@@ -104,8 +103,7 @@ pub async fn audit(
         .last()
         .and_then(|r| r.get("seq"))
         .and_then(serde_json::Value::as_u64);
-    Ok(json(
-        StatusCode::OK,
+    Ok(ok(
         &json!({ "records": records, "next_before": next_before }),
     ))
 }

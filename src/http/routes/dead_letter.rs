@@ -1,11 +1,10 @@
 //! `/ojs/v1/dead-letter`: list, retry, delete.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{job_id, json};
+use super::{job_id, ok};
 use crate::audit::Outcome;
 use crate::auth::Permission;
 use crate::http::audit;
@@ -53,18 +52,15 @@ pub async fn list(
         .filter(|j| caller.sees_queue(&j.queue))
         .map(job_json)
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "jobs": jobs,
-            "pagination": {
-                "total": page.total,
-                "limit": limit,
-                "offset": offset,
-                "has_more": offset.saturating_add(jobs.len()) < page.total,
-            },
-        }),
-    ))
+    Ok(ok(&json!({
+        "jobs": jobs,
+        "pagination": {
+            "total": page.total,
+            "limit": limit,
+            "offset": offset,
+            "has_more": offset.saturating_add(jobs.len()) < page.total,
+        },
+    })))
 }
 
 /// `POST /ojs/v1/dead-letter/{id}/retry`
@@ -89,7 +85,7 @@ pub async fn retry(
         queue.retry_dead_letter(id, caller.tenant.clone()),
     )
     .await?;
-    Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
+    Ok(ok(&json!({ "job": job_json(&job) })))
 }
 
 /// `DELETE /ojs/v1/dead-letter/{id}`
@@ -114,8 +110,5 @@ pub async fn delete(
         queue.delete_dead_letter(id, caller.tenant.clone()),
     )
     .await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "deleted": true, "job_id": id.to_string() }),
-    ))
+    Ok(ok(&json!({ "deleted": true, "job_id": id.to_string() })))
 }

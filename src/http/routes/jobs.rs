@@ -4,11 +4,11 @@
 //! for an id nobody used, and [`Authenticated::job`] applies the queue ACL and the job's
 //! own rules before anything changes.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::{job_id, json};
+use super::{created, job_id, ok};
 use crate::audit::Outcome;
 use crate::auth::actions::ActionGuard;
 use crate::auth::policy::RESERVED_QUEUE_PREFIX;
@@ -19,6 +19,7 @@ use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::{OjsBatchJson, OjsJson};
 use crate::http::error::ApiError;
+use crate::http::error::Code;
 use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
 use crate::queue::{Enqueued, QueueHandle};
@@ -61,8 +62,7 @@ pub(crate) async fn check_job_rules(
         .detail("queue", new.queue.clone());
         audit::emit(req, event).await;
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_job_type",
+            Code::InvalidJobType,
             "the job type is not registered on this server",
         )
         .with_details(json!({ "field": "type" }))
@@ -70,8 +70,7 @@ pub(crate) async fn check_job_rules(
     }
     if let Err(v) = rules.schemas.check(&new.job_type, args) {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "schema_validation_failed",
+            Code::SchemaValidationFailed,
             "args do not match the schema of this job type",
         )
         .with_details(json!({
@@ -83,16 +82,14 @@ pub(crate) async fn check_job_rules(
     let quotas = &rules.quotas;
     if new.priority > quotas.max_priority {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "quota_exceeded",
+            Code::JobLimitExceeded,
             format!("priority may be at most {}", quotas.max_priority),
         )
         .with_details(json!({ "field": "options.priority", "max": quotas.max_priority })));
     }
     if new.timeout_ms > quotas.max_timeout_ms {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "quota_exceeded",
+            Code::JobLimitExceeded,
             format!("timeout_ms may be at most {}", quotas.max_timeout_ms),
         )
         .with_details(json!({ "field": "options.timeout_ms", "max": quotas.max_timeout_ms })));
@@ -208,14 +205,11 @@ pub async fn enqueue(
         .detail("dry_run", true)
         .detail("action", token.is_some());
         audit::record_or_refuse(&req, event).await?;
-        return Ok(json(
-            StatusCode::OK,
-            &json!({
-                "dry_run": true,
-                "valid": true,
-                "job": { "type": new.job_type, "queue": new.queue, "priority": new.priority },
-            }),
-        ));
+        return Ok(ok(&json!({
+            "dry_run": true,
+            "valid": true,
+            "job": { "type": new.job_type, "queue": new.queue, "priority": new.priority },
+        })));
     }
     // Abuse detection sees each stored submission (not dry runs): spikes and payload floods
     // are refused, all-top-priority floods demoted.
@@ -250,7 +244,7 @@ pub async fn enqueue(
         audit::emit(&req, event).await;
     }
     let job = &done.job;
-    let mut res = json(StatusCode::CREATED, &json!({ "job": job_json(job) }));
+    let mut res = created(&json!({ "job": job_json(job) }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/ojs/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
     }
@@ -315,7 +309,7 @@ pub async fn info(
     let job = caller
         .job(&queue, job_id(&id)?, Permission::Inspect)
         .await?;
-    Ok(json(StatusCode::OK, &json!({ "job": job_json(&job) })))
+    Ok(ok(&json!({ "job": job_json(&job) })))
 }
 
 /// `DELETE /ojs/v1/jobs/{id}`
@@ -340,7 +334,7 @@ pub async fn cancel(
     audit::emit(&req, event).await;
     let mut view = job_json(&job);
     view["previous_state"] = previous.as_str().into();
-    Ok(json(StatusCode::OK, &json!({ "job": view })))
+    Ok(ok(&json!({ "job": view })))
 }
 
 /// `POST /ojs/v1/jobs/{id}/activate`
@@ -354,7 +348,7 @@ pub async fn activate(
     let job = queue.activate(id, caller.tenant.clone()).await?;
     let mut view = job_json(&job);
     view["previous_state"] = "pending".into();
-    Ok(json(StatusCode::OK, &json!({ "job": view })))
+    Ok(ok(&json!({ "job": view })))
 }
 
 /// Most jobs in one batch.
@@ -397,8 +391,7 @@ pub async fn enqueue_batch(
             .map_err(at)?;
         if actions.is_action(&new.job_type) {
             return Err(at(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                Code::Unprocessable,
                 "action job types need a policy token each: enqueue them one at a time",
             )));
         }
@@ -431,8 +424,5 @@ pub async fn enqueue_batch(
     )
     .detail("count", count);
     audit::emit(&req, event).await;
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({ "jobs": views, "count": count }),
-    ))
+    Ok(created(&json!({ "jobs": views, "count": count })))
 }

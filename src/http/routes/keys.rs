@@ -5,13 +5,12 @@
 //! the audit trail before it happens (no record, no change), and a revoked key stops working on
 //! its very next request: the auth store forgets it before the answer goes out.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::json;
+use super::{created, ok};
 use crate::audit::Outcome;
 use crate::auth::key::display_id;
 use crate::auth::records::{self, KeyError, KeyRecord, KeySpec};
@@ -21,6 +20,7 @@ use crate::config::Config;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
+use crate::http::error::Code;
 
 /// Longest grace period a rotation may ask for (30 days).
 const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
@@ -48,16 +48,11 @@ impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::Invalid { field, message } => ApiError::invalid(field, message),
-            KeyError::Policy(p) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                p.to_string(),
-            )
-            .with_details(json!({ "field": "roles" })),
+            KeyError::Policy(p) => ApiError::new(Code::Unprocessable, p.to_string())
+                .with_details(json!({ "field": "roles" })),
             KeyError::NotFound => ApiError::not_found("api key"),
             KeyError::NotLive => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
+                Code::Conflict,
                 "the key is revoked or expired and cannot be rotated",
             ),
             KeyError::Store(inner) => {
@@ -145,7 +140,7 @@ pub async fn list(
             view(k, now)
         })
         .collect();
-    Ok(json(StatusCode::OK, &json!({ "keys": items })))
+    Ok(ok(&json!({ "keys": items })))
 }
 
 /// `POST /ojs/v1/admin/keys`: `{name, roles, tenant?, scopes?, queues?, expires_at? |
@@ -269,8 +264,7 @@ pub async fn create(
         }),
     )
     .await?;
-    Ok(json(
-        StatusCode::CREATED,
+    Ok(created(
         &json!({ "key": view(&record, clock.now_ms()), "secret": token.expose_secret() }),
     ))
 }
@@ -318,10 +312,7 @@ pub async fn revoke(
     auth.forget(vec![revoked.id.clone()])
         .await
         .map_err(ApiError::from)?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "key": view(&revoked, clock.now_ms()) }),
-    ))
+    Ok(ok(&json!({ "key": view(&revoked, clock.now_ms()) })))
 }
 
 /// `POST /ojs/v1/admin/keys/revoke`: `{ids?, name?, tenant?}` revokes every matching key the
@@ -392,7 +383,7 @@ pub async fn revoke_many(
     auth.forget(revoked_ids.clone())
         .await
         .map_err(ApiError::from)?;
-    Ok(json(StatusCode::OK, &json!({ "revoked": revoked_ids })))
+    Ok(ok(&json!({ "revoked": revoked_ids })))
 }
 
 /// Query of the rotation.
@@ -441,12 +432,9 @@ pub async fn rotate(
         .await
         .map_err(ApiError::from)?;
     let now = clock.now_ms();
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({
-            "key": view(&new, now),
-            "secret": token.expose_secret(),
-            "previous": view(&old, now),
-        }),
-    ))
+    Ok(created(&json!({
+        "key": view(&new, now),
+        "secret": token.expose_secret(),
+        "previous": view(&old, now),
+    })))
 }

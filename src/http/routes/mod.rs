@@ -16,10 +16,31 @@ use actix_web::HttpResponse;
 use serde::Serialize;
 
 use super::auth::Authenticated;
-use super::error::{ApiError, OJS_JSON};
+use super::error::{ApiError, Code, OJS_JSON};
 
-/// A JSON response in the OJS media type.
-pub fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
+/// 200 with a JSON body in the OJS media type.
+pub fn ok<T: Serialize>(body: &T) -> HttpResponse {
+    json(StatusCode::OK, body)
+}
+
+/// 201 with a JSON body: something was created (and is on disk).
+pub fn created<T: Serialize>(body: &T) -> HttpResponse {
+    json(StatusCode::CREATED, body)
+}
+
+/// 202 with a JSON body: accepted, carried out in the background.
+pub fn accepted<T: Serialize>(body: &T) -> HttpResponse {
+    json(StatusCode::ACCEPTED, body)
+}
+
+/// 503 with a JSON body that is not an error envelope (health when degraded).
+pub fn degraded<T: Serialize>(body: &T) -> HttpResponse {
+    json(StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+/// A JSON response in the OJS media type. Only the helpers above name a status: success
+/// statuses are theirs, error statuses come from [`Code`].
+fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
     match serde_json::to_vec(body) {
         Ok(bytes) => HttpResponse::build(status)
             .content_type(OJS_JSON)
@@ -33,18 +54,13 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
 /// Unknown paths: authenticated callers learn it does not exist; others get 401 (deny by
 /// default, and no map of the server for anonymous callers).
 pub async fn not_found(_caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route",
-    ))
+    Err(ApiError::new(Code::NotFound, "no such route"))
 }
 
 /// A known path with a method it does not serve.
 pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        Code::MethodNotAllowed,
         "this route does not accept that method",
     ))
 }

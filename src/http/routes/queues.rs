@@ -2,17 +2,17 @@
 //! its backpressure bound (`ojs-backpressure.md` §6). Bounds are kept in the database, so they
 //! survive restarts; every change is audited fail-closed (`queue.config_changed`).
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use super::json;
+use super::ok;
 use crate::audit::Outcome;
 use crate::auth::Permission;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
+use crate::http::error::Code;
 use crate::job::envelope::{attribute_name, is_valid_queue};
 use crate::queue::bounds::{QueueBound, Strategy};
 use crate::queue::{BoundInfo, QueueHandle};
@@ -66,20 +66,17 @@ pub async fn stats(
         #[allow(clippy::cast_precision_loss)]
         max => json!((info.depth as f64 / max as f64).min(1.0)),
     };
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "stats": {
-                "queue": name,
-                "depth": info.depth,
-                "max_depth": info.bound.max_depth,
-                "pressure": pressure,
-                "counts": counts,
-            },
-            "queue": summary,
-            "backpressure": bound_json(&info),
-        }),
-    ))
+    Ok(ok(&json!({
+        "stats": {
+            "queue": name,
+            "depth": info.depth,
+            "max_depth": info.bound.max_depth,
+            "pressure": pressure,
+            "counts": counts,
+        },
+        "queue": summary,
+        "backpressure": bound_json(&info),
+    })))
 }
 
 /// `GET /ojs/v1/admin/queues/{name}/config`
@@ -94,8 +91,7 @@ pub async fn config(
     let info = queue
         .bound(caller.tenant.clone(), name.clone(), default_max_depth)
         .await?;
-    Ok(json(
-        StatusCode::OK,
+    Ok(ok(
         &json!({ "queue": name, "depth": info.depth, "backpressure": bound_json(&info) }),
     ))
 }
@@ -106,12 +102,10 @@ fn parse_bound(body: &Value) -> Result<Option<QueueBound>, ApiError> {
         .as_object()
         .ok_or_else(|| ApiError::invalid("body", "the request body must be a JSON object"))?;
     if let Some(key) = obj.keys().find(|k| k.as_str() != "backpressure") {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "only backpressure can be configured",
-        )
-        .with_details(json!({ "unknown_fields": [attribute_name("", key)] })));
+        return Err(
+            ApiError::new(Code::Unprocessable, "only backpressure can be configured")
+                .with_details(json!({ "unknown_fields": [attribute_name("", key)] })),
+        );
     }
     let bp = match obj.get("backpressure") {
         None => {
@@ -167,8 +161,7 @@ fn parse_bound(body: &Value) -> Result<Option<QueueBound>, ApiError> {
         Some(v) if v.as_u64() == Some(0) => {}
         Some(_) => {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                Code::Unprocessable,
                 "size bounds are not supported; bound the queue by max_depth",
             )
             .with_details(json!({ "field": "backpressure.max_size_bytes" })))
@@ -197,8 +190,7 @@ fn check_fields(bp: &Map<String, Value>) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            Code::Unprocessable,
             format!("unknown attributes: {}", unknown.join(", ")),
         )
         .with_details(json!({ "unknown_fields": unknown })))
@@ -239,8 +231,7 @@ pub async fn set_config(
     let info = queue
         .bound(caller.tenant.clone(), name.clone(), default_max_depth)
         .await?;
-    Ok(json(
-        StatusCode::OK,
+    Ok(ok(
         &json!({ "queue": name, "depth": info.depth, "backpressure": bound_json(&info) }),
     ))
 }

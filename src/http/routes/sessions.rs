@@ -7,12 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 
-use super::json;
+use super::{created, ok};
 use crate::audit::Outcome;
 use crate::auth::accounts::{AccountError, Accounts, Issued};
 use crate::auth::session::display_family;
@@ -74,16 +74,13 @@ fn no_store(mut res: HttpResponse) -> HttpResponse {
 
 fn tokens(issued: &Issued) -> HttpResponse {
     use secrecy::ExposeSecret;
-    no_store(json(
-        StatusCode::OK,
-        &json!({
-            "access_token": issued.access_token.expose_secret(),
-            "token_type": "Bearer",
-            "expires_in": issued.access_ttl_secs,
-            "refresh_token": issued.refresh_token.expose_secret(),
-            "refresh_expires_in": issued.refresh_ttl_secs,
-        }),
-    ))
+    no_store(ok(&json!({
+        "access_token": issued.access_token.expose_secret(),
+        "token_type": "Bearer",
+        "expires_in": issued.access_ttl_secs,
+        "refresh_token": issued.refresh_token.expose_secret(),
+        "refresh_expires_in": issued.refresh_ttl_secs,
+    })))
 }
 
 /// Adds the claimed username to a record when it has the shape of one (a password typed into
@@ -259,7 +256,7 @@ pub async fn create_user(
         use secrecy::ExposeSecret;
         map.insert("otpauth_uri".into(), uri.expose_secret().into());
     }
-    Ok(no_store(json(StatusCode::CREATED, &out)))
+    Ok(no_store(created(&out)))
 }
 
 /// `POST /ojs/v1/admin/users/{name}/password` `{current_password?, new_password}`: the user
@@ -301,7 +298,7 @@ pub async fn change_password(
         accounts.change_password(source_ip(&req), &username, current, new),
     )
     .await?;
-    Ok(json(StatusCode::OK, &user))
+    Ok(ok(&user))
 }
 
 /// `GET /ojs/v1/admin/users` (admin): every user, without hashes or secrets.
@@ -310,5 +307,5 @@ pub async fn list_users(
     accounts: web::Data<Accounts>,
 ) -> Result<HttpResponse, ApiError> {
     let users = accounts.list_users().await?;
-    Ok(json(StatusCode::OK, &json!({ "users": users })))
+    Ok(ok(&json!({ "users": users })))
 }

@@ -2,12 +2,11 @@
 
 use std::time::Instant;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::json;
+use super::{degraded, ok};
 use crate::clock::rfc3339;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
@@ -49,59 +48,53 @@ pub async fn health(
                     "certificate_expires_in_days": e.seconds_left.div_euclid(86_400),
                 });
             }
-            json(StatusCode::OK, &body)
+            ok(&body)
         }
-        Err(_) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "status": "degraded",
-                "version": "1.0",
-                "uptime_seconds": uptime,
-                "backend": { "type": "redb", "status": "unavailable" },
-            }),
-        ),
+        Err(_) => degraded(&json!({
+            "status": "degraded",
+            "version": "1.0",
+            "uptime_seconds": uptime,
+            "backend": { "type": "redb", "status": "unavailable" },
+        })),
     }
 }
 
 /// `GET /ojs/manifest`: public.
 pub async fn manifest(rules: web::Data<crate::rules::RulesHandle>) -> HttpResponse {
     let rules = rules.current();
-    json(
-        StatusCode::OK,
-        &json!({
-            "specversion": "1.0",
-            "implementation": {
-                "name": "bulwark",
-                "version": env!("CARGO_PKG_VERSION"),
-                "language": "rust",
-                "homepage": null,
+    ok(&json!({
+        "specversion": "1.0",
+        "implementation": {
+            "name": "bulwark",
+            "version": env!("CARGO_PKG_VERSION"),
+            "language": "rust",
+            "homepage": null,
+        },
+        "conformance_level": 1,
+        "protocols": ["http"],
+        "backend": "redb",
+        "extensions": ["dead-letter", "backpressure", "bulk-operations"],
+        "capabilities": {
+            "authentication": ["api_key"],
+            "authorization": ["roles", "queue_acl", "tenant_isolation"],
+            "unknown_fields": "configurable",
+            // OJS payload limits §8.1 (the binding keeps `extensions` a list of names, so
+            // the limits are declared here).
+            "payload_limits": {
+                "max_envelope_bytes": rules.max_body_bytes,
+                "max_batch_bytes": rules.payload.max_batch_bytes,
+                "max_args_bytes": rules.payload.max_args_bytes,
+                "max_meta_bytes": rules.payload.max_meta_bytes,
+                "max_json_depth": rules.payload.max_json_depth,
+                "max_queue_name_bytes": crate::job::envelope::NAME_MAX,
+                "max_job_type_bytes": crate::job::envelope::NAME_MAX,
+                "supported_compression": [],
+                "external_references": false,
+                "chunking": false,
+                "per_queue_limits": false,
             },
-            "conformance_level": 1,
-            "protocols": ["http"],
-            "backend": "redb",
-            "extensions": ["dead-letter", "backpressure", "bulk-operations"],
-            "capabilities": {
-                "authentication": ["api_key"],
-                "authorization": ["roles", "queue_acl", "tenant_isolation"],
-                "unknown_fields": "configurable",
-                // OJS payload limits §8.1 (the binding keeps `extensions` a list of names, so
-                // the limits are declared here).
-                "payload_limits": {
-                    "max_envelope_bytes": rules.max_body_bytes,
-                    "max_batch_bytes": rules.payload.max_batch_bytes,
-                    "max_args_bytes": rules.payload.max_args_bytes,
-                    "max_meta_bytes": rules.payload.max_meta_bytes,
-                    "max_json_depth": rules.payload.max_json_depth,
-                    "max_queue_name_bytes": crate::job::envelope::NAME_MAX,
-                    "max_job_type_bytes": crate::job::envelope::NAME_MAX,
-                    "supported_compression": [],
-                    "external_references": false,
-                    "chunking": false,
-                    "per_queue_limits": false,
-                },
-            },
-        }),
-    )
+        },
+    }))
 }
 
 /// `GET /ojs/v1/queues`
@@ -126,13 +119,10 @@ pub async fn list_queues(
             })
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "queues": items,
-            "pagination": { "total": total, "limit": total, "offset": 0, "has_more": false },
-        }),
-    ))
+    Ok(ok(&json!({
+        "queues": items,
+        "pagination": { "total": total, "limit": total, "offset": 0, "has_more": false },
+    })))
 }
 
 /// `GET /metrics`: Prometheus text format; needs the inspect permission.
@@ -215,8 +205,5 @@ pub async fn list_events(
         .collect();
     let next = events.last().map(|e| e.seq);
     let events: Vec<_> = events.iter().map(crate::queue::Event::to_json).collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "events": events, "next_after": next }),
-    ))
+    Ok(ok(&json!({ "events": events, "next_after": next })))
 }

@@ -1,12 +1,11 @@
 //! `/ojs/v1/admin/vault`: the key vault's status (jobs per key-encryption key, unreadable jobs,
 //! re-wrap progress) and starting a re-wrap. System administrators only (see `access.rs`).
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::json;
+use super::{accepted, ok};
 use crate::audit::Outcome;
 use crate::http::audit;
 use crate::http::auth::Authenticated;
@@ -20,10 +19,7 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let status = vault.status().await?;
     let rewrap = vault.rewrap_progress().await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "vault": status, "rewrap": rewrap }),
-    ))
+    Ok(ok(&json!({ "vault": status, "rewrap": rewrap })))
 }
 
 /// Query of `POST /ojs/v1/admin/vault/rewrap`.
@@ -63,5 +59,5 @@ pub async fn rewrap(
     .detail("target", target)
     .detail("batch", query.batch.unwrap_or(0));
     let progress = audit::guarded(&req, event, vault.start_rewrap(query.batch)).await?;
-    Ok(json(StatusCode::ACCEPTED, &json!({ "rewrap": progress })))
+    Ok(accepted(&json!({ "rewrap": progress })))
 }

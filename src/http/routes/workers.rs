@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use super::json;
+use super::ok;
 use crate::auth::Permission;
 use crate::clock::rfc3339;
 use crate::config::Config;
@@ -199,7 +198,7 @@ pub async fn fetch(
         }
     };
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
-    Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
+    Ok(ok(&json!({ "jobs": jobs })))
 }
 
 /// `POST /ojs/v1/workers/ack`
@@ -219,17 +218,14 @@ pub async fn ack(
             .map(|r| Payload(r.to_string())),
     };
     let job = caller.scoped(queue.ack(req).await).await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "acknowledged": true,
-            "id": job.id.to_string(),
-            "job_id": job.id.to_string(),
-            "state": job.state.as_str(),
-            "attempt": job.attempt,
-            "completed_at": job.completed_at.map(rfc3339),
-        }),
-    ))
+    Ok(ok(&json!({
+        "acknowledged": true,
+        "id": job.id.to_string(),
+        "job_id": job.id.to_string(),
+        "state": job.state.as_str(),
+        "attempt": job.attempt,
+        "completed_at": job.completed_at.map(rfc3339),
+    })))
 }
 
 fn text(obj: &Map<String, Value>, name: &str, field: &str) -> Result<String, ApiError> {
@@ -323,7 +319,7 @@ pub async fn nack(
         out["completed_at"] = job.completed_at.map(rfc3339).into();
         out["dead_letter"] = job.dead_letter.into();
     }
-    Ok(json(StatusCode::OK, &out))
+    Ok(ok(&out))
 }
 
 /// `POST /ojs/v1/workers/heartbeat`
@@ -362,12 +358,9 @@ pub async fn heartbeat(
         })
         .await?;
     let extended: Vec<String> = outcome.extended.iter().map(ToString::to_string).collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "state": outcome.directive,
-            "jobs_extended": extended,
-            "server_time": rfc3339(queue.clock().now_ms()),
-        }),
-    ))
+    Ok(ok(&json!({
+        "state": outcome.directive,
+        "jobs_extended": extended,
+        "server_time": rfc3339(queue.clock().now_ms()),
+    })))
 }
