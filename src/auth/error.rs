@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Permission;
-use crate::error::ErrorKind;
+use crate::error::{Code, ErrorCode, ErrorKind};
 use crate::store::StoreError;
 
 /// What the auth store can answer besides a principal. The client sees one 401 body for every
@@ -75,6 +75,17 @@ impl AuthError {
             Self::Throttled { .. } => ErrorKind::TooManyRequests,
             Self::Forbidden { .. } => ErrorKind::Forbidden,
             Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl ErrorCode for AuthError {
+    fn code(&self) -> Code {
+        match (self, self.kind()) {
+            (Self::Forbidden { .. }, _) => Code::PermissionDenied,
+            (Self::Throttled { .. }, _) => Code::RateLimited,
+            (_, ErrorKind::Unauthenticated) => Code::Unauthenticated,
+            _ => Code::BackendUnavailable,
         }
     }
 }

@@ -11,7 +11,8 @@ use tracing::{error, warn};
 use crate::auth::accounts::AccountError;
 use crate::auth::users::UserError;
 use crate::auth::{AuthError, Permission};
-use crate::error::ErrorKind;
+pub use crate::error::Code;
+use crate::error::{ErrorCode, ErrorKind};
 use crate::job::envelope::{Invalid, InvalidKind};
 use crate::queue::QueueError;
 
@@ -21,138 +22,44 @@ pub const OJS_JSON: &str = "application/openjobspec+json";
 /// Where error codes are documented.
 const DOCS_BASE: &str = "https://openjobspec.org/spec/errors#";
 
-/// Every error the API answers with, and what it is on the wire: the one table from an error
-/// to its OJS code and HTTP status. Handlers and the conversions below name a `Code`; nothing
-/// outside this file writes an error status. Two rows may share a wire code when the spec's
-/// code covers two statuses (`invalid_request` for a malformed request, 400, and for one the
-/// server understood but refuses, 422).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    /// 400: the request is malformed.
-    InvalidRequest,
-    /// 422: the request is well formed but refused (unknown attributes, impossible settings).
-    Unprocessable,
-    /// 422: the retry policy is invalid.
-    InvalidRetryPolicy,
-    /// 422: the job type is not allowed.
-    InvalidJobType,
-    /// 422: the args do not match the job type's schema.
-    SchemaValidationFailed,
-    /// 422: a per-job limit (priority, timeout) is exceeded.
-    JobLimitExceeded,
-    /// 400: the body is not what a JSON request needs.
-    InvalidPayload,
-    /// 413
-    PayloadTooLarge,
-    /// 415
-    UnsupportedMediaType,
-    /// 408
-    RequestTimeout,
-    /// 401
-    Unauthenticated,
-    /// 403
-    PermissionDenied,
-    /// 404
-    NotFound,
-    /// 405
-    MethodNotAllowed,
-    /// 409: the resource's state does not allow the operation.
-    Conflict,
-    /// 409: a job with this id exists.
-    Duplicate,
-    /// 429: the queue is at its depth bound.
-    QueueFull,
-    /// 429: a per-principal quota is used up.
-    QuotaExceeded,
-    /// 429: a per-tenant limit is used up.
-    TenantLimitExceeded,
-    /// 429: a rate budget is spent.
-    RateLimited,
-    /// 429: too many long-polls wait at once.
-    TooManyLongPolls,
-    /// 500: a job record cannot be decrypted with the loaded keys.
-    JobUnreadable,
-    /// 500
-    InternalError,
-    /// 503
-    BackendUnavailable,
-}
-
+/// The table: each [`Code`] with its wire code and HTTP status.
 impl Code {
-    /// The wire code and the HTTP status: the table.
+    /// The wire code and the HTTP status.
     #[must_use]
     pub const fn row(self) -> (&'static str, StatusCode) {
-        match self {
-            Self::InvalidRequest => ("invalid_request", StatusCode::BAD_REQUEST),
-            Self::Unprocessable => ("invalid_request", StatusCode::UNPROCESSABLE_ENTITY),
-            Self::InvalidRetryPolicy => ("invalid_retry_policy", StatusCode::UNPROCESSABLE_ENTITY),
-            Self::InvalidJobType => ("invalid_job_type", StatusCode::UNPROCESSABLE_ENTITY),
-            Self::SchemaValidationFailed => {
-                ("schema_validation_failed", StatusCode::UNPROCESSABLE_ENTITY)
-            }
-            Self::JobLimitExceeded => ("quota_exceeded", StatusCode::UNPROCESSABLE_ENTITY),
-            Self::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
-            Self::PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
-            Self::UnsupportedMediaType => {
-                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
-            }
-            Self::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
-            Self::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED),
-            Self::PermissionDenied => ("permission_denied", StatusCode::FORBIDDEN),
-            Self::NotFound => ("not_found", StatusCode::NOT_FOUND),
-            Self::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
-            Self::Conflict => ("conflict", StatusCode::CONFLICT),
-            Self::Duplicate => ("duplicate", StatusCode::CONFLICT),
-            Self::QueueFull => ("queue_full", StatusCode::TOO_MANY_REQUESTS),
-            Self::QuotaExceeded => ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
-            Self::TenantLimitExceeded => ("tenant_limit_exceeded", StatusCode::TOO_MANY_REQUESTS),
-            Self::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
-            Self::TooManyLongPolls => ("too_many_long_polls", StatusCode::TOO_MANY_REQUESTS),
-            Self::JobUnreadable => ("job_unreadable", StatusCode::INTERNAL_SERVER_ERROR),
-            Self::InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
-            Self::BackendUnavailable => ("backend_unavailable", StatusCode::SERVICE_UNAVAILABLE),
-        }
-    }
-
-    /// The OJS error code on the wire.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        self.row().0
+        (self.as_str(), self.status())
     }
 
     /// The HTTP status.
     #[must_use]
     pub const fn status(self) -> StatusCode {
-        self.row().1
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidRetryPolicy => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidJobType => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::SchemaValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::JobLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidPayload => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::Duplicate => StatusCode::CONFLICT,
+            Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::TenantLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyLongPolls => StatusCode::TOO_MANY_REQUESTS,
+            Self::JobUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
-
-    /// Every code, in table order.
-    pub const ALL: [Code; 24] = [
-        Self::InvalidRequest,
-        Self::Unprocessable,
-        Self::InvalidRetryPolicy,
-        Self::InvalidJobType,
-        Self::SchemaValidationFailed,
-        Self::JobLimitExceeded,
-        Self::InvalidPayload,
-        Self::PayloadTooLarge,
-        Self::UnsupportedMediaType,
-        Self::RequestTimeout,
-        Self::Unauthenticated,
-        Self::PermissionDenied,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::Conflict,
-        Self::Duplicate,
-        Self::QueueFull,
-        Self::QuotaExceeded,
-        Self::TenantLimitExceeded,
-        Self::RateLimited,
-        Self::TooManyLongPolls,
-        Self::JobUnreadable,
-        Self::InternalError,
-        Self::BackendUnavailable,
-    ];
 }
 
 /// The error table as Markdown, as `docs/errors.md` publishes it.
@@ -444,16 +351,16 @@ impl From<Invalid> for ApiError {
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match (&e, e.kind()) {
-            (QueueError::Duplicate, _) => Self::new(Code::Duplicate, "a job with this id already exists"),
+            (QueueError::Duplicate, _) => Self::new(e.code(), "a job with this id already exists"),
             (QueueError::InvalidState { current, .. }, _) => {
-                Self::new(Code::Conflict, e.to_string())
+                Self::new(e.code(), e.to_string())
                     .with_details(json!({ "current_state": current.as_str() }))
             }
-            (QueueError::LeaseNotHeld, _) => Self::new(Code::Conflict, e.to_string())
+            (QueueError::LeaseNotHeld, _) => Self::new(e.code(), e.to_string())
                 .with_hint("only the worker that fetched the job, with the same credential, may ack, nack or heartbeat it"),
             (QueueError::NotInDeadLetter, _) => Self::not_found("dead letter job"),
             (QueueError::QueueFull { depth, bound, strategy }, _) => Self::too_many(
-                Code::QueueFull,
+                e.code(),
                 format!("the queue has reached its depth bound ({bound})"),
                 5,
             )
@@ -461,13 +368,13 @@ impl From<QueueError> for ApiError {
             .with_header("X-OJS-Queue-Depth", depth.to_string())
             .with_header("X-OJS-Queue-Bound", bound.to_string()),
             (QueueError::QuotaExceeded { quota, limit }, _) => Self::too_many(
-                if quota.is_tenant() { Code::TenantLimitExceeded } else { Code::QuotaExceeded },
+                e.code(),
                 format!("quota {} ({limit}) is used up", quota.as_str()),
                 5,
             )
             .with_details(json!({ "quota": quota.as_str(), "limit": limit })),
             (QueueError::TooManyWaits { limit, scope }, _) => Self::too_many(
-                Code::TooManyLongPolls,
+                e.code(),
                 format!("too many long-poll fetches wait at once ({scope} limit {limit})"),
                 1,
             )
@@ -477,7 +384,7 @@ impl From<QueueError> for ApiError {
             (_, ErrorKind::NotFound) => Self::not_found("job"),
             (QueueError::Unreadable(id), _) => {
                 error!(job_id = %id, "job record cannot be decrypted with the loaded keys");
-                Self::new(Code::JobUnreadable,
+                Self::new(e.code(),
                     "the job's data cannot be decrypted with the keys this server holds",
                 )
                 .with_hint("restore the job's key-encryption key (see GET /ojs/v1/admin/vault)")
@@ -497,12 +404,9 @@ impl From<QueueError> for ApiError {
 impl From<crate::vault::VaultError> for ApiError {
     fn from(e: crate::vault::VaultError) -> Self {
         error!(error = %e, "key vault failure");
-        match e.kind() {
-            ErrorKind::Unavailable => Self::unavailable(),
-            _ => Self::new(
-                Code::InternalError,
-                "the key vault could not complete the operation",
-            ),
+        match e.code() {
+            Code::BackendUnavailable => Self::unavailable(),
+            code => Self::new(code, "the key vault could not complete the operation"),
         }
     }
 }
@@ -572,6 +476,46 @@ mod tests {
             doc.contains(&table),
             "docs/errors.md is out of date; its table must read:\n{table}"
         );
+    }
+
+    #[test]
+    fn a_queue_error_answers_with_the_code_it_says_it_is() {
+        use crate::queue::bounds::{Quota, Strategy};
+        let errors = vec![
+            QueueError::NotFound,
+            QueueError::OtherTenant,
+            QueueError::Duplicate,
+            QueueError::LeaseNotHeld,
+            QueueError::NotInDeadLetter,
+            QueueError::QueueFull {
+                depth: 1,
+                bound: 1,
+                strategy: Strategy::Reject,
+            },
+            QueueError::QuotaExceeded {
+                quota: Quota::PrincipalPending,
+                limit: 1,
+            },
+            QueueError::QuotaExceeded {
+                quota: Quota::TenantActive,
+                limit: 1,
+            },
+            QueueError::TooManyWaits {
+                limit: 1,
+                scope: "principal",
+            },
+            QueueError::CredentialInvalid,
+            QueueError::Unreadable(crate::job::JobId::generate()),
+            QueueError::Unavailable,
+        ];
+        for e in errors {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.code(), api.status_code()),
+                (code.as_str(), code.status())
+            );
+        }
     }
 
     #[test]

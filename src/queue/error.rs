@@ -1,6 +1,6 @@
 //! Queue errors.
 
-use crate::error::ErrorKind;
+use crate::error::{Code, ErrorCode, ErrorKind};
 use crate::job::JobState;
 use crate::store::StoreError;
 
@@ -56,6 +56,23 @@ pub enum QueueError {
     /// The actor is gone or its commit failed; the operation did not happen.
     #[error("the queue is unavailable")]
     Unavailable,
+}
+
+impl ErrorCode for QueueError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound | Self::OtherTenant | Self::NotInDeadLetter => Code::NotFound,
+            Self::Duplicate => Code::Duplicate,
+            Self::InvalidState { .. } | Self::LeaseNotHeld => Code::Conflict,
+            Self::QueueFull { .. } => Code::QueueFull,
+            Self::QuotaExceeded { quota, .. } if quota.is_tenant() => Code::TenantLimitExceeded,
+            Self::QuotaExceeded { .. } => Code::QuotaExceeded,
+            Self::TooManyWaits { .. } => Code::TooManyLongPolls,
+            Self::CredentialInvalid => Code::Unauthenticated,
+            Self::Unreadable(_) => Code::JobUnreadable,
+            Self::Storage(_) | Self::Unavailable => Code::BackendUnavailable,
+        }
+    }
 }
 
 impl QueueError {

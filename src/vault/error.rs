@@ -1,6 +1,6 @@
 //! Vault errors. Messages name keys by (shortened) id and files by path, never key material.
 
-use crate::error::ErrorKind;
+use crate::error::{Code, ErrorCode, ErrorKind};
 use crate::secrets::SecretFileError;
 use crate::store::StoreError;
 
@@ -49,5 +49,14 @@ impl VaultError {
     #[must_use]
     pub fn is_unreadable(&self) -> bool {
         matches!(self, Self::UnknownKek { .. } | Self::Undecryptable)
+    }
+}
+
+impl ErrorCode for VaultError {
+    fn code(&self) -> Code {
+        match self.kind() {
+            ErrorKind::Unavailable => Code::BackendUnavailable,
+            _ => Code::InternalError,
+        }
     }
 }
