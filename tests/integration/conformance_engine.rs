@@ -1,11 +1,8 @@
 //! Unit tests of the conformance runner's engine (JSONPath, templates, matchers, assertion
 //! checks) on hand-written JSON. No server needed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::common;
+use crate::conformance;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

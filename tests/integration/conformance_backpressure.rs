@@ -1,13 +1,9 @@
 //! The OJS ext-backpressure conformance suite against the real server, each test on a fresh
 //! server in the documented conformance configuration.
 //!
-//! `cargo test --test conformance_backpressure -- --nocapture` prints the summary.
+//! `cargo test --test integration conformance_backpressure:: -- --nocapture` prints the summary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::conformance;
 
 use conformance::KnownFailure;
 

@@ -3,9 +3,7 @@
 //! on admin routes, refresh rotation and reuse detection, password changes, throttling, and what
 //! the audit log records (and must not).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -4,9 +4,7 @@
 //! `bulwark::auth::Policy`). Fixtures are made fresh for every case by the bootstrap
 //! administrator, so each request meets exactly the state it expects.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,15 +1,11 @@
 //! The official OJS conformance suites, levels 0 and 1, against the real server.
 //!
-//! `cargo test --test conformance_core -- --nocapture` prints a summary per level. Environment:
-//! `OJS_CONFORMANCE_SUITES` (suites folder), `OJS_CONFORMANCE_LANES` (servers per level, default
-//! 6), `OJS_CONFORMANCE_FILTER` (only tests whose id or file contains one of the comma-separated
-//! texts).
+//! `cargo test --test integration conformance_core:: -- --nocapture` prints a summary per level.
+//! Environment: `OJS_CONFORMANCE_SUITES` (suites folder), `OJS_CONFORMANCE_LANES` (servers per
+//! level, default 6), `OJS_CONFORMANCE_FILTER` (only tests whose id or file contains one of the
+//! comma-separated texts).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::conformance;
 
 use conformance::KnownFailure;
 

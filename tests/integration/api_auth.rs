@@ -1,9 +1,7 @@
 //! Authentication from outside: every route of the table but the public ones needs a valid
 //! credential, and every kind of bad credential gets the same answer.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use common::{ServerOptions, TestServer};
 use reqwest::{Method, StatusCode};

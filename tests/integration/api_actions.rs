@@ -4,9 +4,7 @@
 //! dry run checks the token too; and the server does not start with action types and no
 //! usable secret.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,7 @@
 //! headers, query strings, credentials), with the server logging at `trace` for every crate:
 //! neither its log nor its audit file may contain any of them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use common::{ServerOptions, TestServer};
 use serde_json::{json, Value};

@@ -1,9 +1,7 @@
 //! Durability, proved with SIGKILL: a 201 means the job is on disk, an acknowledged completion
 //! is never lost, and jobs claimed but not acknowledged come back after their visibility timeout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -3,9 +3,7 @@
 //! duplicate keys, invalid UTF-8, content types; and the envelope rules (meta keys and values,
 //! the job-type allowlist, priority and timeout quotas). No refusal stores anything.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1174,7 +1174,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "\nKNOWN FAILURES THAT NOW PASS (take them off KNOWN_FAILURES in \
-                 tests/conformance_core.rs):"
+                 tests/integration/conformance_core.rs):"
             );
             for r in &surprising {
                 let _ = writeln!(s, "  {} {} [{}]", r.id, r.name, r.file);

@@ -3,11 +3,8 @@
 //! through a rustls client that trusts only the test CA. Same known failures as over plain
 //! HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-#[path = "conformance/mod.rs"]
-mod conformance;
+use crate::common;
+use crate::conformance;
 
 use common::pki::Ca;
 use common::{tls_options, ServerOptions};

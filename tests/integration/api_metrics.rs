@@ -1,9 +1,7 @@
 //! `GET /metrics` serves Prometheus text to an authorized caller, with the security counters
 //! moving as real requests happen.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use common::{ServerOptions, TestServer};
 use reqwest::StatusCode;

@@ -2,9 +2,7 @@
 //! strategies, pressure headers, bounds surviving a restart, the admin route's validation and
 //! audit, per-principal pending and running quotas, and per-tenant limits.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

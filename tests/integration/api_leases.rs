@@ -1,9 +1,7 @@
 //! Leases belong to their holder: only the credential and worker that fetched a job may ack,
 //! nack or heartbeat it, and a stale ack after the job was reclaimed and re-delivered is refused.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

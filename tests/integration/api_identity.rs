@@ -3,9 +3,7 @@
 //! expiry, rotation, revocation on a kept-alive connection), the per-address verification
 //! budget, tenant headers, job-level rules and dry runs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

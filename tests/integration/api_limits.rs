@@ -4,9 +4,7 @@
 //! limits reloaded on SIGHUP without a restart. Each test runs the real server with small
 //! limits.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

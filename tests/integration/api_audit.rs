@@ -2,9 +2,7 @@
 //! accepts the untouched log and names the first broken record of a tampered one, and an admin
 //! operation whose record cannot be written does not happen.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use common::{ServerOptions, TestServer};
 use reqwest::StatusCode;

@@ -4,9 +4,7 @@
 //! rotation and re-wrap under concurrent traffic lose nothing; a Kubernetes-style secret mount
 //! swap is picked up within 2 s and a malformed key never replaces a good one.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};

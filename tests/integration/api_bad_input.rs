@@ -1,8 +1,6 @@
 //! Every class of bad input gets a clear OJS error with the right status, and changes nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use common::{ServerOptions, TestServer};
 use reqwest::{Method, StatusCode};

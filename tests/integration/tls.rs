@@ -3,9 +3,7 @@
 //! revoked, missing), certificate-to-principal mapping, roles that require a certificate,
 //! certificate hot reload, security headers, and the plain-HTTP rules.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
