@@ -120,18 +120,12 @@ impl JobStore for RedbJobs {
         if writes.is_empty() {
             return Ok(());
         }
-        // Sealed before the transaction opens, so the write lock is held for the inserts only.
-        // A job that cannot be sealed is not written: the turn fails and nothing is lost.
+        // Each record is sealed inside the transaction and inserted at once, so one buffer is
+        // live at a time: sealing a whole group first measured slower at large groups (the
+        // allocator consolidating hundreds of freed buffers). Only the queue writes this file,
+        // so holding its lock while sealing keeps nobody waiting. A job that cannot be sealed
+        // is not written: the turn fails and nothing is lost.
         let ring = self.keys.ring();
-        let mut sealed = Vec::with_capacity(writes.jobs.len());
-        for (id, job) in &writes.jobs {
-            let bytes = job
-                .as_ref()
-                .map(|job| sealed::seal_job(&ring, job))
-                .transpose()
-                .map_err(|e| QueueError::Storage(StoreError::Corrupt(format!("seal: {e}"))))?;
-            sealed.push((id.as_u128(), bytes));
-        }
         let mut config = Vec::with_capacity(writes.bounds.len());
         for ((tenant, queue), bound) in &writes.bounds {
             let key = bounds::table_key(tenant.as_deref(), queue);
@@ -148,15 +142,18 @@ impl JobStore for RedbJobs {
                     .retain(|_, _| false)
                     .map_err(StoreError::from)?;
             }
-            for (key, bytes) in &sealed {
-                match bytes {
-                    Some(bytes) => {
+            for (id, job) in &writes.jobs {
+                match job {
+                    Some(job) => {
+                        let bytes = sealed::seal_job(&ring, job).map_err(|e| {
+                            QueueError::Storage(StoreError::Corrupt(format!("seal: {e}")))
+                        })?;
                         table
-                            .insert(*key, bytes.as_slice())
+                            .insert(id.as_u128(), bytes.as_slice())
                             .map_err(StoreError::from)?;
                     }
                     None => {
-                        table.remove(*key).map_err(StoreError::from)?;
+                        table.remove(id.as_u128()).map_err(StoreError::from)?;
                     }
                 }
             }
