@@ -40,7 +40,12 @@ fn start() -> Server {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[secrets]\ndir = {:?}\n\
-             [auth.throttle]\nverifications_per_minute = 1000000\nburst = 1000000\n",
+             [auth.throttle]\nverifications_per_minute = 1000000\nburst = 1000000\n\
+             [limits.rate]\n\
+             global = {{ per_second = 1000000000, burst = 1000000 }}\n\
+             ip = {{ per_second = 1000000000, burst = 1000000 }}\n\
+             tenant = {{ per_second = 1000000000, burst = 1000000 }}\n\
+             other = {{ per_second = 1000000000, burst = 1000000 }}\n",
             p.join("data").display().to_string(),
             p.join("secrets").display().to_string()
         ),
