@@ -449,6 +449,19 @@ mod tests {
         VaultKeys::fixed(crate::vault::KeyRing::new(vec![kek], None).unwrap())
     }
 
+    /// A queue on a fresh store whose engine runs on a manual clock.
+    fn manual_queue() -> (QueueHandle, crate::clock::ManualClock, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (clock, hand) = Clock::manual(now_ms());
+        let config = QueueConfig {
+            clock,
+            ..QueueConfig::default()
+        };
+        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        (queue, hand, dir)
+    }
+
     fn holder() -> Holder {
         Holder {
             principal: "p".into(),
@@ -513,14 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_attempt_retries_then_exhausts_into_the_dead_letter_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (clock, hand) = Clock::manual(now_ms());
-        let config = QueueConfig {
-            clock,
-            ..QueueConfig::default()
-        };
-        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let (queue, hand, _dir) = manual_queue();
         let body = json!({"type": "t.x", "args": [], "options": {"queue": "q", "retry": {
             "max_attempts": 2, "initial_interval": "PT0.05S", "jitter": false, "on_exhaustion": "dead_letter"}}});
         let job = queue
@@ -610,14 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_polls_are_handed_jobs_in_the_order_they_began_and_time_out_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (clock, hand) = Clock::manual(now_ms());
-        let config = QueueConfig {
-            clock,
-            ..QueueConfig::default()
-        };
-        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let (queue, hand, _dir) = manual_queue();
         let wait = std::time::Duration::from_secs(30);
         let first = tokio::spawn({
             let queue = queue.clone();
@@ -709,14 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_block_queue_holds_enqueues_in_the_engine_until_there_is_room_or_time_is_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (clock, hand) = Clock::manual(now_ms());
-        let config = QueueConfig {
-            clock,
-            ..QueueConfig::default()
-        };
-        let (queue, _thread) = QueueHandle::spawn(store, test_keys(), config).unwrap();
+        let (queue, hand, _dir) = manual_queue();
         let bound = bounds::QueueBound {
             max_depth: 1,
             strategy: bounds::Strategy::Block,
