@@ -301,8 +301,32 @@ impl Authenticated {
         Ok(job)
     }
 
-    /// Audits a long-poll answered 401 because its credential was revoked or expired while it
-    /// waited.
+    /// Whether this caller's credential still stands at a later time: not expired, not revoked
+    /// or changed since (API keys), and for an admin session not logged out, revoked or its user
+    /// disabled. The queue engine asks it before handing a waiting request anything.
+    pub fn standing(&self) -> Result<crate::queue::StillValid, ApiError> {
+        let principal = self.principal.clone();
+        let session = match principal.credential() {
+            Credential::Session { session } => {
+                let Some(gates) = self.req.app_data::<web::Data<SessionVerifier>>() else {
+                    error!("the session verifier is not wired into the HTTP app; refusing");
+                    return Err(ApiError::unavailable());
+                };
+                let user = principal.name().strip_prefix("user:").unwrap_or_default();
+                Some((gates.get_ref().clone(), user.to_string(), session.clone()))
+            }
+            _ => None,
+        };
+        Ok(crate::queue::StillValid(Arc::new(move |now| {
+            principal.still_valid(now)
+                && session
+                    .as_ref()
+                    .is_none_or(|(gates, user, sid)| gates.stands(user, sid))
+        })))
+    }
+
+    /// Audits a request answered 401 because its credential was revoked or expired while it
+    /// waited in the queue engine (a long-poll, or an enqueue held by a full `block` queue).
     pub async fn audit_credential_gone(&self) {
         metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => "invalidated_while_waiting")
             .increment(1);

@@ -52,6 +52,7 @@ struct Blocked {
     owner: Option<String>,
     limits: Limits,
     key: Option<Arc<JobKey>>,
+    valid: StillValid,
     reply: Reply<Enqueued>,
 }
 
@@ -194,7 +195,8 @@ impl QueueActor {
         .into_iter()
         .flatten()
         .min();
-        let sweep = (!self.waiters.is_empty()).then_some(self.last_sweep + SWEEP_EVERY_MS);
+        let sweep = !(self.waiters.is_empty() && self.blocked.is_empty());
+        let sweep = sweep.then_some(self.last_sweep + SWEEP_EVERY_MS);
         let next = match (next, sweep) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -322,30 +324,30 @@ impl QueueActor {
                 owner,
                 limits,
                 key,
-                block_until,
+                block,
                 reply,
             } => {
                 // Only an enqueue that may block, into a queue already full, keeps a copy to
                 // retry with.
                 let queue = (tenant.clone(), job.queue.clone());
-                let retry = (block_until.is_some_and(|until| until > t.now())
-                    && !e.has_room(&queue, &limits))
-                .then(|| job.clone());
+                let block = block.filter(|wait| wait.until > t.now());
+                let retry = (block.is_some() && !e.has_room(&queue, &limits)).then(|| job.clone());
                 match e.enqueue(t, *job, tenant.clone(), owner.clone(), &limits, key.clone()) {
                     Err(QueueError::QueueFull {
                         strategy: Strategy::Block,
                         ..
                     }) if retry.is_some() => {
-                        if let (Some(job), Some(until)) = (retry, block_until) {
+                        if let (Some(job), Some(wait)) = (retry, block) {
                             let blocked = Blocked {
                                 job,
                                 tenant,
                                 owner,
                                 limits,
                                 key,
+                                valid: wait.valid,
                                 reply,
                             };
-                            self.blocked.park(vec![queue], until, blocked);
+                            self.blocked.park(vec![queue], wait.until, blocked);
                         }
                         return None;
                     }
@@ -504,6 +506,10 @@ impl QueueActor {
             if blocked.reply.is_closed() {
                 continue;
             }
+            if !(blocked.valid.0)(t.now()) {
+                let _ = blocked.reply.send(Err(QueueError::CredentialInvalid));
+                continue;
+            }
             let result = self.engine.enqueue(
                 t,
                 *blocked.job,
@@ -523,6 +529,10 @@ impl QueueActor {
     /// drops waiters whose caller is gone and answers those whose credential went bad.
     fn end_waits(&mut self, now: Millis) {
         for blocked in self.blocked.take_expired(now) {
+            if !(blocked.valid.0)(now) {
+                let _ = blocked.reply.send(Err(QueueError::CredentialInvalid));
+                continue;
+            }
             let queue = (blocked.tenant.clone(), blocked.job.queue.clone());
             let info = self
                 .engine
@@ -541,13 +551,21 @@ impl QueueActor {
             };
             let _ = waiter.reply.send(answer);
         }
-        if !self.waiters.is_empty() && now - self.last_sweep >= SWEEP_EVERY_MS {
+        if !(self.waiters.is_empty() && self.blocked.is_empty())
+            && now - self.last_sweep >= SWEEP_EVERY_MS
+        {
             self.last_sweep = now;
             for waiter in self
                 .waiters
                 .take_unless(|w| !w.reply.is_closed() && (w.valid.0)(now))
             {
                 let _ = waiter.reply.send(Err(QueueError::CredentialInvalid));
+            }
+            for blocked in self
+                .blocked
+                .take_unless(|b| !b.reply.is_closed() && (b.valid.0)(now))
+            {
+                let _ = blocked.reply.send(Err(QueueError::CredentialInvalid));
             }
         }
     }

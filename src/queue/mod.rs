@@ -160,27 +160,30 @@ impl QueueHandle {
         owner: Option<String>,
         limits: bounds::Limits,
     ) -> Result<Enqueued, QueueError> {
-        self.enqueue_blocking(job, tenant, owner, limits, Duration::ZERO)
+        self.enqueue_blocking(job, tenant, owner, limits, None)
             .await
     }
 
     /// Enqueues a job under the queue's bound and the quotas of `limits`; when the queue is
     /// full and its strategy is `block`, the engine holds the enqueue until there is room (the
-    /// first blocked enqueue of a queue gets the first free place) or `block` has passed, then
-    /// refuses it with [`QueueError::QueueFull`].
+    /// first blocked enqueue of a queue gets the first free place) or the wait in `block` has
+    /// passed, then refuses it with [`QueueError::QueueFull`]. A held enqueue whose credential
+    /// stops standing meanwhile is refused with [`QueueError::CredentialInvalid`] and never
+    /// stored.
     pub async fn enqueue_blocking(
         &self,
         mut job: NewJob,
         tenant: Option<String>,
         owner: Option<String>,
         limits: bounds::Limits,
-        block: Duration,
+        block: Option<(Duration, StillValid)>,
     ) -> Result<Enqueued, QueueError> {
-        let block_until = (!block.is_zero()).then(|| {
-            self.clock
-                .now_ms()
-                .saturating_add(i64::try_from(block.as_millis()).unwrap_or(i64::MAX))
-        });
+        let block = block
+            .filter(|(wait, _)| !wait.is_zero())
+            .map(|(wait, valid)| Wait {
+                until: self.until(wait),
+                valid,
+            });
         // The id is fixed here so the args and meta can be sealed on the caller's thread (the
         // associated data names the job); the queue thread then only stores them.
         let id = *job.id.get_or_insert_with(JobId::generate);
@@ -199,10 +202,17 @@ impl QueueHandle {
             owner,
             limits,
             key,
-            block_until,
+            block,
             reply,
         })
         .await
+    }
+
+    /// The engine time `wait` from now.
+    fn until(&self, wait: Duration) -> crate::clock::Millis {
+        self.clock
+            .now_ms()
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// Enqueues every job (each with its tenant and owner) in one transaction, or none: a
@@ -277,10 +287,7 @@ impl QueueHandle {
             return self.fetch(req).await;
         }
         let _permit = self.permits.acquire(&req.holder.principal)?;
-        let until = self
-            .clock
-            .now_ms()
-            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        let until = self.until(wait);
         self.call(|reply| Msg::Fetch {
             req,
             wait: Some(Wait { until, valid }),
@@ -720,9 +727,10 @@ mod tests {
             .unwrap();
         let first = queue.enqueue(new_job(0, 1), None, None).await.unwrap();
         let limits = bounds::Limits::default();
-        let block = std::time::Duration::from_secs(30);
+        let block = Some((std::time::Duration::from_secs(30), always()));
         let held = tokio::spawn({
             let queue = queue.clone();
+            let block = block.clone();
             async move {
                 queue
                     .enqueue_blocking(new_job(0, 2), None, None, limits, block)
@@ -769,5 +777,58 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_held_enqueue_whose_credential_went_bad_is_refused_and_never_stored() {
+        let (queue, _hand, _dir) = manual_queue();
+        let bound = bounds::QueueBound {
+            max_depth: 1,
+            strategy: bounds::Strategy::Block,
+            warning_threshold: 0.8,
+        };
+        queue
+            .set_bound(None, "q".into(), Some(bound))
+            .await
+            .unwrap();
+        queue.enqueue(new_job(0, 1), None, None).await.unwrap();
+        let revoked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let valid = StillValid(std::sync::Arc::new({
+            let revoked = revoked.clone();
+            move |_| !revoked.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        let held = tokio::spawn({
+            let queue = queue.clone();
+            let block = Some((std::time::Duration::from_secs(30), valid));
+            async move {
+                queue
+                    .enqueue_blocking(new_job(0, 2), None, None, bounds::Limits::default(), block)
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!held.is_finished(), "the enqueue waits for room");
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Room comes free: the held enqueue is refused instead of stored.
+        let active = fetch_one(&queue).await.unwrap();
+        queue
+            .ack(AckRequest {
+                id: active.id,
+                holder: holder(),
+                attempt: None,
+                result: None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            held.await.unwrap(),
+            Err(QueueError::CredentialInvalid)
+        ));
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(
+            (stats.totals.available, stats.totals.completed),
+            (0, 1),
+            "nothing was stored for the refused enqueue"
+        );
     }
 }

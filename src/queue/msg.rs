@@ -163,8 +163,9 @@ pub(crate) enum Msg {
         limits: Limits,
         /// The job's data key with its args and meta already sealed (by the caller's thread).
         key: Option<std::sync::Arc<crate::vault::sealed::JobKey>>,
-        /// For a full `block` queue: the engine time until which the enqueue waits for room.
-        block_until: Option<crate::clock::Millis>,
+        /// For a full `block` queue: how long the enqueue may wait for room, and on whose
+        /// credential.
+        block: Option<Wait>,
         reply: Reply<Enqueued>,
     },
     /// Enqueues every job or none (each with its tenant and owner).

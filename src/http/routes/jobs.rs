@@ -22,7 +22,7 @@ use crate::http::error::ApiError;
 use crate::http::error::Code;
 use crate::job::envelope::{parse_new_job, NewJob, NAME_MAX};
 use crate::job::view::job_json;
-use crate::queue::{Enqueued, QueueHandle};
+use crate::queue::{Enqueued, QueueError, QueueHandle};
 use crate::rules::{Rules, RulesHandle};
 use std::time::Duration;
 
@@ -216,7 +216,7 @@ pub async fn enqueue(
     crate::http::limits::check_enqueue(&req, &caller.principal, &mut new).await?;
     let queue_name = new.queue.clone();
     let stored = async {
-        let result = enqueue_bounded(&req, &queue, &rules, new, tenant, owner).await;
+        let result = enqueue_bounded(&caller, &queue, &rules, new, tenant, owner).await;
         if let Err(e) = &result {
             crate::http::limits::audit_limit_refusal(&req, &caller.principal, e).await;
         }
@@ -278,9 +278,11 @@ fn block_timeout(req: &HttpRequest, rules: &Rules) -> Duration {
 
 /// Stores a job under its queue's bound and the caller's quotas. A full `block` queue holds the
 /// enqueue inside the queue engine until there is room (first come, first served) or the block
-/// timeout passes; then, like a `reject` queue, 429 `queue_full` with the depth headers.
+/// timeout passes; then, like a `reject` queue, 429 `queue_full` with the depth headers. A held
+/// enqueue whose credential is revoked or expires meanwhile is answered 401 (audited) and is
+/// never stored.
 async fn enqueue_bounded(
-    req: &HttpRequest,
+    caller: &Authenticated,
     queue: &QueueHandle,
     rules: &Rules,
     new: NewJob,
@@ -288,16 +290,18 @@ async fn enqueue_bounded(
     owner: String,
 ) -> Result<Enqueued, ApiError> {
     let retry_after = rules.backpressure.retry_after_secs;
-    queue
-        .enqueue_blocking(
-            new,
-            tenant,
-            Some(owner),
-            rules.limits(),
-            block_timeout(req, rules),
-        )
+    let block = Some((block_timeout(caller.request(), rules), caller.standing()?));
+    match queue
+        .enqueue_blocking(new, tenant, Some(owner), rules.limits(), block)
         .await
-        .map_err(|e| ApiError::from(e).with_retry_after(retry_after))
+    {
+        Ok(done) => Ok(done),
+        Err(QueueError::CredentialInvalid) => {
+            caller.audit_credential_gone().await;
+            Err(ApiError::from(QueueError::CredentialInvalid))
+        }
+        Err(e) => Err(ApiError::from(e).with_retry_after(retry_after)),
+    }
 }
 
 /// `GET /ojs/v1/jobs/{id}`

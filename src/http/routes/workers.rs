@@ -20,7 +20,7 @@ use crate::job::{JobId, JobState, Payload};
 use crate::limiter::LimiterHandle;
 use crate::queue::{
     AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueError,
-    QueueHandle, StillValid,
+    QueueHandle,
 };
 
 const MAX_QUEUES: usize = 32;
@@ -117,7 +117,6 @@ pub async fn fetch(
     config: web::Data<Config>,
     limiter: web::Data<LimiterHandle>,
     rules: web::Data<crate::rules::RulesHandle>,
-    sessions: web::Data<crate::auth::session::SessionVerifier>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let quotas = rules.current().quotas.clone();
@@ -165,26 +164,7 @@ pub async fn fetch(
         max_running: quotas.max_running_jobs_per_principal,
         max_tenant_active: quotas.max_active_jobs_per_tenant,
     };
-    let principal = caller.principal.clone();
-    // A session's revocation lives in the session gates, not in the principal.
-    let session = match principal.credential() {
-        crate::auth::Credential::Session { session } => Some((
-            sessions.get_ref().clone(),
-            principal
-                .name()
-                .strip_prefix("user:")
-                .unwrap_or_default()
-                .to_string(),
-            session.clone(),
-        )),
-        _ => None,
-    };
-    let valid = StillValid(std::sync::Arc::new(move |now| {
-        principal.still_valid(now)
-            && session
-                .as_ref()
-                .is_none_or(|(gates, user, sid)| gates.stands(user, sid))
-    }));
+    let valid = caller.standing()?;
     let jobs = match queue.fetch_wait(req, wait, valid).await {
         Ok(jobs) => jobs,
         Err(QueueError::CredentialInvalid) => {
