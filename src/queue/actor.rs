@@ -17,6 +17,7 @@ use tracing::{debug, error, info};
 use super::bounds::{Limits, Strategy};
 use super::core::{Engine, Turn};
 use super::msg::{Enqueued, FetchRequest, Msg, Reply, StillValid};
+use super::sched::QueueKey;
 use super::seam::JobStore;
 use super::view::Shared;
 use super::waiters::Waiters;
@@ -40,6 +41,8 @@ const SWEEP_EVERY_MS: i64 = 1000;
 /// A parked long-poll fetch.
 struct Waiter {
     req: FetchRequest,
+    /// The (tenant, queue) keys it waits on, in the order of `req.queues`.
+    keys: Vec<QueueKey>,
     valid: StillValid,
     until: Millis,
     reply: Reply<Vec<Job>>,
@@ -380,18 +383,19 @@ impl QueueActor {
                 let result = e.fetch(t, &req);
                 match (result, wait) {
                     (Ok(jobs), Some(wait)) if jobs.is_empty() && wait.until > t.now() => {
-                        let queues = req
+                        let keys: Vec<QueueKey> = req
                             .queues
                             .iter()
                             .map(|q| (req.holder.tenant.clone(), q.clone()))
                             .collect();
                         let waiter = Waiter {
                             req,
+                            keys: keys.clone(),
                             valid: wait.valid,
                             until: wait.until,
                             reply,
                         };
-                        self.waiters.park(queues, wait.until, waiter);
+                        self.waiters.park(keys, wait.until, waiter);
                         return None;
                     }
                     (result, _) => {
@@ -439,17 +443,12 @@ impl QueueActor {
             return;
         }
         let engine = &self.engine;
-        let ready = self
-            .waiters
-            .ready(|(tenant, queue)| engine.has_ready(tenant.as_deref(), queue));
+        let ready = self.waiters.ready(|key| engine.has_ready(key));
         for id in ready {
             let Some(waiter) = self.waiters.get(id) else {
                 continue;
             };
-            let still_ready = waiter.req.queues.iter().any(|q| {
-                self.engine
-                    .has_ready(waiter.req.holder.tenant.as_deref(), q)
-            });
+            let still_ready = waiter.keys.iter().any(|key| self.engine.has_ready(key));
             if !still_ready {
                 continue;
             }
@@ -466,14 +465,8 @@ impl QueueActor {
             match self.engine.fetch(t, &waiter.req) {
                 Ok(jobs) if jobs.is_empty() => {
                     // Nothing for it after all (a quota): it keeps waiting, at the back.
-                    let queues = waiter
-                        .req
-                        .queues
-                        .iter()
-                        .map(|q| (waiter.req.holder.tenant.clone(), q.clone()))
-                        .collect();
-                    let until = waiter.until;
-                    self.waiters.park(queues, until, waiter);
+                    let (keys, until) = (waiter.keys.clone(), waiter.until);
+                    self.waiters.park(keys, until, waiter);
                 }
                 result => {
                     if matches!(result, Err(QueueError::Unavailable)) {

@@ -194,8 +194,8 @@ impl Engine {
 
     /// Whether a tenant's queue has a job ready to fetch.
     #[must_use]
-    pub fn has_ready(&self, tenant: Option<&str>, queue: &str) -> bool {
-        self.idx.peek_ready(tenant, queue).is_some()
+    pub fn has_ready(&self, key: &QueueKey) -> bool {
+        self.idx.has_ready(key)
     }
 
     /// Whether a queue has room for one more job under its bound.
@@ -207,12 +207,7 @@ impl Engine {
     /// A queue's bound (configured or the default) and its depth.
     #[must_use]
     pub fn bound_info(&self, key: &QueueKey, default_max_depth: u64) -> BoundInfo {
-        let configured = self.bounds.get(key).cloned();
-        BoundInfo {
-            depth: self.idx.depth(key),
-            configured: configured.is_some(),
-            bound: configured.unwrap_or_else(|| QueueBound::default_with(default_max_depth)),
-        }
+        BoundInfo::of(self.bounds.get(key), self.idx.depth(key), default_max_depth)
     }
 
     /// Moves due scheduled and retryable jobs to `available` and handles expired leases.

@@ -345,17 +345,24 @@ impl QueueHandle {
             .model()
             .dead_letter(scope.as_deref(), queue.as_deref());
         let total = ids.len();
-        let reader = self.store.reader()?;
-        let mut items = Vec::new();
-        for id in ids.into_iter().skip(offset).take(limit) {
-            // One unreadable job does not hide the others (it is counted and logged), and a
-            // job deleted since the model was published is simply gone.
-            match reader.job(id) {
-                Ok(Some(job)) if job.dead_letter => items.push(job),
-                Ok(_) | Err(QueueError::Unreadable(_)) => {}
-                Err(e) => return Err(e),
+        let store = self.store.clone();
+        // A page of records to read and open: blocking work, off the HTTP worker.
+        let items = tokio::task::spawn_blocking(move || {
+            let reader = store.reader()?;
+            let mut items = Vec::new();
+            for id in ids.into_iter().skip(offset).take(limit) {
+                // One unreadable job does not hide the others (it is counted and logged), and
+                // a job deleted since the model was published is simply gone.
+                match reader.job(id) {
+                    Ok(Some(job)) if job.dead_letter => items.push(job),
+                    Ok(_) | Err(QueueError::Unreadable(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            Ok(items)
+        })
+        .await
+        .map_err(|_| QueueError::Unavailable)??;
         Ok(Page { items, total })
     }
 

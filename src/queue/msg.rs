@@ -57,6 +57,20 @@ pub struct BoundInfo {
     pub depth: u64,
 }
 
+impl BoundInfo {
+    /// A queue's bound as configured (or the default of `default_max_depth`) and its depth.
+    #[must_use]
+    pub fn of(configured: Option<&QueueBound>, depth: u64, default_max_depth: u64) -> Self {
+        Self {
+            depth,
+            configured: configured.is_some(),
+            bound: configured
+                .cloned()
+                .unwrap_or_else(|| QueueBound::default_with(default_max_depth)),
+        }
+    }
+}
+
 /// `POST /workers/ack`.
 #[derive(Clone, Debug)]
 pub struct AckRequest {

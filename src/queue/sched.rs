@@ -234,6 +234,12 @@ impl Indexes {
             .map(|(_, _, id)| *id)
     }
 
+    /// Whether a queue has a job ready to fetch.
+    #[must_use]
+    pub fn has_ready(&self, key: &QueueKey) -> bool {
+        self.ready.get(key).is_some_and(|set| !set.is_empty())
+    }
+
     /// Scheduled and retryable jobs due at `now`, in due order.
     #[must_use]
     pub fn due_timed(&self, now: Millis) -> Vec<JobId> {

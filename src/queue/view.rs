@@ -49,12 +49,8 @@ impl ReadModel {
     /// A queue's bound (configured or the default) and its depth.
     #[must_use]
     pub fn bound(&self, key: &QueueKey, default_max_depth: u64) -> BoundInfo {
-        let configured = self.bounds.get(key).cloned();
-        BoundInfo {
-            depth: self.queues.get(key).map_or(0, |q| q.counts.depth()),
-            configured: configured.is_some(),
-            bound: configured.unwrap_or_else(|| QueueBound::default_with(default_max_depth)),
-        }
+        let depth = self.queues.get(key).map_or(0, |q| q.counts.depth());
+        BoundInfo::of(self.bounds.get(key), depth, default_max_depth)
     }
 
     /// A tenant's dead-letter entries, newest first, optionally of one queue.
