@@ -60,7 +60,7 @@ pub const EVENTS: &[EventType] = &[
     ev("vault.rewrap_finished", "the end of a re-wrap (how many data keys were re-wrapped)", false),
     ev("admin.reset", "`POST /ojs/v1/admin/reset` (conformance runs only)", true),
     ev("rate_limit.exceeded", "any request over a rate limit (per address, global, tenant or principal; once a minute per key, with a count)", false),
-    ev("limit.refused", "`POST /ojs/v1/jobs`, `/jobs/batch`, `/workers/fetch` refused by a quota, a tenant limit or a full queue (once a minute per principal and code)", false),
+    ev("limit.refused", "`POST /ojs/v1/jobs`, `/jobs/batch`, `/workers/fetch` refused by a quota, a tenant limit, a full queue or the long-poll cap (once a minute per principal and code)", false),
     ev("abuse.spike", "enqueues over 10x the principal's baseline (throttled for the cool-down)", false),
     ev("abuse.large_payloads", "a flood of large enqueues from one principal (throttled)", false),
     ev("abuse.priority_flood", "a principal submitting only top priorities (demoted)", false),

@@ -297,6 +297,7 @@ impl ResponseError for ApiError {
                 | "queue_full"
                 | "quota_exceeded"
                 | "tenant_limit_exceeded"
+                | "too_many_long_polls"
         ) {
             metrics::counter!(crate::metrics::LIMIT_REFUSALS, "code" => self.code).increment(1);
         }

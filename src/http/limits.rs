@@ -68,7 +68,7 @@ pub async fn audit_limit_refusal(req: &HttpRequest, principal: &Principal, error
     let code = error.code();
     if !matches!(
         code,
-        "quota_exceeded" | "tenant_limit_exceeded" | "queue_full"
+        "quota_exceeded" | "tenant_limit_exceeded" | "queue_full" | "too_many_long_polls"
     ) {
         return;
     }

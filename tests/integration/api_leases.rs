@@ -328,3 +328,82 @@ async fn a_long_poll_is_handed_a_job_enqueued_while_it_waits() {
     // Well before its 20 s wait would have ended.
     assert!(at.duration_since(sent) < Duration::from_secs(10));
 }
+
+/// An attacker holding one credential opens long-polls until the server runs out of room for
+/// waiters. Each principal may have only so many waiting; the next is refused at once (429) and
+/// the refusal is audited.
+#[tokio::test]
+async fn a_principal_over_its_long_poll_cap_is_refused_at_once_and_audited() {
+    let server = TestServer::start(ServerOptions {
+        extra_toml: "[queue]\nmax_waits_per_principal = 1\n".into(),
+        ..ServerOptions::default()
+    });
+    let admin = server.admin_key.clone();
+    let api = Api {
+        server: &server,
+        client: server.client(),
+    };
+    let first = tokio::spawn({
+        let client = server.client();
+        let url = server.url("/ojs/v1/workers/fetch");
+        let admin = admin.clone();
+        async move {
+            client
+                .post(url)
+                .header("Authorization", format!("Bearer {admin}"))
+                .json(&json!({"queues": ["capped"], "wait_ms": 3_000}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .post(
+            &admin,
+            "/ojs/v1/workers/fetch",
+            json!({"queues": ["capped"], "wait_ms": 3_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_long_polls");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    // A plain fetch is not a wait and is never capped.
+    let (status, _) = api
+        .post(
+            &admin,
+            "/ojs/v1/workers/fetch",
+            json!({"queues": ["capped"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = api
+            .client
+            .get(server.url("/ojs/v1/admin/audit?event_type=limit.refused"))
+            .header("Authorization", format!("Bearer {admin}"))
+            .send()
+            .await
+            .unwrap();
+        let records: Value = res.json().await.unwrap();
+        let found = records["records"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r.to_string().contains("too_many_long_polls"))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was not audited: {records}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
