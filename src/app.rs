@@ -349,7 +349,32 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
              [validation] job_types (OJS security SEC-008)"
         );
     }
+    // Every service, built once from engines that are all present.
+    let abuse = crate::services::abuse::Abuse::new(limiter.clone());
+    let services = crate::services::Services {
+        jobs: crate::services::jobs::Jobs::new(
+            queue.clone(),
+            rules.clone(),
+            actions.clone(),
+            abuse.clone(),
+        ),
+        workers: crate::services::workers::Workers::new(
+            queue.clone(),
+            rules.clone(),
+            limiter.clone(),
+            abuse,
+            config.queue.max_fetch_count,
+        ),
+        keys: crate::services::keys::Keys::new(
+            auth.clone(),
+            config.secrets.key_env.clone(),
+            config.auth.rotation_grace_secs,
+        ),
+        users: crate::services::users::Users::new(accounts.clone()),
+        trail: crate::services::Trail::new(audit.clone()),
+    };
     let shared = http::Shared {
+        services,
         rules,
         config: Arc::new(config),
         queue: queue.clone(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod queue;
 pub mod rules;
 pub mod secrets;
+pub mod services;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -7,8 +7,7 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use bulwark::audit::{AuditEvent, Outcome};
-use bulwark::auth::records::{self, KeyRecord, KeySpec};
-use bulwark::auth::users;
+use bulwark::auth::records::{self, KeySpec};
 use bulwark::auth::{Permission, QueuePattern};
 use bulwark::cli::{
     AuditCommand, Cli, Command, ConfigCommand, KeysCommand, PolicyTokenCommand, UsersCommand,
@@ -16,6 +15,10 @@ use bulwark::cli::{
 };
 use bulwark::clock::{parse_rfc3339, parse_time_spec, rfc3339, Clock, Millis};
 use bulwark::config::Config;
+use bulwark::services::keys::{KeyFilter, Rotated};
+use bulwark::services::offline::Offline;
+use bulwark::services::users::Totp;
+use bulwark::services::Caller;
 use bulwark::store::Store;
 
 fn main() -> ExitCode {
@@ -293,10 +296,6 @@ fn audit_verify(
     }
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.storage.data_dir).context("stop the server first: keys are managed offline")
-}
-
 /// Appends one record to the audit trail while the server is stopped (the writer takes the log
 /// for itself, as the server does). The change is refused if it cannot be recorded.
 fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::Result<()> {
@@ -316,20 +315,6 @@ fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::R
     result.context("the audit trail could not be written; nothing was changed")
 }
 
-/// An account change made offline, recorded before it is made.
-fn user_event(event_type: &'static str, name: &str) -> AuditEvent {
-    AuditEvent::new(event_type, Outcome::Success).detail("username", name)
-}
-
-fn key_event(event_type: &'static str, record: &KeyRecord) -> AuditEvent {
-    let mut event = AuditEvent::new(event_type, Outcome::Success)
-        .detail("key", bulwark::auth::key::display_id(&record.id))
-        .detail("name", record.name.clone())
-        .detail("roles", record.roles.clone());
-    event.tenant = record.tenant.clone();
-    event
-}
-
 /// `--expires`: a duration from `now` or an absolute time.
 fn parse_expiry(text: &str, now: Millis) -> anyhow::Result<i64> {
     let at = if text.starts_with('P') {
@@ -343,7 +328,6 @@ fn parse_expiry(text: &str, now: Millis) -> anyhow::Result<i64> {
 }
 
 fn keys(command: KeysCommand) -> anyhow::Result<()> {
-    let clock = Clock::system();
     match command {
         KeysCommand::Create {
             config,
@@ -355,7 +339,6 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             expires,
         } => {
             let config = Config::load(config.as_deref())?;
-            let policy = config.policy()?;
             let queues = queues
                 .map(|qs| {
                     qs.iter()
@@ -378,6 +361,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
                 .transpose()?;
+            let now = Clock::system().now_ms();
             let spec = KeySpec {
                 name,
                 roles,
@@ -386,35 +370,31 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 queues,
                 expires_at: expires
                     .as_deref()
-                    .map(|text| parse_expiry(text, clock.now_ms()))
+                    .map(|text| parse_expiry(text, now))
                     .transpose()?,
             };
-            spec.validate(&policy, clock.now_ms())?;
-            bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
-            let store = open_store(&config)?;
-            let (record, token) = records::create(
-                &store,
-                &policy,
-                &spec,
-                &config.secrets.key_env,
-                clock.now_ms(),
-            )?;
-            if let Err(e) = audit_offline(&config, &store, key_event("key.created", &record)) {
-                records::revoke(&store, &record.id, clock.now_ms())?;
-                return Err(e);
-            }
-            println!("{}", token.expose_secret());
+            // Refused before any file is touched.
+            spec.validate(&config.policy()?, now)?;
+            let offline = Offline::open(config)?;
+            let caller = offline.caller("keys create");
+            let created = offline.run(offline.keys()?.create(&caller, spec));
+            drop(caller);
+            offline.close();
+            println!("{}", created?.secret.expose_secret());
             Ok(())
         }
         KeysCommand::List { config } => {
-            let config = Config::load(config.as_deref())?;
-            let store = open_store(&config)?;
-            let now = clock.now_ms();
+            let offline = Offline::open(Config::load(config.as_deref())?)?;
+            let caller = offline.caller("keys list");
+            let keys = offline.run(offline.keys()?.list(&caller, None));
+            let now = offline.clock.now_ms();
+            drop(caller);
+            offline.close();
             println!(
                 "{:<18} {:<20} {:<12} {:<18} {:<26} {:<26} status",
                 "id", "name", "tenant", "roles", "expires", "last used"
             );
-            for k in records::list(&store)? {
+            for k in keys? {
                 println!(
                     "{:<18} {:<20} {:<12} {:<18} {:<26} {:<26} {}",
                     k.id,
@@ -438,25 +418,26 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             if id.is_none() && tenant.is_none() && name.is_none() {
                 bail!("give a key id, --tenant or --name");
             }
-            let store = open_store(&config)?;
-            let mut event = AuditEvent::new("key.revoked", Outcome::Success);
-            if let Some(id) = &id {
-                event = event.detail("key", bulwark::auth::key::display_id(id));
-            }
-            if let Some(name) = &name {
-                event = event.detail("name", name.clone());
-            }
-            event.tenant.clone_from(&tenant);
-            audit_offline(&config, &store, event)?;
-            let revoked = records::revoke_where(
-                &store,
-                |r| {
-                    id.as_ref().is_none_or(|id| &r.id == id)
-                        && tenant.as_ref().is_none_or(|t| r.tenant.as_ref() == Some(t))
-                        && name.as_ref().is_none_or(|n| &r.name == n)
-                },
-                clock.now_ms(),
-            )?;
+            let offline = Offline::open(config)?;
+            let caller = offline.caller("keys revoke");
+            let service = offline.keys()?;
+            // One key by id is the HTTP API's DELETE; filters are its bulk revocation.
+            let revoked = match (id, tenant, name) {
+                (Some(id), None, None) => {
+                    offline.run(service.revoke(&caller, &id)).map(|k| vec![k])
+                }
+                (id, tenant, name) => {
+                    let filter = KeyFilter {
+                        ids: id.map(|id| vec![id]),
+                        name,
+                        tenant,
+                    };
+                    offline.run(service.revoke_many(&caller, filter))
+                }
+            };
+            drop(caller);
+            offline.close();
+            let revoked = revoked?;
             if revoked.is_empty() {
                 bail!("no unrevoked key matches");
             }
@@ -470,31 +451,19 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             id,
             grace_secs,
         } => {
-            let config = Config::load(config.as_deref())?;
-            let store = open_store(&config)?;
-            let grace = grace_secs.unwrap_or(config.auth.rotation_grace_secs);
-            let grace_ms = i64::try_from(grace.saturating_mul(1000)).unwrap_or(i64::MAX);
-            let old =
-                records::get(&store, &id)?.ok_or_else(|| anyhow::anyhow!("no key with id {id}"))?;
-            audit_offline(
-                &config,
-                &store,
-                key_event("key.rotated", &old).detail("grace_secs", grace),
-            )?;
-            let (new, token, old) = records::rotate(
-                &store,
-                &id,
-                grace_ms,
-                &config.secrets.key_env,
-                clock.now_ms(),
-            )?;
+            let offline = Offline::open(Config::load(config.as_deref())?)?;
+            let caller = offline.caller("keys rotate");
+            let rotated = offline.run(offline.keys()?.rotate(&caller, &id, grace_secs));
+            drop(caller);
+            offline.close();
+            let Rotated { new, secret, old } = rotated?;
             eprintln!(
                 "rotated {} -> {}; the old key works until {}",
                 old.id,
                 new.id,
                 old.expires_at.map_or_else(|| "never".into(), rfc3339)
             );
-            println!("{}", token.expose_secret());
+            println!("{}", secret.expose_secret());
             Ok(())
         }
     }
@@ -519,104 +488,59 @@ fn read_password() -> anyhow::Result<secrecy::SecretString> {
     Ok(secrecy::SecretString::from(password.to_string()))
 }
 
-fn new_password_hash(config: &Config, name: &str) -> anyhow::Result<String> {
-    let password = read_password()?;
-    if let Err(v) = users::PasswordPolicy::from(&config.sessions).check(name, &password) {
-        bail!(
-            "the password does not meet the policy: {}",
-            v.missing.join("; ")
-        );
-    }
-    bulwark::auth::key::hash(&password)
-        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
-}
-
-fn set_disabled(
-    config: Option<std::path::PathBuf>,
-    name: &str,
-    disabled: bool,
-) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
-    let store = Store::open(&config.storage.data_dir)
-        .context("stop the server first: users are managed offline")?;
-    if users::get(&store, name)?.is_none() {
-        bail!("no user {name:?}");
-    }
-    let event_type = if disabled {
-        "user.disabled"
-    } else {
-        "user.enabled"
-    };
-    audit_offline(&config, &store, user_event(event_type, name))?;
-    let clock = Clock::system();
-    users::set_disabled(&store, name, disabled, clock.now_ms()).map_err(|e| match e {
-        users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
-        other => other.into(),
-    })?;
-    println!("{name} {}", if disabled { "disabled" } else { "enabled" });
-    Ok(())
-}
-
 fn users_command(command: UsersCommand) -> anyhow::Result<()> {
-    let clock = Clock::system();
-    let open = |config: Option<std::path::PathBuf>| -> anyhow::Result<(Config, Store)> {
-        let config = Config::load(config.as_deref())?;
-        let store = Store::open(&config.storage.data_dir)
-            .context("stop the server first: users are managed offline")?;
-        Ok((config, store))
+    let open = |config: Option<std::path::PathBuf>| -> anyhow::Result<Offline> {
+        Offline::open(Config::load(config.as_deref())?)
     };
+    // Each command runs one service call as the local operator, then closes the trail.
+    fn finish<T>(offline: Offline, caller: Caller, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        drop(caller);
+        offline.close();
+        result
+    }
     match command {
         UsersCommand::Create { config, name } => {
-            if !users::valid_username(&name) {
-                bail!("{}", users::UserError::InvalidUsername);
-            }
-            let (config, store) = open(config)?;
-            if users::get(&store, &name)?.is_some() {
-                bail!("user {name:?} already exists");
-            }
-            let hash = new_password_hash(&config, &name)?;
-            audit_offline(&config, &store, user_event("user.created", &name))?;
-            users::insert(
-                &store,
-                &users::new_record(&name, hash, None, clock.now_ms()),
-            )?;
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users create");
+            let result = read_password().and_then(|password| {
+                offline.run(users.create(&caller, &name, password, Totp::Later))
+            });
+            finish(offline, caller, result)?;
             println!("created user {name}; enrol its TOTP with: bulwark users totp {name}");
             Ok(())
         }
         UsersCommand::Passwd { config, name } => {
-            let (config, store) = open(config)?;
-            if users::get(&store, &name)?.is_none() {
-                bail!("no user {name:?}");
-            }
-            let hash = new_password_hash(&config, &name)?;
-            audit_offline(&config, &store, user_event("user.password_changed", &name))?;
-            users::set_password(&store, &name, hash, clock.now_ms())?;
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users passwd");
+            let result = read_password().and_then(|password| {
+                offline.run(users.change_password(&caller, &name, None, password))
+            });
+            finish(offline, caller, result)?;
             println!("password of {name} changed; its sessions have ended");
             Ok(())
         }
         UsersCommand::Totp { config, name } => {
-            let (config, store) = open(config)?;
-            if users::get(&store, &name)?.is_none() {
-                bail!("no user {name:?}");
-            }
-            audit_offline(&config, &store, user_event("user.totp_enrolled", &name))?;
-            let secret = users::new_totp_secret()?;
-            let uri = users::otpauth_uri(&secret, &name)?;
-            users::set_totp(&store, &name, secret, clock.now_ms()).map_err(|e| match e {
-                users::UserError::NotFound => anyhow::anyhow!("no user {name:?}"),
-                other => other.into(),
-            })?;
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users totp");
+            let result = offline.run(users.enrol_totp(&caller, &name));
+            let uri = finish(offline, caller, result)?;
             println!("{}", uri.expose_secret());
             Ok(())
         }
         UsersCommand::List { config } => {
-            let (_, store) = open(config)?;
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users list");
+            let result = offline.run(users.list());
+            let list = finish(offline, caller, result)?;
             println!(
                 "{:<24} {:<8} {:<10} {:<9} {:<26} updated",
                 "username", "totp", "confirmed", "disabled", "created"
             );
-            for u in users::list(&store)? {
-                let s = users::UserSummary::from(&u);
+            for s in list {
                 println!(
                     "{:<24} {:<8} {:<10} {:<9} {:<26} {}",
                     s.username,
@@ -629,7 +553,23 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        UsersCommand::Disable { config, name } => set_disabled(config, &name, true),
-        UsersCommand::Enable { config, name } => set_disabled(config, &name, false),
+        UsersCommand::Disable { config, name } => {
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users disable");
+            let result = offline.run(users.set_disabled(&caller, &name, true));
+            finish(offline, caller, result)?;
+            println!("{name} disabled");
+            Ok(())
+        }
+        UsersCommand::Enable { config, name } => {
+            let offline = open(config)?;
+            let users = offline.users()?;
+            let caller = offline.caller("users enable");
+            let result = offline.run(users.set_disabled(&caller, &name, false));
+            finish(offline, caller, result)?;
+            println!("{name} enabled");
+            Ok(())
+        }
     }
 }

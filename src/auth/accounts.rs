@@ -556,6 +556,20 @@ impl Accounts {
         username: &str,
         password: SecretString,
     ) -> Result<(UserSummary, SecretString), AccountError> {
+        let (user, uri) = self.create_user_with(username, password, true).await?;
+        let uri = uri.ok_or(AccountError::Unavailable)?;
+        Ok((user, uri))
+    }
+
+    /// Creates a user with a policy-checked password and, when `with_totp`, a fresh TOTP
+    /// secret (its `otpauth://` URI returned, to show once). Without, the user cannot log in
+    /// until [`Self::enrol_totp`].
+    pub async fn create_user_with(
+        &self,
+        username: &str,
+        password: SecretString,
+        with_totp: bool,
+    ) -> Result<(UserSummary, Option<SecretString>), AccountError> {
         if !users::valid_username(username) {
             return Err(UserError::InvalidUsername.into());
         }
@@ -566,9 +580,14 @@ impl Accounts {
             .run(move |_| key::hash(&password))
             .await?
             .map_err(|_| UserError::Crypto)?;
-        let secret = users::new_totp_secret()?;
-        let uri = users::otpauth_uri(&secret, username)?;
-        let record = users::new_record(username, hash, Some(secret), self.inner.clock.now_ms());
+        let (secret, uri) = if with_totp {
+            let secret = users::new_totp_secret()?;
+            let uri = users::otpauth_uri(&secret, username)?;
+            (Some(secret), Some(uri))
+        } else {
+            (None, None)
+        };
+        let record = users::new_record(username, hash, secret, self.inner.clock.now_ms());
         let store = self.inner.store.clone();
         let record = blocking(move || {
             users::insert(&store, &record)?;
@@ -623,6 +642,41 @@ impl Accounts {
             blocking(move || Ok(users::set_password(&store, &name, hash, clock.now_ms())?)).await?;
         self.inner.sessions.publish_user(username, gate(&record));
         Ok(UserSummary::from(&record))
+    }
+
+    /// Gives a user a new TOTP secret (unconfirmed until its first login) and returns its
+    /// `otpauth://` URI, to show once. Every session of the user ends.
+    pub async fn enrol_totp(&self, username: &str) -> Result<SecretString, AccountError> {
+        let secret = users::new_totp_secret()?;
+        let uri = users::otpauth_uri(&secret, username)?;
+        let store = self.inner.store.clone();
+        let name = username.to_string();
+        let now = self.inner.clock.now_ms();
+        let record = blocking(move || Ok(users::set_totp(&store, &name, secret, now)?)).await?;
+        self.inner.sessions.publish_user(username, gate(&record));
+        Ok(uri)
+    }
+
+    /// Disables (or enables again) a user; a disabled user's sessions stop working at once.
+    pub async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+    ) -> Result<UserSummary, AccountError> {
+        let store = self.inner.store.clone();
+        let name = username.to_string();
+        let now = self.inner.clock.now_ms();
+        let record =
+            blocking(move || Ok(users::set_disabled(&store, &name, disabled, now)?)).await?;
+        self.inner.sessions.publish_user(username, gate(&record));
+        Ok(UserSummary::from(&record))
+    }
+
+    /// Whether a user exists.
+    pub async fn user_exists(&self, username: &str) -> Result<bool, AccountError> {
+        let store = self.inner.store.clone();
+        let name = username.to_string();
+        blocking(move || Ok(users::get(&store, &name)?.is_some())).await
     }
 
     /// Every user, without secrets.

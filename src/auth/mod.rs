@@ -52,6 +52,9 @@ pub enum Credential {
     Session { session: String },
     /// A verified TLS client certificate, by its SHA-256 fingerprint (hex).
     Certificate { fingerprint: String },
+    /// The operator at the machine, on the command line with the server stopped (whoever can
+    /// write the data folder holds every key anyway).
+    Local,
 }
 
 /// An authenticated caller.
@@ -91,6 +94,21 @@ impl Principal {
             vec!["admin".to_string()],
             None,
             expires_at,
+            Policy::builtin(),
+        )
+    }
+
+    /// The operator at the machine running the command line: a system administrator named
+    /// `local-operator`.
+    #[must_use]
+    pub fn local_operator() -> Self {
+        Self::external(
+            "local-operator".to_string(),
+            None,
+            Credential::Local,
+            vec!["admin".to_string()],
+            None,
+            None,
             Policy::builtin(),
         )
     }
@@ -202,6 +220,7 @@ impl Principal {
             Credential::Certificate { fingerprint } => {
                 format!("cert:{}", fingerprint.get(..16).unwrap_or(fingerprint))
             }
+            Credential::Local => "local".to_string(),
         }
     }
 
@@ -213,6 +232,7 @@ impl Principal {
             Credential::Jwt { .. } => "jwt",
             Credential::Session { .. } => "session",
             Credential::Certificate { .. } => "certificate",
+            Credential::Local => "local",
         }
     }
 

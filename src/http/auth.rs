@@ -19,21 +19,23 @@ use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{error, info};
 
 use super::access::{self, Need};
 use super::error::ApiError;
 use super::limits;
+use super::middleware::RequestId;
 use crate::audit::Outcome;
 use crate::auth::records::is_valid_tenant;
 use crate::auth::session::{self, SessionVerifier};
 use crate::auth::{jwt, key, AuthError, AuthHandle, Credential, Permission, Principal, Reach};
-use crate::job::{Job, Visibility};
 use crate::limiter::rates::{Class, RateInfo, Scope};
 use crate::limiter::LimiterHandle;
-use crate::queue::{Holder, QueueError};
+use crate::queue::StillValid;
+use crate::services::caller::denial;
+use crate::services::{Caller, Origin, Services, Via};
 use crate::tls::accept::ClientCertificate;
 
 /// The longest bearer token looked at; anything longer is refused unread.
@@ -43,14 +45,18 @@ const MAX_TOKEN_LEN: usize = 8192;
 /// is the second).
 const TENANT_HEADERS: [&str; 2] = ["x-ojs-tenant", "x-ojs-tenant-id"];
 
-/// An authenticated, authorized caller.
+/// An authenticated, authorized caller: the services' [`Caller`], and the request it made.
 pub struct Authenticated {
-    pub principal: Arc<Principal>,
-    /// The tenant this request acts for; `None` for the system scope.
-    pub tenant: Option<String>,
-    /// The permission the route table says this route needs.
-    pub need: Option<Permission>,
+    caller: Caller,
     req: HttpRequest,
+}
+
+impl std::ops::Deref for Authenticated {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
 }
 
 enum TokenCheck {
@@ -115,7 +121,23 @@ async fn refuse_unauthenticated(
     super::audit::emit(req, event).await;
 }
 
-/// Audits a refusal and turns it into the 403 the client sees.
+/// Where a request came from, for the services and the audit trail.
+#[must_use]
+pub fn origin(req: &HttpRequest) -> Origin {
+    Origin {
+        via: Via::Http,
+        source_ip: req.peer_addr().map(|a| a.ip()),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        operation: format!(
+            "{} {}",
+            req.method(),
+            req.match_pattern().unwrap_or_default()
+        ),
+    }
+}
+
+/// Audits a refusal made while deciding who the caller is, and turns it into the 403 the
+/// client sees.
 async fn forbidden(
     req: &HttpRequest,
     principal: &Principal,
@@ -123,38 +145,14 @@ async fn forbidden(
     queue: Option<&str>,
     reason: &'static str,
 ) -> ApiError {
-    forbidden_with(req, principal, permission, queue, reason, Vec::new()).await
-}
-
-/// [`forbidden`], with more context for the audit record (never credentials or payloads).
-async fn forbidden_with(
-    req: &HttpRequest,
-    principal: &Principal,
-    permission: Option<Permission>,
-    queue: Option<&str>,
-    reason: &'static str,
-    extra: Vec<(&'static str, serde_json::Value)>,
-) -> ApiError {
-    let mut event = super::audit::event(req, "authz.denied", Outcome::Denied, Some(principal))
-        .detail("reason", reason)
-        .detail(
-            "route",
-            format!(
-                "{} {}",
-                req.method(),
-                req.match_pattern().unwrap_or_default()
-            ),
-        );
-    if let Some(p) = permission {
-        event = event.detail("permission", p.as_str());
-        metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => p.as_str()).increment(1);
-    }
-    if let Some(q) = queue {
-        event = event.detail("queue", q);
-    }
-    for (key, value) in extra {
-        event = event.detail(key, value);
-    }
+    let event = denial(
+        &origin(req),
+        principal,
+        permission,
+        queue,
+        reason,
+        Vec::new(),
+    );
     super::audit::emit(req, event).await;
     info!(principal = %principal.display_id(), reason, "request refused");
     ApiError::permission_denied(principal.name(), permission, queue)
@@ -166,215 +164,26 @@ impl Authenticated {
     pub fn request(&self) -> &HttpRequest {
         &self.req
     }
+}
 
-    /// The lease holder this caller is, with the `worker_id` it gave.
-    #[must_use]
-    pub fn holder(&self, worker_id: Option<String>) -> Holder {
-        Holder {
-            principal: self.principal.id().to_string(),
-            worker_id,
-            tenant: self.tenant.clone(),
+/// Whether a principal's credential still stands at a later time: not expired, not revoked
+/// or changed since (API keys), and for an admin session not logged out, revoked or its user
+/// disabled.
+fn standing(principal: &Arc<Principal>, sessions: &SessionVerifier) -> StillValid {
+    let principal = principal.clone();
+    let session = match principal.credential() {
+        Credential::Session { session } => {
+            let user = principal.name().strip_prefix("user:").unwrap_or_default();
+            Some((sessions.clone(), user.to_string(), session.clone()))
         }
-    }
-
-    /// Checks `permission` on `queue`; a refusal is audited and answered 403.
-    pub async fn allow(&self, permission: Permission, queue: &str) -> Result<Reach, ApiError> {
-        match self.principal.decide(permission, Some(queue)) {
-            Ok(reach) => Ok(reach),
-            Err(AuthError::Forbidden { reason, .. }) => Err(forbidden(
-                &self.req,
-                &self.principal,
-                Some(permission),
-                Some(queue),
-                reason,
-            )
-            .await),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Whether a listing may show `queue` (no audit: the caller asked for a list, not for it).
-    #[must_use]
-    pub fn sees_queue(&self, queue: &str) -> bool {
-        matches!(
-            self.principal
-                .grants()
-                .decide(Permission::Inspect, Some(queue)),
-            Ok(Reach::All)
-        )
-    }
-
-    /// Checks the route's permission on a job the caller named by id (already known to be of
-    /// the caller's tenant): its queue, and the job's own rules. A job the caller may not even
-    /// see answers 404, exactly like a job that does not exist; a visible job the caller may
-    /// not act on answers 403.
-    pub async fn allow_job(&self, permission: Permission, job: &Job) -> Result<(), ApiError> {
-        let me = self.principal.id();
-        let owner = job.owner.as_deref() == Some(me);
-        let admin = self.principal.grants().has(Permission::Admin);
-        let hidden = |reason: &'static str| async move {
-            let event = super::audit::event(
-                &self.req,
-                "authz.denied",
-                Outcome::Denied,
-                Some(&self.principal),
-            )
-            .detail("reason", reason)
-            .detail("permission", permission.as_str())
-            .detail("job_id", job.id.to_string());
-            super::audit::emit(&self.req, event).await;
-            metrics::counter!(crate::metrics::AUTHZ_DENIALS, "permission" => permission.as_str())
-                .increment(1);
-            ApiError::not_found("job")
-        };
-        let restricted = job.security.as_ref();
-        if restricted.is_some_and(|s| s.visibility == Visibility::Owner) && !owner && !admin {
-            return Err(hidden("restricted_job").await);
-        }
-        match self.principal.decide(permission, Some(&job.queue)) {
-            Ok(Reach::All) => {}
-            Ok(Reach::OwnJobs) if owner => {}
-            Ok(Reach::OwnJobs) => return Err(hidden("not_owner").await),
-            Err(AuthError::Forbidden { reason, .. }) => {
-                // Without inspect on the queue the job stays invisible; otherwise say no.
-                let visible = matches!(
-                    self.principal
-                        .grants()
-                        .decide(Permission::Inspect, Some(&job.queue)),
-                    Ok(Reach::All)
-                ) || (owner && self.principal.grants().has(Permission::Inspect));
-                if !visible {
-                    return Err(hidden(reason).await);
-                }
-                return Err(forbidden(
-                    &self.req,
-                    &self.principal,
-                    Some(permission),
-                    Some(&job.queue),
-                    reason,
-                )
-                .await);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if permission == Permission::Cancel && !admin {
-            if let Some(allowed) = restricted.and_then(|s| s.cancellable_by.as_ref()) {
-                let ok = allowed.iter().any(|who| {
-                    (who == "owner" && owner) || self.principal.roles().iter().any(|r| r == who)
-                });
-                if !ok {
-                    return Err(forbidden(
-                        &self.req,
-                        &self.principal,
-                        Some(permission),
-                        Some(&job.queue),
-                        "not_cancellable_by",
-                    )
-                    .await);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Passes a queue answer through, auditing an attempt on another tenant's job (which the
-    /// client sees as the same 404 as a job that does not exist).
-    pub async fn scoped<T>(&self, result: Result<T, QueueError>) -> Result<T, ApiError> {
-        if let Err(QueueError::OtherTenant) = &result {
-            self.audit_hidden("other_tenant").await;
-        }
-        result.map_err(ApiError::from)
-    }
-
-    /// Reads a job the caller named by id and checks `permission` on it: another tenant's job
-    /// is 404 like a missing one (and audited), then [`Self::allow_job`] applies.
-    pub async fn job(
-        &self,
-        queue: &crate::queue::QueueHandle,
-        id: crate::job::JobId,
-        permission: Permission,
-    ) -> Result<Job, ApiError> {
-        let job = self
-            .scoped(queue.get(id, self.tenant.clone()).await)
-            .await?;
-        self.allow_job(permission, &job).await?;
-        Ok(job)
-    }
-
-    /// Whether this caller's credential still stands at a later time: not expired, not revoked
-    /// or changed since (API keys), and for an admin session not logged out, revoked or its user
-    /// disabled. The queue engine asks it before handing a waiting request anything.
-    pub fn standing(&self) -> Result<crate::queue::StillValid, ApiError> {
-        let principal = self.principal.clone();
-        let session = match principal.credential() {
-            Credential::Session { session } => {
-                let Some(gates) = self.req.app_data::<web::Data<SessionVerifier>>() else {
-                    error!("the session verifier is not wired into the HTTP app; refusing");
-                    return Err(ApiError::unavailable());
-                };
-                let user = principal.name().strip_prefix("user:").unwrap_or_default();
-                Some((gates.get_ref().clone(), user.to_string(), session.clone()))
-            }
-            _ => None,
-        };
-        Ok(crate::queue::StillValid(Arc::new(move |now| {
-            principal.still_valid(now)
-                && session
-                    .as_ref()
-                    .is_none_or(|(gates, user, sid)| gates.stands(user, sid))
-        })))
-    }
-
-    /// Audits a request answered 401 because its credential was revoked or expired while it
-    /// waited in the queue engine (a long-poll, or an enqueue held by a full `block` queue).
-    pub async fn audit_credential_gone(&self) {
-        metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => "invalidated_while_waiting")
-            .increment(1);
-        let event = super::audit::event(
-            &self.req,
-            "auth.failure",
-            Outcome::Failure,
-            Some(&self.principal),
-        )
-        .detail("reason", "invalidated_while_waiting");
-        super::audit::emit(&self.req, event).await;
-    }
-
-    /// Audits a refusal the client sees as 404 (a resource of another tenant).
-    pub async fn audit_hidden(&self, reason: &'static str) {
-        let event = super::audit::event(
-            &self.req,
-            "authz.denied",
-            Outcome::Denied,
-            Some(&self.principal),
-        )
-        .detail("reason", reason)
-        .detail(
-            "route",
-            format!(
-                "{} {}",
-                self.req.method(),
-                self.req.match_pattern().unwrap_or_default()
-            ),
-        );
-        super::audit::emit(&self.req, event).await;
-    }
-
-    /// Refuses with 403 (audited) for a reason found by the handler.
-    pub async fn refuse(&self, queue: Option<&str>, reason: &'static str) -> ApiError {
-        forbidden(&self.req, &self.principal, self.need, queue, reason).await
-    }
-
-    /// [`Authenticated::refuse`], with more context for the audit record (never credentials
-    /// or payloads).
-    pub async fn refuse_with(
-        &self,
-        queue: Option<&str>,
-        reason: &'static str,
-        extra: Vec<(&'static str, serde_json::Value)>,
-    ) -> ApiError {
-        forbidden_with(&self.req, &self.principal, self.need, queue, reason, extra).await
-    }
+        _ => None,
+    };
+    StillValid(Arc::new(move |now| {
+        principal.still_valid(now)
+            && session
+                .as_ref()
+                .is_none_or(|(gates, user, sid)| gates.stands(user, sid))
+    }))
 }
 
 /// Puts the failed-authentication budget (`[auth.throttle]`) in the rate-limit headers of its
@@ -583,12 +392,23 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
             }
         }
     }
-    Ok(Authenticated {
-        principal,
+    let Some(services) = req.app_data::<web::Data<Services>>() else {
+        error!("the services are not wired into the HTTP app; refusing");
+        return Err(ApiError::unavailable());
+    };
+    let Some(sessions) = req.app_data::<web::Data<SessionVerifier>>() else {
+        error!("the session verifier is not wired into the HTTP app; refusing");
+        return Err(ApiError::unavailable());
+    };
+    let caller = Caller::new(
+        principal.clone(),
         tenant,
-        need: permission,
-        req,
-    })
+        permission,
+        origin(&req),
+        standing(&principal, sessions),
+        services.trail.clone(),
+    );
+    Ok(Authenticated { caller, req })
 }
 
 impl FromRequest for Authenticated {

@@ -19,9 +19,7 @@ use crate::limiter::connections::OverLimit;
 use crate::limiter::rates::{Limited, RateInfo, Scope};
 use crate::limiter::LimiterHandle;
 
-/// The hint every rate-limit refusal carries (OJS rate limiting §10.4).
-const HINT: &str = "Too many requests. Retry after the Retry-After header value, or consider \
-                    adjusting the rate limit configuration.";
+use crate::limiter::RATE_LIMIT_HINT as HINT;
 
 /// Notes a budget this request met; the tightest one ends up in the headers.
 pub fn record(req: &HttpRequest, info: RateInfo) {
@@ -59,31 +57,6 @@ pub async fn refuse(
         info!(scope = scope.as_str(), "rate limit exceeded");
     }
     rate_limited(scope, limited.retry_after_secs)
-}
-
-/// Audits a refusal by a quota, a tenant limit or a full queue: once per principal and code a
-/// minute, so a client hammering a full queue cannot flood the trail (every refusal is counted
-/// in `bulwark_limit_refusals_total`). Other errors pass through unrecorded.
-pub async fn audit_limit_refusal(req: &HttpRequest, principal: &Principal, error: &ApiError) {
-    let code = error.code();
-    if !matches!(
-        code,
-        "quota_exceeded" | "tenant_limit_exceeded" | "queue_full" | "too_many_long_polls"
-    ) {
-        return;
-    }
-    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
-        return;
-    };
-    if limiter
-        .rates()
-        .report_key(&format!("limit:{code}:{}", principal.id()))
-    {
-        let event =
-            crate::http::audit::event(req, "limit.refused", Outcome::Denied, Some(principal))
-                .detail("code", code);
-        crate::http::audit::emit(req, event).await;
-    }
 }
 
 /// The OJS `rate_limited` envelope for `scope`.
@@ -181,98 +154,5 @@ fn add_headers(res: &mut ServiceResponse<BoxBody>, clock: &crate::clock::Clock) 
             HeaderName::from_static("x-ratelimit-reset"),
             header(u64::try_from(clock.now_secs()).unwrap_or(0) + info.reset_in_secs),
         );
-    }
-}
-
-fn audit_abuse(
-    req: &HttpRequest,
-    principal: &Principal,
-    report: &crate::limiter::abuse::Report,
-    action: &'static str,
-) -> crate::audit::AuditEvent {
-    let mut event = crate::http::audit::event(
-        req,
-        report.pattern.event_type(),
-        Outcome::Denied,
-        Some(principal),
-    )
-    .detail("pattern", report.pattern.as_str())
-    .detail("detections", report.count)
-    .detail("observed", report.observed)
-    .detail("action", action);
-    if let Some(b) = report.baseline {
-        event = event.detail("baseline_per_sec", (b * 100.0).round() / 100.0);
-    }
-    event
-}
-
-/// Abuse detection for one enqueue about to be stored: refuses it (429) while its principal
-/// is throttled for a spike or a large-payload flood, and demotes it during priority abuse.
-/// Detections are audited (once per principal and pattern a minute) and counted.
-pub async fn check_enqueue(
-    req: &HttpRequest,
-    principal: &Principal,
-    job: &mut crate::job::envelope::NewJob,
-) -> Result<(), ApiError> {
-    // A missing limiter is a wiring fault: refuse rather than skip the check.
-    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
-        tracing::error!("the limiter is not wired into the HTTP app; refusing");
-        return Err(ApiError::unavailable());
-    };
-    let config = limiter.config();
-    let bytes = job.args.0.len() + job.meta.as_ref().map_or(0, |m| m.0.len());
-    let verdict = limiter.abuse().on_enqueue(
-        &config.abuse,
-        config.max_tracked_keys,
-        principal.id(),
-        bytes,
-        job.priority,
-        crate::limiter::unsigned_ms(limiter.clock()),
-    );
-    for report in &verdict.reports {
-        let action = match report.pattern {
-            crate::limiter::abuse::Pattern::Spike => "throttled",
-            crate::limiter::abuse::Pattern::LargePayloads => "large_payloads_refused",
-            crate::limiter::abuse::Pattern::PriorityFlood => "demoted",
-            crate::limiter::abuse::Pattern::RetryStorm => "reported",
-        };
-        let event = audit_abuse(req, principal, report, action)
-            .detail("queue", job.queue.clone())
-            .detail("job_type", job.job_type.clone());
-        crate::http::audit::emit(req, event).await;
-        info!(principal = %principal.display_id(), pattern = report.pattern.as_str(), "abuse detected");
-    }
-    if let Some(priority) = verdict.demote_to {
-        job.priority = priority;
-    }
-    if let Some((pattern, retry_after_secs)) = verdict.refuse {
-        let message = match pattern {
-            crate::limiter::abuse::Pattern::LargePayloads => {
-                "too many large jobs from this credential; large jobs are refused for a while"
-            }
-            _ => "this credential is submitting far above its usual rate; it is throttled for a while",
-        };
-        return Err(ApiError::rate_limited(message, retry_after_secs)
-            .with_details(serde_json::json!({ "scope": "abuse", "pattern": pattern.as_str() }))
-            .with_hint(HINT));
-    }
-    Ok(())
-}
-
-/// Abuse detection for one nack: a retry storm is audited and counted.
-pub async fn note_nack(req: &HttpRequest, principal: &Principal) {
-    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
-        return;
-    };
-    let config = limiter.config();
-    let report = limiter.abuse().on_nack(
-        &config.abuse,
-        config.max_tracked_keys,
-        principal.id(),
-        crate::limiter::unsigned_ms(limiter.clock()),
-    );
-    if let Some(report) = report {
-        crate::http::audit::emit(req, audit_abuse(req, principal, &report, "reported")).await;
-        info!(principal = %principal.display_id(), "retry storm detected");
     }
 }

@@ -3,7 +3,6 @@
 //! return [`error::ApiError`] on failure; [`middleware`] adds the standard headers.
 
 pub mod access;
-pub mod actions;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -30,6 +29,8 @@ use routes::system;
 /// What every worker of the HTTP server shares.
 #[derive(Clone)]
 pub struct Shared {
+    /// The services every handler calls.
+    pub services: crate::services::Services,
     /// Payload limits, validation rules and quotas; swapped by a config reload.
     pub rules: crate::rules::RulesHandle,
     pub config: Arc<Config>,
@@ -70,7 +71,8 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
     let shared = shared.clone();
     move |cfg: &mut web::ServiceConfig| {
         let config = shared.config.clone();
-        cfg.app_data(web::Data::new(shared.queue.clone()))
+        cfg.app_data(web::Data::new(shared.services.clone()))
+            .app_data(web::Data::new(shared.queue.clone()))
             .app_data(web::Data::new(shared.auth.clone()))
             .app_data(web::Data::new(shared.audit.clone()))
             .app_data(web::Data::new(shared.accounts.clone()))

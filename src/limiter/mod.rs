@@ -6,7 +6,7 @@
 //! Who calls it: `app.rs` spawns it and registers [`connections::on_connect`]; the
 //! [`crate::http::limits::limits`] middleware checks connections and the global and per-address budgets
 //! before authentication; the auth extractor checks the tenant and principal budgets
-//! ([`LimiterHandle::check_caller`]); the enqueue and nack routes consult [`abuse`]; SIGHUP
+//! ([`LimiterHandle::check_caller`]); the job and worker services consult [`abuse`] (`services::abuse`); SIGHUP
 //! runs [`crate::config::reload::reload_from_file`].
 
 pub mod abuse;
@@ -25,6 +25,10 @@ use crate::config::limits::LimitsConfig;
 use abuse::Abuse;
 use connections::Connections;
 use rates::Rates;
+
+/// The hint every rate-limit refusal carries (OJS rate limiting §10.4).
+pub const RATE_LIMIT_HINT: &str = "Too many requests. Retry after the Retry-After header value, \
+                                   or consider adjusting the rate limit configuration.";
 
 /// The limiter's messages.
 enum Msg {

@@ -865,14 +865,86 @@ async fn offline_key_commands_scope_rotate_revoke_and_audit() {
         api.enqueue(&new, "billing.a").await.0,
         StatusCode::UNAUTHORIZED
     );
-    // Each offline change is in the audit trail, marked as made from the command line.
+    // Each offline change is in the audit trail, made by the operator at the machine and marked
+    // as made from the command line; a revocation by filter is the HTTP API's bulk revocation,
+    // with the same record.
     let audit = api.audit();
-    for event in ["key.created", "key.rotated", "key.revoked"] {
+    for event in ["key.created", "key.rotated", "key.bulk_revoked"] {
         assert!(
-            audit
-                .iter()
-                .any(|r| r["event_type"] == event && r["detail"]["via"] == "cli"),
+            audit.iter().any(|r| r["event_type"] == event
+                && r["detail"]["via"] == "cli"
+                && r["principal"] == "local-operator"
+                && r["detail"]["credential"] == "local"),
             "{event}"
         );
     }
+    let bulk = audit
+        .iter()
+        .find(|r| r["event_type"] == "key.bulk_revoked")
+        .unwrap();
+    assert_eq!(bulk["detail"]["tenant_filter"], "acme");
+}
+
+/// An offline `keys revoke ID` is the HTTP API's `DELETE /admin/keys/{id}`: the same service
+/// writes the same record (event, key, name, roles, tenant), only the principal and `via` tell
+/// them apart.
+#[tokio::test]
+async fn an_offline_revocation_writes_the_record_the_http_one_writes() {
+    let server = TestServer::start(ServerOptions::default());
+    let api = Api::new(server);
+    let spec = |name: &str| json!({"name": name, "roles": ["producer"], "tenant": "acme"});
+    let (_, online) = api.key(spec("revoked-online")).await;
+    let (bearer, offline) = api.key(spec("revoked-offline")).await;
+    let (status, _) = api
+        .admin(
+            Method::DELETE,
+            &format!("/ojs/v1/admin/keys/{online}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut server = api.server;
+    assert_eq!(server.terminate(), Some(0));
+    let out = server.cli(&["keys", "revoke", &offline]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart();
+    let api = Api::new(server);
+    assert_eq!(
+        api.enqueue(&bearer, "billing").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let audit = api.audit();
+    let record = |name: &str| {
+        audit
+            .iter()
+            .find(|r| r["event_type"] == "key.revoked" && r["detail"]["name"] == name)
+            .unwrap_or_else(|| panic!("no key.revoked record for {name}"))
+            .clone()
+    };
+    let (http, cli) = (record("revoked-online"), record("revoked-offline"));
+    for r in [&http, &cli] {
+        assert_eq!(r["outcome"], "success");
+        assert_eq!(r["tenant"], "acme");
+        assert_eq!(r["detail"]["roles"], json!(["producer"]));
+    }
+    let fields = |r: &Value| {
+        let mut keys: Vec<String> = r["detail"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "via")
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(fields(&http), fields(&cli));
+    assert_eq!(cli["principal"], "local-operator");
+    assert_eq!(cli["detail"]["via"], "cli");
+    assert!(http["detail"].get("via").is_none());
+    assert_ne!(http["principal"], cli["principal"]);
 }

@@ -22,6 +22,8 @@ use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
+use crate::services::users::Totp;
+use crate::services::Services;
 
 /// The body as an object with only `allowed` fields.
 fn object(body: OjsJson, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
@@ -231,28 +233,19 @@ pub async fn logout(
 /// `POST /ojs/v1/admin/users` `{username, password}` (admin): creates a user and returns its
 /// TOTP enrolment URI, once. The first login with a valid code confirms the enrolment.
 pub async fn create_user(
-    req: HttpRequest,
     caller: Authenticated,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = object(body, &["username", "password"])?;
     let username = string(&mut body, "username")?;
     let password = secret(&mut body, "password")?;
-    if !valid_username(&username) {
-        return Err(AccountError::User(crate::auth::users::UserError::InvalidUsername).into());
-    }
-    let event = audit::event(
-        &req,
-        "user.created",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("username", username.as_str());
-    let (user, uri) =
-        audit::guarded(&req, event, accounts.create_user(&username, password)).await?;
+    let (user, uri) = services
+        .users
+        .create(&caller, &username, password, Totp::Now)
+        .await?;
     let mut out = serde_json::to_value(&user).map_err(|_| ApiError::unavailable())?;
-    if let Value::Object(map) = &mut out {
+    if let (Value::Object(map), Some(uri)) = (&mut out, uri) {
         use secrecy::ExposeSecret;
         map.insert("otpauth_uri".into(), uri.expose_secret().into());
     }
@@ -263,9 +256,8 @@ pub async fn create_user(
 /// themself (with their current password) or an admin (without). Every session and refresh
 /// token of the user dies.
 pub async fn change_password(
-    req: HttpRequest,
     caller: Authenticated,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
     path: web::Path<String>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
@@ -284,28 +276,18 @@ pub async fn change_password(
         None
     };
     let new = secret(&mut body, "new_password")?;
-    let event = audit::event(
-        &req,
-        "user.password_changed",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("username", username.as_str())
-    .detail("by", if is_self { "self" } else { "admin" });
-    let user = audit::guarded(
-        &req,
-        event,
-        accounts.change_password(source_ip(&req), &username, current, new),
-    )
-    .await?;
+    let user = services
+        .users
+        .change_password(&caller, &username, current, new)
+        .await?;
     Ok(ok(&user))
 }
 
 /// `GET /ojs/v1/admin/users` (admin): every user, without hashes or secrets.
 pub async fn list_users(
     _caller: Authenticated,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
 ) -> Result<HttpResponse, ApiError> {
-    let users = accounts.list_users().await?;
+    let users = services.users.list().await?;
     Ok(ok(&json!({ "users": users })))
 }

@@ -1,27 +1,21 @@
-//! `/ojs/v1/workers`: fetch, ack, nack, heartbeat. Every lease is bound to the caller's
-//! principal, tenant and `worker_id`; the queue refuses anyone else, and a job of another tenant
-//! does not exist for the caller. Fetch checks the dequeue permission on every queue named.
+//! `/ojs/v1/workers`: fetch, ack, nack, heartbeat. The handlers read the request; the worker
+//! service ([`crate::services::workers`]) binds every lease to the caller and checks the
+//! queue ACL and quotas.
 
-use std::time::Duration;
-
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::ok;
-use crate::auth::Permission;
 use crate::clock::rfc3339;
-use crate::config::Config;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
 use crate::job::envelope::is_valid_queue;
 use crate::job::view::job_json;
 use crate::job::{JobId, JobState, Payload};
-use crate::limiter::LimiterHandle;
-use crate::queue::{
-    AckRequest, Failure, FetchRequest, HeartbeatRequest, Holder, NackRequest, QueueError,
-    QueueHandle,
-};
+use crate::queue::Failure;
+use crate::services::workers::FetchAsk;
+use crate::services::Services;
 
 const MAX_QUEUES: usize = 32;
 const MAX_HEARTBEAT_JOBS: usize = 1000;
@@ -33,11 +27,7 @@ fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
         .ok_or_else(|| ApiError::invalid("body", "the request body must be a JSON object"))
 }
 
-fn holder(
-    caller: &Authenticated,
-    obj: &Map<String, Value>,
-    required: bool,
-) -> Result<Holder, ApiError> {
+fn worker_id(obj: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
     let worker_id = match obj.get("worker_id") {
         None | Some(Value::Null) if !required => None,
         Some(Value::String(w))
@@ -52,7 +42,7 @@ fn holder(
             ))
         }
     };
-    Ok(caller.holder(worker_id))
+    Ok(worker_id)
 }
 
 fn required_job_id(obj: &Map<String, Value>) -> Result<JobId, ApiError> {
@@ -94,14 +84,13 @@ fn visibility(obj: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// How long a long-poll fetch may wait: `wait_ms` (absent means no wait), capped at
-/// `[limits] max_fetch_wait_ms`.
-fn wait(obj: &Map<String, Value>, cap_ms: u64) -> Result<Duration, ApiError> {
+/// `wait_ms`: how long a long-poll fetch may wait (absent means no wait).
+fn wait_ms(obj: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
     match obj.get("wait_ms") {
-        None | Some(Value::Null) => Ok(Duration::ZERO),
+        None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
-            .map(|ms| Duration::from_millis(ms.min(cap_ms)))
+            .map(Some)
             .ok_or_else(|| ApiError::invalid("wait_ms", "wait_ms must be a non-negative integer")),
     }
 }
@@ -113,13 +102,9 @@ fn wait(obj: &Map<String, Value>, cap_ms: u64) -> Result<Duration, ApiError> {
 /// handed a job; a principal's concurrent waits are capped (`[queue] max_waits_per_principal`).
 pub async fn fetch(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    config: web::Data<Config>,
-    limiter: web::Data<LimiterHandle>,
-    rules: web::Data<crate::rules::RulesHandle>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
-    let quotas = rules.current().quotas.clone();
     let obj = object(&body.0)?;
     let queues = obj
         .get("queues")
@@ -141,42 +126,19 @@ pub async fn fetch(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    for q in &queues {
-        caller.allow(Permission::Dequeue, q).await?;
-    }
-    let max = config.queue.max_fetch_count;
     let count = match obj.get("count") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .and_then(|c| usize::try_from(c).ok())
-            .filter(|c| (1..=max).contains(c))
-            .ok_or_else(|| {
-                ApiError::invalid("count", format!("count must be an integer from 1 to {max}"))
-            })?,
+        None | Some(Value::Null) => None,
+        // Anything but a whole number is refused by the service like an out-of-range one.
+        Some(v) => Some(v.as_u64().unwrap_or(0)),
     };
-    let wait = wait(obj, limiter.config().max_fetch_wait_ms)?;
-    let req = FetchRequest {
+    let ask = FetchAsk {
         queues,
         count,
-        holder: holder(&caller, obj, false)?,
+        worker_id: worker_id(obj, false)?,
         visibility_timeout_ms: visibility(obj)?,
-        max_running: quotas.max_running_jobs_per_principal,
-        max_tenant_active: quotas.max_active_jobs_per_tenant,
+        wait_ms: wait_ms(obj)?,
     };
-    let valid = caller.standing()?;
-    let jobs = match queue.fetch_wait(req, wait, valid).await {
-        Ok(jobs) => jobs,
-        Err(QueueError::CredentialInvalid) => {
-            caller.audit_credential_gone().await;
-            return Err(ApiError::from(QueueError::CredentialInvalid));
-        }
-        Err(e) => {
-            let e = ApiError::from(e);
-            crate::http::limits::audit_limit_refusal(caller.request(), &caller.principal, &e).await;
-            return Err(e);
-        }
-    };
+    let jobs = services.workers.fetch(&caller, ask).await?;
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(ok(&json!({ "jobs": jobs })))
 }
@@ -184,20 +146,21 @@ pub async fn fetch(
 /// `POST /ojs/v1/workers/ack`
 pub async fn ack(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let obj = object(&body.0)?;
-    let req = AckRequest {
-        id: required_job_id(obj)?,
-        holder: holder(&caller, obj, false)?,
-        attempt: optional_attempt(obj)?,
-        result: obj
-            .get("result")
-            .filter(|r| !r.is_null())
-            .map(|r| Payload(r.to_string())),
-    };
-    let job = caller.scoped(queue.ack(req).await).await?;
+    let id = required_job_id(obj)?;
+    let worker = worker_id(obj, false)?;
+    let attempt = optional_attempt(obj)?;
+    let result = obj
+        .get("result")
+        .filter(|r| !r.is_null())
+        .map(|r| Payload(r.to_string()));
+    let job = services
+        .workers
+        .ack(&caller, id, worker, attempt, result)
+        .await?;
     Ok(ok(&json!({
         "acknowledged": true,
         "id": job.id.to_string(),
@@ -263,9 +226,8 @@ fn failure(obj: &Map<String, Value>) -> Result<Failure, ApiError> {
 
 /// `POST /ojs/v1/workers/nack`
 pub async fn nack(
-    http: HttpRequest,
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let obj = object(&body.0)?;
@@ -274,15 +236,14 @@ pub async fn nack(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("requeue", "requeue must be a boolean")),
     };
-    let req = NackRequest {
-        id: required_job_id(obj)?,
-        holder: holder(&caller, obj, false)?,
-        attempt: optional_attempt(obj)?,
-        failure: failure(obj)?,
-        requeue,
-    };
-    let job = caller.scoped(queue.nack(req).await).await?;
-    crate::http::limits::note_nack(&http, &caller.principal).await;
+    let id = required_job_id(obj)?;
+    let worker = worker_id(obj, false)?;
+    let attempt = optional_attempt(obj)?;
+    let failure = failure(obj)?;
+    let job = services
+        .workers
+        .nack(&caller, id, worker, attempt, failure, requeue)
+        .await?;
     let mut out = json!({
         "id": job.id.to_string(),
         "job_id": job.id.to_string(),
@@ -305,11 +266,11 @@ pub async fn nack(
 /// `POST /ojs/v1/workers/heartbeat`
 pub async fn heartbeat(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let obj = object(&body.0)?;
-    let holder = holder(&caller, obj, true)?;
+    let worker = worker_id(obj, true)?;
     let job_ids = match obj.get("active_jobs") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(ids)) if ids.len() <= MAX_HEARTBEAT_JOBS => ids
@@ -330,17 +291,15 @@ pub async fn heartbeat(
             ))
         }
     };
-    let outcome = queue
-        .heartbeat(HeartbeatRequest {
-            holder,
-            job_ids,
-            visibility_timeout_ms: visibility(obj)?,
-        })
+    let visibility = visibility(obj)?;
+    let outcome = services
+        .workers
+        .heartbeat(&caller, worker, job_ids, visibility)
         .await?;
     let extended: Vec<String> = outcome.extended.iter().map(ToString::to_string).collect();
     Ok(ok(&json!({
         "state": outcome.directive,
         "jobs_extended": extended,
-        "server_time": rfc3339(queue.clock().now_ms()),
+        "server_time": rfc3339(services.workers.now()),
     })))
 }

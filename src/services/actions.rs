@@ -1,48 +1,28 @@
-//! Action jobs at the HTTP edge: the enqueue handler asks [`require_policy_token`] before it
-//! stores (or dry-runs) a job. For an action job type ([`ActionGuard::is_action`]) the policy
-//! token header must carry a token made for this tenant, this principal and this job type;
-//! anything else is 403 `permission_denied`, with the reason in an `authz.denied` audit record.
-//! Every refusal looks the same to the client, and nothing here ever records or echoes the
-//! token.
+//! Action jobs: the job service asks [`require_policy_token`] before it stores (or dry-runs) a
+//! job. For an action job type ([`ActionGuard::is_action`]) the policy token the request
+//! carries must be made for this tenant, this principal and this job type; anything else is 403
+//! `permission_denied`, with the reason in an `authz.denied` audit record. Every refusal looks
+//! the same to the client, and nothing here ever records or echoes the token.
 
-use actix_web::{web, HttpRequest};
 use serde_json::json;
 
-use super::audit;
-use super::auth::Authenticated;
-use super::error::ApiError;
+use super::Caller;
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::actions::ActionGuard;
-use crate::auth::policy_token::{Claims, Expected, PolicyTokenError, MAX_TOKEN_BYTES};
+use crate::auth::policy_token::{Claims, Expected, PolicyTokenError};
 use crate::clock::Clock;
-use crate::http::error::Code;
+use crate::error::{ApiError, Code};
 
-/// What the request carries in the token header.
-enum Presented<'a> {
+/// What the request carried as its policy token (the edge reads it from the header named by
+/// [`ActionGuard::header`]).
+#[derive(Clone, Debug)]
+pub enum Presented {
     Missing,
+    /// Longer than a token may be; not even scanned.
     TooLarge,
     /// Repeated, or not visible ASCII.
     Unusable,
-    Token(&'a str),
-}
-
-fn presented<'a>(req: &'a HttpRequest, header: &str) -> Presented<'a> {
-    let mut values = req.headers().get_all(header);
-    let Some(first) = values.next() else {
-        return Presented::Missing;
-    };
-    // Two tokens are ambiguous: a proxy may forward one and drop the other.
-    if values.next().is_some() {
-        return Presented::Unusable;
-    }
-    // Checked before `to_str`, so an oversized value is not even scanned.
-    if first.len() > MAX_TOKEN_BYTES {
-        return Presented::TooLarge;
-    }
-    match first.to_str() {
-        Ok(token) => Presented::Token(token.trim()),
-        Err(_) => Presented::Unusable,
-    }
+    Token(secrecy::SecretString),
 }
 
 /// The refusal the client sees, whatever the cause.
@@ -65,9 +45,10 @@ fn refusal(principal: &str, job_type: &str, queue: &str, header: &str) -> ApiErr
 /// `Ok(None)` for a job type that is not an action; for an action, the claims of the valid
 /// policy token it came with, or a 403 (audited) without one.
 pub async fn require_policy_token(
-    req: &HttpRequest,
-    caller: &Authenticated,
+    caller: &Caller,
     guard: &ActionGuard,
+    clock: &Clock,
+    presented: &Presented,
     job_type: &str,
     queue: &str,
     tenant: Option<&str>,
@@ -75,11 +56,7 @@ pub async fn require_policy_token(
     if !guard.is_action(job_type) {
         return Ok(None);
     }
-    // The clock is registered with every route (`http::configure`); without it, refuse.
-    let clock = req
-        .app_data::<web::Data<Clock>>()
-        .ok_or_else(ApiError::unavailable)?;
-    let checked = match presented(req, guard.header()) {
+    let checked = match presented {
         Presented::Missing => Err("policy_token_missing"),
         Presented::TooLarge => Err(PolicyTokenError::TooLarge.reason()),
         Presented::Unusable => Err(PolicyTokenError::Malformed.reason()),
@@ -91,7 +68,11 @@ pub async fn require_policy_token(
             };
             let now = u64::try_from(clock.now_secs()).unwrap_or(0);
             guard
-                .verify(token, &expected, now)
+                .verify(
+                    secrecy::ExposeSecret::expose_secret(token).trim(),
+                    &expected,
+                    now,
+                )
                 .map_err(PolicyTokenError::reason)
         }
     };
@@ -114,26 +95,16 @@ pub async fn require_policy_token(
 
 /// The record of a policy token's use: what it allowed and for whom, never the token.
 #[must_use]
-pub fn used_event(
-    req: &HttpRequest,
-    caller: &Authenticated,
-    claims: &Claims,
-    queue: &str,
-    dry_run: bool,
-) -> AuditEvent {
-    let mut event = audit::event(
-        req,
-        "policy_token.used",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("action", claims.action.clone())
-    .detail("tenant", claims.tenant.clone())
-    .detail("actor", claims.actor.clone())
-    .detail("scopes", claims.scopes.clone())
-    .detail("queue", queue)
-    .detail("dry_run", dry_run)
-    .detail("expires_at", claims.exp);
+pub fn used_event(caller: &Caller, claims: &Claims, queue: &str, dry_run: bool) -> AuditEvent {
+    let mut event = caller
+        .event("policy_token.used", Outcome::Success)
+        .detail("action", claims.action.clone())
+        .detail("tenant", claims.tenant.clone())
+        .detail("actor", claims.actor.clone())
+        .detail("scopes", claims.scopes.clone())
+        .detail("queue", queue)
+        .detail("dry_run", dry_run)
+        .detail("expires_at", claims.exp);
     if let Some(jti) = &claims.jti {
         event = event.detail("jti", jti.clone());
     }
