@@ -131,6 +131,7 @@ mod tests {
                 "audit::event",
                 "fn event_type",
                 "fn events(&self) -> (",
+                "Outcome::",
             ]
             .iter()
             .any(|marker| text.contains(marker));
