@@ -176,6 +176,17 @@ pub fn load_keys(config: &Config, clock: &Clock) -> anyhow::Result<(Arc<KekReloa
 
 /// `bulwark serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+    serve_until(config, addr_file, shutdown_signal()).await
+}
+
+/// Runs the server until `shutdown` completes, then stops it in stages: stop accepting, drain
+/// HTTP, stop the queue after its last commit, stop the audit writer last. The integration
+/// tests run it in process this way; `bulwark serve` runs it until a signal.
+pub async fn serve_until(
+    config: Config,
+    addr_file: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     if config.testing.allow_reset || config.testing.honour_test_directives {
         warn!("[testing] switches are on: this server is for conformance runs, not production");
     }
@@ -417,7 +428,7 @@ pub async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result
     }
 
     tokio::select! {
-        () = shutdown_signal() => {}
+        () = shutdown => {}
         result = &mut running => {
             result??;
             bail!("the HTTP server stopped unexpectedly");

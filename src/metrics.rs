@@ -68,14 +68,21 @@ pub const ABUSE_TRACKED: &str = "bulwark_abuse_tracked_principals";
 /// `bulwark_config_reloads_total{outcome}`
 pub const CONFIG_RELOADS: &str = "bulwark_config_reloads_total";
 
-/// Installs the process-wide recorder; returns the handle that renders it. Idempotent enough
-/// for one server per process: a second install fails and yields `None`.
+/// Installs the process-wide recorder once; returns the handle that renders it (`None` when
+/// another recorder was installed first).
 pub fn install() -> Option<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).ok()?;
-    describe();
-    Some(handle)
+    // The recorder is global: a second server in the same process (the in-process integration
+    // tests) shares the first one's.
+    static INSTALLED: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
 }
 
 fn describe() {

@@ -189,7 +189,10 @@ async fn keys_are_shown_once_stored_hashed_and_revocable_offline() {
 
 #[tokio::test]
 async fn keys_appear_in_the_log_only_truncated() {
-    let server = TestServer::start(ServerOptions::default());
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..ServerOptions::default()
+    });
     let client = server.client();
     let wrong = mangle_last_char(&server.admin_key);
     for key in [&server.admin_key, &wrong] {
@@ -227,6 +230,7 @@ async fn a_flood_of_wrong_keys_cannot_exhaust_memory() {
     // working memory keep the peak near the baseline. (The per-address budget, which would
     // refuse most of them before argon2, is lifted to measure the worst case.)
     let server = TestServer::start(ServerOptions {
+        process: true,
         extra_toml: common::UNTHROTTLED.into(),
         ..ServerOptions::default()
     });

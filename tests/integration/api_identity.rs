@@ -554,6 +554,7 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
     // not held back here, so the 40 attempts fit in a second or two and the budget cannot
     // refill in between.
     let api = Api::new(TestServer::start(ServerOptions {
+        process: true,
         extra_toml: "[limits]\nrefusal_delay_ms = 0\n".into(),
         ..ServerOptions::default()
     }));

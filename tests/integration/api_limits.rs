@@ -22,6 +22,15 @@ fn start(extra: &str) -> TestServer {
     })
 }
 
+/// [`start`], as a process of its own (for signals).
+fn start_process(extra: &str) -> TestServer {
+    TestServer::start(ServerOptions {
+        extra_toml: extra.to_string(),
+        process: true,
+        ..ServerOptions::default()
+    })
+}
+
 /// A server whose `[server]` table (written by the common config) gets `keys` too: the file is
 /// rewritten and the server restarted on it.
 fn start_with_server_keys(keys: &str) -> TestServer {
@@ -110,7 +119,7 @@ async fn metrics_text(server: &TestServer) -> String {
 
 #[tokio::test]
 async fn a_principal_gets_its_burst_with_headers_and_the_next_request_gets_429() {
-    let server = start("[limits.rate]\nenqueue = { per_second = 0.01, burst = 3 }\n");
+    let server = start_process("[limits.rate]\nenqueue = { per_second = 0.01, burst = 3 }\n");
     for left in (0..3).rev() {
         let res = enqueue(&server, job("rl")).await;
         assert_eq!(res.status(), StatusCode::CREATED);
@@ -442,7 +451,7 @@ async fn a_long_poll_fetch_is_capped_and_answers_as_soon_as_a_job_arrives() {
 
 #[tokio::test]
 async fn a_submission_spike_is_throttled_audited_and_counted() {
-    let server = start("[limits.abuse]\nspike_floor_per_sec = 5\ncooldown_secs = 60\n");
+    let server = start_process("[limits.abuse]\nspike_floor_per_sec = 5\ncooldown_secs = 60\n");
     let mut statuses = Vec::new();
     let mut refusal = None;
     for _ in 0..40 {
@@ -567,7 +576,7 @@ fn sighup(server: &TestServer) {
 
 #[tokio::test]
 async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
-    let server = start("[limits.rate]\nenqueue = { per_second = 0.01, burst = 2 }\n");
+    let server = start_process("[limits.rate]\nenqueue = { per_second = 0.01, burst = 2 }\n");
     for _ in 0..2 {
         assert_eq!(
             enqueue(&server, job("re")).await.status(),

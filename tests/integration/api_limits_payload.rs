@@ -16,10 +16,20 @@ use serde_json::{json, Value};
 const BODY_LIMIT: usize = 4096;
 
 fn limited_server() -> TestServer {
+    limited(false)
+}
+
+/// [`limited_server`], as a process of its own (its metrics count only its own requests).
+fn limited_server_process() -> TestServer {
+    limited(true)
+}
+
+fn limited(process: bool) -> TestServer {
     TestServer::start(ServerOptions {
         extra_toml: "[payload]\nmax_args_bytes = 100\nmax_meta_bytes = 60\nmax_json_depth = 8\n\
                      body_read_timeout_secs = 1\n"
             .into(),
+        process,
         ..ServerOptions::default()
     })
     .with_body_limit(BODY_LIMIT)
@@ -156,7 +166,7 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
 
 #[tokio::test]
 async fn body_size_at_the_limit_passes_and_one_over_is_413() {
-    let server = limited_server();
+    let server = limited_server_process();
     let (status, body) = post_raw(&server, Some("application/json"), job_of_size(BODY_LIMIT)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let before = queues(&server).await;

@@ -17,7 +17,10 @@ fn value(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_authentication_audit_and_jobs() {
-    let server = TestServer::start(ServerOptions::default());
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..ServerOptions::default()
+    });
     let client = server.client();
     let auth = server.auth();
     for _ in 0..3 {

@@ -603,7 +603,10 @@ fn counter(metrics: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn login_is_throttled_before_any_password_work() {
-    let mut server = TestServer::start(ServerOptions::default());
+    let mut server = TestServer::start(ServerOptions {
+        process: true,
+        ..ServerOptions::default()
+    });
     let uri = add_user(&mut server, "alice");
     // Four wrong passwords and one unknown user (checked against the decoy hash).
     for user in ["alice", "nobody", "alice", "alice", "alice"] {

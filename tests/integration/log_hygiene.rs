@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn no_canary_reaches_any_log_at_any_level() {
     let server = TestServer::start(ServerOptions {
+        process: true,
         extra_toml: "[log]\nlevel = \"trace\"\n".into(),
         conformance: true,
         ..ServerOptions::default()

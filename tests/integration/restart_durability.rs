@@ -45,6 +45,8 @@ fn drain_options() -> ServerOptions {
             "{}[quotas]\nmax_running_jobs_per_principal = 0\n",
             common::UNLIMITED
         ),
+        // SIGKILL is the point: a process of its own.
+        process: true,
         ..ServerOptions::default()
     }
 }

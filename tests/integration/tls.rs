@@ -80,7 +80,10 @@ async fn metrics(server: &TestServer) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
     let ca = Ca::new("versions CA");
-    let server = TestServer::start(tls_options(&ca, "none", &[], "", ""));
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..tls_options(&ca, "none", &[], "", "")
+    });
     let ca_file = server.dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.cert).unwrap();
     let ca_arg = ca_file.to_str().unwrap();
@@ -148,7 +151,10 @@ async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
 async fn client_certificates_are_verified_and_mapped_to_principals() {
     let ca = Ca::new("mtls CA");
     let extra = "require_certificate_for_roles = [\"worker\"]\n";
-    let server = TestServer::start(tls_options(&ca, "optional", &[13], extra, WORKER_IDENTITY));
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..tls_options(&ca, "optional", &[13], extra, WORKER_IDENTITY)
+    });
     let good = ca.client("worker-1", 11, -1, 30);
     let expired = ca.client("worker-1", 12, -30, -1);
     let revoked = ca.client("worker-1", 13, -1, 30);
@@ -299,7 +305,10 @@ async fn health_ok(client: &reqwest::Client, server: &TestServer) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_are_swapped_without_restart_and_bad_pairs_never_go_live() {
     let old_ca = Ca::new("old CA");
-    let server = TestServer::start(tls_options(&old_ca, "none", &[], "", ""));
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..tls_options(&old_ca, "none", &[], "", "")
+    });
     // One client keeps its connection open across the swap (HTTP/2, one connection).
     let kept = tls_client(&old_ca.cert, None, None);
     assert!(health_ok(&kept, &server).await);
@@ -493,7 +502,10 @@ async fn health_reports_a_certificate_close_to_expiry() {
     let short = ca.server(5);
     opts.secret_files[0].1 = short.cert;
     opts.secret_files[1].1 = short.key;
-    let server = TestServer::start(opts);
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..opts
+    });
     let body: Value = server
         .client()
         .get(server.url("/ojs/v1/health"))
@@ -633,7 +645,10 @@ async fn sighup_reloads_a_certificate_whose_change_sends_no_folder_event() {
     opts.extra_toml = opts
         .extra_toml
         .replace("reload_poll_secs = 1", "reload_poll_secs = 0");
-    let server = TestServer::start(opts);
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..opts
+    });
     let tls_dir = server.dir.join("secrets").join("tls");
     // Like a subPath mount: the files in the watched folder are links to files elsewhere,
     // whose rewrites the folder never hears of.

@@ -139,6 +139,7 @@ async fn vault_status(server: &TestServer) -> Value {
 #[tokio::test]
 async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
     let mut server = TestServer::start(ServerOptions {
+        process: true,
         extra_toml: "[log]\nlevel = \"trace\"\n".into(),
         ..ServerOptions::default()
     });
@@ -278,7 +279,10 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn other_keys_and_moved_records_fail_closed_on_every_read() {
-    let mut server = TestServer::start(ServerOptions::default());
+    let mut server = TestServer::start(ServerOptions {
+        process: true,
+        ..ServerOptions::default()
+    });
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
@@ -636,6 +640,7 @@ async fn a_kubernetes_secret_swap_is_picked_up_within_two_seconds_and_bad_keys_a
     let key = |id: &str, byte: u8| (id.to_string(), b64(&[byte; 32]), 0o400);
     mount.publish(&[key("k01", 1)]);
     let server = TestServer::start(ServerOptions {
+        process: true,
         extra_toml: format!("[vault]\nkek_dir = {:?}\n", mount_dir.display().to_string()),
         ..ServerOptions::default()
     });

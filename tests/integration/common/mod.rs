@@ -27,6 +27,11 @@ pub struct ServerOptions {
     /// Serve HTTPS: the CA certificate (PEM) clients trust. The caller's `extra_toml` holds
     /// the `[tls]` table.
     pub https_ca: Option<String>,
+    /// Run the `bulwark` binary as a process of its own, for tests where the process is the
+    /// point: SIGKILL, signals, the server's log, environment variables, metrics counts. Other
+    /// servers run in this process (the same `app::serve_until` the binary runs), which starts
+    /// and stops faster. Servers with `env` always run as processes.
+    pub process: bool,
 }
 
 /// Lifts the per-address key-verification budget, for tests that send many wrong keys on
@@ -68,7 +73,19 @@ impl ServerOptions {
     }
 }
 
-/// A running server process. Dropping it kills the process.
+/// How a test server runs.
+enum Running {
+    /// The `bulwark` binary.
+    Process(Child),
+    /// `app::serve_until` on a thread of its own with its own runtime, stopped through
+    /// `stop`.
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    },
+}
+
+/// A running server. Dropping it stops it (a process is killed).
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub base_url: String,
@@ -79,7 +96,8 @@ pub struct TestServer {
     env: Vec<(String, String)>,
     /// The CA clients trust, when the server speaks HTTPS.
     pub https_ca: Option<String>,
-    child: Option<Child>,
+    process: bool,
+    running: Option<Running>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -110,7 +128,8 @@ impl TestServer {
             config_path,
             env: opts.env.clone(),
             https_ca: opts.https_ca.clone(),
-            child: None,
+            process: opts.process || !opts.env.is_empty(),
+            running: None,
             _tmp: Some(tmp),
         };
         server.spawn();
@@ -125,24 +144,11 @@ impl TestServer {
     fn spawn(&mut self) {
         let addr_file = self.dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("server.log"))
-            .expect("log file");
-        let child = Command::new(bin_path())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn bulwark");
-        self.child = Some(child);
+        if self.process {
+            self.spawn_process(&addr_file);
+        } else {
+            self.spawn_in_process(&addr_file);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(addr) = std::fs::read_to_string(&addr_file) {
@@ -156,15 +162,15 @@ impl TestServer {
                     break;
                 }
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("bulwark exited early with {status}; log:\n{}", self.log());
+            if let Some(ended) = self.ended_early() {
+                panic!("bulwark stopped early: {ended}; log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "bulwark did not start; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         let key_file = self.dir.join("secrets").join("bootstrap-admin.key");
         self.admin_key = std::fs::read_to_string(key_file)
@@ -173,32 +179,106 @@ impl TestServer {
             .to_string();
     }
 
-    /// The server process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("server running").id()
+    /// Why the server stopped before it was listening, if it did.
+    fn ended_early(&mut self) -> Option<String> {
+        match self.running.as_mut()? {
+            Running::Process(child) => child.try_wait().unwrap().map(|s| s.to_string()),
+            Running::InProcess { thread, .. } if thread.is_finished() => {
+                let Some(Running::InProcess { thread, .. }) = self.running.take() else {
+                    unreachable!()
+                };
+                Some(match thread.join() {
+                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(_) => "it panicked".to_string(),
+                })
+            }
+            Running::InProcess { .. } => None,
+        }
     }
 
-    /// The server's log so far.
+    /// The server, in this process: the same start-up and shutdown the binary runs.
+    fn spawn_in_process(&mut self, addr_file: &Path) {
+        let config = bulwark::config::Config::load(Some(&self.config_path)).expect("config");
+        let addr_file = addr_file.to_path_buf();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test-server".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(bulwark::app::serve_until(config, Some(addr_file), async {
+                    let _ = stopped.await;
+                }))
+            })
+            .expect("server thread");
+        self.running = Some(Running::InProcess { stop, thread });
+    }
+
+    fn spawn_process(&mut self, addr_file: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
+        let child = Command::new(bin_path())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--addr-file")
+            .arg(addr_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn bulwark");
+        self.running = Some(Running::Process(child));
+    }
+
+    /// The server process id (servers started with `process: true`).
+    pub fn pid(&self) -> u32 {
+        match &self.running {
+            Some(Running::Process(child)) => child.id(),
+            _ => panic!("pid() needs a server process: start it with `process: true`"),
+        }
+    }
+
+    /// The server's log so far (a server process's; an in-process server logs nothing).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
-    /// Kills the process with SIGKILL and waits for it.
+    /// Kills a server process with SIGKILL and waits for it. An in-process server cannot be
+    /// killed: it is stopped (tests where the abrupt end is the point use `process: true`).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match self.running.take() {
+            Some(Running::Process(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Some(running @ Running::InProcess { .. }) => {
+                let _ = stop_in_process(running);
+            }
+            None => {}
         }
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    /// Stops the server cleanly (SIGTERM to a process) and waits; returns the exit status code
+    /// (0 for an in-process server that stopped without error).
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        child.wait().ok().and_then(|s| s.code())
+        match self.running.take()? {
+            Running::Process(mut child) => {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+                child.wait().ok().and_then(|s| s.code())
+            }
+            running => stop_in_process(running),
+        }
     }
 
     /// Starts the server again on the same data and secrets (after `kill` or `terminate`).
@@ -260,6 +340,22 @@ impl TestServer {
 
     pub fn auth(&self) -> String {
         format!("Bearer {}", self.admin_key)
+    }
+}
+
+/// Stops an in-process server and waits for its last stage; 0 when it stopped without error.
+fn stop_in_process(running: Running) -> Option<i32> {
+    let Running::InProcess { stop, thread } = running else {
+        return None;
+    };
+    let _ = stop.send(());
+    match thread.join() {
+        Ok(Ok(())) => Some(0),
+        Ok(Err(e)) => {
+            eprintln!("in-process server stopped with an error: {e:#}");
+            Some(1)
+        }
+        Err(_) => Some(101),
     }
 }
 
