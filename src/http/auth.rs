@@ -96,23 +96,27 @@ fn header_tenant(req: &HttpRequest) -> Result<Option<String>, ()> {
     Ok(found)
 }
 
-/// Counts a refused authentication and, when `record`, audits it.
+/// Counts a refused authentication and audits it: one record each, or, for refusals that may
+/// come in a flood (`aggregated`: throttled ones), aggregated per address and reason with a
+/// count, so the records' counts add up to the metric.
 async fn refuse_unauthenticated(
     req: &HttpRequest,
     reason: &str,
     key_id: Option<String>,
-    record: bool,
+    aggregated: bool,
 ) {
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => reason.to_string()).increment(1);
-    if !record {
-        return;
-    }
     let mut event =
         super::audit::event(req, "auth.failure", Outcome::Failure, None).detail("reason", reason);
     if let Some(id) = key_id {
         event = event.detail("key", id);
     }
-    super::audit::emit(req, event).await;
+    if aggregated {
+        let source = event.source_ip.clone().unwrap_or_default();
+        super::audit::aggregate(req, format!("{source}|{reason}"), event).await;
+    } else {
+        super::audit::emit(req, event).await;
+    }
 }
 
 /// Audits a refusal and turns it into the 403 the client sees.
@@ -135,7 +139,7 @@ async fn forbidden_with(
     reason: &'static str,
     extra: Vec<(&'static str, serde_json::Value)>,
 ) -> ApiError {
-    let mut event = super::audit::event(req, "authz.denied", Outcome::Denied, Some(principal))
+    let mut event = super::audit::event(req, "authz.denied", Outcome::Failure, Some(principal))
         .detail("reason", reason)
         .detail(
             "route",
@@ -216,7 +220,7 @@ impl Authenticated {
             let event = super::audit::event(
                 &self.req,
                 "authz.denied",
-                Outcome::Denied,
+                Outcome::Failure,
                 Some(&self.principal),
             )
             .detail("reason", reason)
@@ -345,7 +349,7 @@ impl Authenticated {
         let event = super::audit::event(
             &self.req,
             "authz.denied",
-            Outcome::Denied,
+            Outcome::Failure,
             Some(&self.principal),
         )
         .detail("reason", reason)
@@ -422,9 +426,9 @@ async fn bearer_principal(
                 note_throttled(req, retry_after);
             }
             if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
-                // Throttled refusals are audited once per address a minute; each is counted.
-                let record = !matches!(e, AuthError::Throttled { report: false, .. });
-                refuse_unauthenticated(req, e.metric_reason(), key_id, record).await;
+                // Throttled refusals come in floods: aggregated per address, each counted.
+                let aggregated = matches!(e, AuthError::Throttled { .. });
+                refuse_unauthenticated(req, e.metric_reason(), key_id, aggregated).await;
             }
             if let AuthError::Throttled { retry_after, .. } = &e {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -453,11 +457,11 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         TokenCheck::Bearer(token) => Some(token),
         TokenCheck::Missing if from_certificate.is_some() => None,
         TokenCheck::Missing => {
-            refuse_unauthenticated(&req, "missing", None, true).await;
+            refuse_unauthenticated(&req, "missing", None, false).await;
             return Err(ApiError::unauthenticated());
         }
         TokenCheck::Malformed => {
-            refuse_unauthenticated(&req, "malformed", None, true).await;
+            refuse_unauthenticated(&req, "malformed", None, false).await;
             return Err(ApiError::unauthenticated());
         }
     };
@@ -469,7 +473,7 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         None => match from_certificate.clone() {
             Some(p) if !p.expired_at(clock.now_ms()) => p,
             _ => {
-                refuse_unauthenticated(&req, "certificate_expired", None, true).await;
+                refuse_unauthenticated(&req, "certificate_expired", None, false).await;
                 return Err(ApiError::unauthenticated());
             }
         },
@@ -553,7 +557,7 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
                     Scope::Tenant => tenant.clone().unwrap_or_default(),
                     _ => principal.id().to_string(),
                 };
-                return Err(limits::refuse(&req, limiter, limited, &key, Some(&principal)).await);
+                return Err(limits::refuse(&req, limited, &key, Some(&principal)).await);
             }
         }
     }

@@ -38,32 +38,29 @@ pub fn record_refusal(req: &HttpRequest, info: RateInfo) {
     req.extensions_mut().insert(info);
 }
 
-/// The 429 for a spent budget; audited once per scope and key a minute (every refusal is
-/// counted in `bulwark_rate_limited_total`).
+/// The 429 for a spent budget; audited aggregated per scope and key (the first of a window at
+/// once, the rest as one record with their count; every refusal is also counted in
+/// `bulwark_rate_limited_total`).
 pub async fn refuse(
     req: &HttpRequest,
-    limiter: &LimiterHandle,
     limited: Limited,
     key: &str,
     principal: Option<&Principal>,
 ) -> ApiError {
     record_refusal(req, limited.info);
     let scope = limited.info.scope;
-    if limiter.rates().report(scope, key) {
-        let event =
-            crate::http::audit::event(req, "rate_limit.exceeded", Outcome::Denied, principal)
-                .detail("scope", scope.as_str())
-                .detail("limit", limited.info.limit)
-                .detail("retry_after_secs", limited.retry_after_secs);
-        crate::http::audit::emit(req, event).await;
-        info!(scope = scope.as_str(), "rate limit exceeded");
-    }
+    let event = crate::http::audit::event(req, "rate_limit.exceeded", Outcome::Failure, principal)
+        .detail("scope", scope.as_str())
+        .detail("limit", limited.info.limit)
+        .detail("retry_after_secs", limited.retry_after_secs);
+    crate::http::audit::aggregate(req, format!("{}:{key}", scope.as_str()), event).await;
+    info!(scope = scope.as_str(), "rate limit exceeded");
     rate_limited(scope, limited.retry_after_secs)
 }
 
-/// Audits a refusal by a quota, a tenant limit or a full queue: once per principal and code a
-/// minute, so a client hammering a full queue cannot flood the trail (every refusal is counted
-/// in `bulwark_limit_refusals_total`). Other errors pass through unrecorded.
+/// Audits a refusal by a quota, a tenant limit or a full queue, aggregated per principal and
+/// code, so a client hammering a full queue cannot flood the trail and the records' counts add
+/// up to `bulwark_limit_refusals_total`. Other errors pass through unrecorded.
 pub async fn audit_limit_refusal(req: &HttpRequest, principal: &Principal, error: &ApiError) {
     let code = error.code();
     if !matches!(
@@ -72,18 +69,9 @@ pub async fn audit_limit_refusal(req: &HttpRequest, principal: &Principal, error
     ) {
         return;
     }
-    let Some(limiter) = req.app_data::<web::Data<LimiterHandle>>() else {
-        return;
-    };
-    if limiter
-        .rates()
-        .report_key(&format!("limit:{code}:{}", principal.id()))
-    {
-        let event =
-            crate::http::audit::event(req, "limit.refused", Outcome::Denied, Some(principal))
-                .detail("code", code);
-        crate::http::audit::emit(req, event).await;
-    }
+    let event = crate::http::audit::event(req, "limit.refused", Outcome::Failure, Some(principal))
+        .detail("code", code);
+    crate::http::audit::aggregate(req, format!("{code}:{}", principal.id()), event).await;
 }
 
 /// The OJS `rate_limited` envelope for `scope`.
@@ -148,7 +136,7 @@ pub async fn limits(
             Ok(info) => record(req.request(), info),
             Err(limited) => {
                 let key = crate::limiter::rates::ip_bucket(ip).to_string();
-                let error = refuse(req.request(), &limiter, limited, &key, None).await;
+                let error = refuse(req.request(), limited, &key, None).await;
                 if limited.info.scope == Scope::Ip {
                     delay_refusal(req.request(), limited.retry_after_secs).await;
                 }
@@ -193,7 +181,7 @@ fn audit_abuse(
     let mut event = crate::http::audit::event(
         req,
         report.pattern.event_type(),
-        Outcome::Denied,
+        Outcome::Failure,
         Some(principal),
     )
     .detail("pattern", report.pattern.as_str())

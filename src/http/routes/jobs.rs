@@ -55,7 +55,7 @@ pub(crate) async fn check_job_rules(
         let event = audit::event(
             req,
             "job.type_refused",
-            Outcome::Denied,
+            Outcome::Failure,
             Some(&caller.principal),
         )
         .detail("job_type", new.job_type.clone())
