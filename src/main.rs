@@ -132,7 +132,6 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
                 let state = match (k.active, k.loaded) {
                     (true, _) => "active",
                     (false, true) => "loaded",
-                    (false, false) if k.jobs == 0 => "retired (no jobs left)",
                     (false, false) => "MISSING (jobs unreadable)",
                 };
                 let due = if k.rotation_due.is_empty() {

@@ -158,15 +158,14 @@ impl VaultKeys {
         }
     }
 
-    /// The use of every KEK that is loaded or has wrapped data keys, and which are due for
-    /// rotation now.
+    /// The use of every loaded KEK, and which are due for rotation now (a retired KEK's count
+    /// stays in the table but is not reported).
     #[must_use]
     pub fn rotation(&self) -> Vec<KekRotation> {
         let ring = self.ring();
         let usage = self.usage();
         let now = self.now();
-        let ids: BTreeSet<&str> = ring.ids().chain(usage.keys().map(String::as_str)).collect();
-        ids.into_iter()
+        ring.ids()
             .map(|id| {
                 let u = usage.get(id).copied().unwrap_or_default();
                 KekRotation {
@@ -174,11 +173,7 @@ impl VaultKeys {
                     active: ring.active_id() == Some(id),
                     wrapped_keys: u.wrapped,
                     age_days: usage::days(usage::age_ms(&u, now)),
-                    due: if ring.get(id).is_some() {
-                        self.policy.reasons(&u, now)
-                    } else {
-                        Vec::new()
-                    },
+                    due: self.policy.reasons(&u, now),
                 }
             })
             .collect()
@@ -404,9 +399,6 @@ pub fn scan(store: &Store, keys: &VaultKeys) -> Result<VaultStatus, VaultError> 
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    for id in rotation.keys() {
-        per_kek.entry(id.clone()).or_default();
-    }
     let mut unreadable = 0;
     let keys = per_kek
         .into_iter()
