@@ -33,11 +33,7 @@ fn main() {
     let secs = arg("--secs", 3);
     let tasks = 8u64;
     let dir = tempfile::tempdir().unwrap();
-    let config = AuditConfig {
-        retention: None,
-        log_file: dir.path().join("audit.log"),
-        head_file: dir.path().join("audit.head"),
-    };
+    let config = AuditConfig::at(dir.path().join("audit.log"));
     let key_bytes = [42u8; 32];
     let (audit, thread) = AuditHandle::spawn(
         &config,

@@ -162,16 +162,29 @@ pub fn load_action_guard(config: &Config) -> anyhow::Result<ActionGuard> {
     Ok(guard)
 }
 
-/// Loads the key-encryption keys (creating one, named for `clock`'s time, on first start) from
-/// the configured folder and the `OJS_SECRET_KEK_*` variables.
-pub fn load_keys(config: &Config, clock: &Clock) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
+/// Loads the key-encryption keys from the configured folder and the `OJS_SECRET_KEK_*`
+/// variables, creating one (named for `clock`'s time) as `new_keys` allows, and their usage
+/// counts from `store`.
+pub fn load_keys(
+    config: &Config,
+    clock: &Clock,
+    store: &Store,
+    new_keys: crate::vault::NewKeys,
+) -> anyhow::Result<(Arc<KekReloader>, VaultKeys)> {
     let vault = config.vault_config();
     let source = KeySource {
         dir: vault.kek_dir,
         active: vault.active,
     };
-    KekReloader::load(source, crate::vault::keyring::env_keys(), clock.now_ms())
-        .context("cannot load the key-encryption keys ([vault])")
+    KekReloader::load(
+        source,
+        crate::vault::keyring::env_keys(),
+        store,
+        new_keys,
+        vault.rotation,
+        clock.clone(),
+    )
+    .context("cannot load the key-encryption keys ([vault])")
 }
 
 /// `bulwark serve`: runs until SIGINT or SIGTERM.
@@ -205,10 +218,18 @@ pub async fn serve_until(
     let (store, queue, queue_thread, audit, audit_thread, accounts, kek_reloader, keys) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_secrets_dir(&setup.secrets.dir)?;
-            // The KEKs first: without them no job can be written or read.
-            let (kek_reloader, keys) = load_keys(&setup, &setup_clock)?;
             let store = Store::open(&setup.storage.data_dir)?;
             info!(jobs = %store.jobs_path().display(), control = %store.control_path().display(), "database open");
+            // Before any key is created: data sealed or chained by keys that are missing
+            // refuses the start, naming them all.
+            crate::secrets::keys::refuse_missing(&setup, &store)?;
+            // The KEKs next: without them no job can be written or read.
+            let (kek_reloader, keys) = load_keys(
+                &setup,
+                &setup_clock,
+                &store,
+                crate::vault::NewKeys::IfNothingSealed,
+            )?;
             bootstrap(&store, &setup, &setup_clock)?;
             bootstrap_admin_user(&store, &setup, admin_password, &setup_clock)?;
             let accounts = Accounts::open(
@@ -217,7 +238,7 @@ pub async fn serve_until(
                 &setup.secrets.dir,
                 setup_clock.clone(),
             )?;
-            let key = audit::load_or_create_key(&setup.secrets.dir)?;
+            let key = audit::load_or_create_key(&setup.secrets.dir, &setup.audit_config())?;
             let (audit, audit_thread) = AuditHandle::spawn(
                 &setup.audit_config(),
                 key,
@@ -470,6 +491,8 @@ pub async fn serve_until(
     // The audit writer stops last, after everything that could still emit.
     retention.abort();
     let _ = retention.await;
+    // What the aggregation windows counted is written before the last record.
+    audit.flush_windows().await;
     audit
         .emit(AuditEvent::new("server.stopped", Outcome::Success))
         .await;

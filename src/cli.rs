@@ -51,10 +51,16 @@ pub enum Command {
         command: PolicyTokenCommand,
     },
     /// Prepare the secrets folder and create a key-encryption key if there is none (the server
-    /// also does this on first start).
+    /// also does this on first start). Refuses when stored data is protected by keys that are
+    /// missing (restore them from the secrets backup).
     Init {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Make the missing keys anew on purpose: jobs sealed with a lost KEK stay unreadable,
+        /// an audit log whose key is lost is set aside and a new trail starts. Audited
+        /// (`secret.keys_created`).
+        #[arg(long)]
+        new_keys: bool,
     },
     /// The key vault: key-encryption keys and the data keys they wrap. These commands open the
     /// database, so they run while the server is stopped; on a running server use
@@ -229,6 +235,10 @@ pub enum AuditCommand {
         /// Its signed head (default: the configured one, or FILE with the extension `.head`).
         #[arg(long)]
         head: Option<PathBuf>,
+        /// A `SEQ:CHAIN` printed by an earlier verify (the `head:` line) and kept elsewhere: the
+        /// record at SEQ must still have that chain value.
+        #[arg(long)]
+        anchor: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -58,8 +58,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys(command),
         Command::Users { command } => users_command(command),
         Command::Audit {
-            command: AuditCommand::Verify { file, head, config },
-        } => audit_verify(file, head, config),
+            command:
+                AuditCommand::Verify {
+                    file,
+                    head,
+                    anchor,
+                    config,
+                },
+        } => audit_verify(file, head, anchor.as_deref(), config),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
@@ -80,21 +86,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     scopes,
                 },
         } => policy_token_sign(config, tenant, actor, action, ttl_secs, scopes),
-        Command::Init { config } => init(config),
+        Command::Init { config, new_keys } => init(config, new_keys),
         Command::Vault { command } => vault_command(command),
     }
 }
 
-fn init(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+fn init(config: Option<std::path::PathBuf>, new_keys: bool) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    bulwark::app::prepare_secrets_dir(&config.secrets.dir)?;
-    let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
-    let ring = keys.ring();
+    let report = bulwark::secrets::keys::init(&config, new_keys, &Clock::system())?;
+    for path in &report.set_aside {
+        println!("set aside (its key is gone): {}", path.display());
+    }
+    for key in &report.created {
+        println!("created: {key}");
+    }
     println!(
         "secrets folder {} ready; key-encryption keys: {} (active: {})",
         config.secrets.dir.display(),
-        ring.len(),
-        ring.active_id()
+        report.keys,
+        report
+            .active
+            .as_deref()
             .map_or_else(|| "none".into(), bulwark::vault::keyring::short_id)
     );
     Ok(())
@@ -105,19 +117,38 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
     match command {
         VaultCommand::Status { config } => {
             let config = Config::load(config.as_deref())?;
-            let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
             let store = Store::open(&config.storage.data_dir).context(
                 "the database is in use: on a running server use GET /ojs/v1/admin/vault",
             )?;
-            let status = bulwark::vault::scan(&store, &keys.ring())?;
-            println!("{:<40} {:>10}  state", "kek", "jobs");
+            let (_, keys) = bulwark::app::load_keys(
+                &config,
+                &Clock::system(),
+                &store,
+                bulwark::vault::NewKeys::Never,
+            )?;
+            let status = bulwark::vault::scan(&store, &keys)?;
+            println!(
+                "{:<40} {:>10} {:>14} {:>8}  state",
+                "kek", "jobs", "wrapped keys", "age (d)"
+            );
             for k in &status.keys {
                 let state = match (k.active, k.loaded) {
                     (true, _) => "active",
                     (false, true) => "loaded",
                     (false, false) => "MISSING (jobs unreadable)",
                 };
-                println!("{:<40} {:>10}  {state}", short_id(&k.id), k.jobs);
+                let due = if k.rotation_due.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ROTATION DUE ({})", k.rotation_due.join(", "))
+                };
+                println!(
+                    "{:<40} {:>10} {:>14} {:>8}  {state}{due}",
+                    short_id(&k.id),
+                    k.jobs,
+                    k.wrapped_keys,
+                    k.age_days
+                );
             }
             println!(
                 "total jobs {}, unreadable {}, stored before encryption {}",
@@ -142,12 +173,17 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
                 bail!("--batch must be from 1 to 10000");
             }
             let config = Config::load(config.as_deref())?;
-            let (_, keys) = bulwark::app::load_keys(&config, &Clock::system())?;
-            let ring = keys.ring();
             let store = Store::open(&config.storage.data_dir).context(
                 "the database is in use: on a running server use POST /ojs/v1/admin/vault/rewrap",
             )?;
-            let total = bulwark::vault::scan(&store, &ring)?.total_jobs;
+            let (_, keys) = bulwark::app::load_keys(
+                &config,
+                &Clock::system(),
+                &store,
+                bulwark::vault::NewKeys::Never,
+            )?;
+            let ring = keys.ring();
+            let total = bulwark::vault::scan(&store, &keys)?.total_jobs;
             let target = ring.active_id().map(short_id).unwrap_or_default();
             audit_offline(
                 &config,
@@ -156,7 +192,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<()> {
                     .detail("target", target.clone())
                     .detail("batch", batch),
             )?;
-            let done = bulwark::vault::rewrap_offline(&store, &ring, batch, |_, examined| {
+            let done = bulwark::vault::rewrap_offline(&store, &keys, batch, |_, examined| {
                 eprint!("\rre-wrapping: {examined}/{total} records");
             })?;
             eprintln!();
@@ -241,6 +277,7 @@ fn policy_token_sign(
 fn audit_verify(
     file: Option<std::path::PathBuf>,
     head: Option<std::path::PathBuf>,
+    anchor: Option<&str>,
     config: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
@@ -284,7 +321,15 @@ fn audit_verify(
                     .unwrap_or_default(),
                 if head.is_some() { ", head matches" } else { "" }
             );
-            Ok(())
+            // The value to keep elsewhere (a ticket, another host): a later verify that prints
+            // the same line at this seq proves nothing up to here was rewritten.
+            println!("head: seq {} chain {}", v.last_seq, v.last_chain);
+            match anchor {
+                Some(anchor) => bulwark::audit::record::check_anchor(&log, anchor)
+                    .map(|seq| println!("anchor at record {seq} matches"))
+                    .map_err(|reason| anyhow::anyhow!("{}: {reason}", log_path.display())),
+                None => Ok(()),
+            }
         }
         Err(broken) if broken.line == 0 => bail!("{}: {}", log_path.display(), broken.reason),
         Err(broken) => bail!(
@@ -299,7 +344,7 @@ fn audit_verify(
 /// Appends one record to the audit trail while the server is stopped (the writer takes the log
 /// for itself, as the server does). The change is refused if it cannot be recorded.
 fn audit_offline(config: &Config, store: &Store, event: AuditEvent) -> anyhow::Result<()> {
-    let key = bulwark::audit::load_or_create_key(&config.secrets.dir)?;
+    let key = bulwark::audit::load_or_create_key(&config.secrets.dir, &config.audit_config())?;
     let (audit, thread) = bulwark::audit::AuditHandle::spawn(
         &config.audit_config(),
         key,

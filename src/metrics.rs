@@ -30,6 +30,9 @@ pub const TOKEN_REFRESHES: &str = "bulwark_token_refreshes_total";
 pub const AUDIT_RECORDS: &str = "bulwark_audit_records_total";
 /// `bulwark_audit_write_failures_total`
 pub const AUDIT_WRITE_FAILURES: &str = "bulwark_audit_write_failures_total";
+/// `bulwark_audit_failing` (gauge): 1 while the audit log cannot be written (appends fail
+/// closed; health answers 503), else 0.
+pub const AUDIT_FAILING: &str = "bulwark_audit_failing";
 /// `bulwark_http_responses_total{class}`
 pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
 /// `bulwark_limit_refusals_total{code}`: requests refused by a payload limit, the validation
@@ -106,6 +109,10 @@ fn describe() {
     metrics::describe_counter!(
         AUDIT_WRITE_FAILURES,
         "Audit records that could not be written"
+    );
+    metrics::describe_gauge!(
+        AUDIT_FAILING,
+        "1 while the audit log cannot be written (fail-closed operations are refused)"
     );
     metrics::describe_counter!(HTTP_RESPONSES, "HTTP responses by status class");
     metrics::describe_counter!(

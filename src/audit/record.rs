@@ -27,14 +27,40 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Longest string kept in a record field; longer values are cut.
 const MAX_FIELD: usize = 256;
 
-/// How an audited action ended.
+/// How an audited action ended: the two values the OJS security spec (§11.2) allows. A refusal
+/// (denied, throttled, over a limit) is a `Failure`; its `detail.reason` (or `code`, `scope`)
+/// says which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Success,
     Failure,
-    Denied,
 }
+
+impl Outcome {
+    /// The value written in a record.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// The `principal` of a record about a request that carried no accepted credential (a failed
+/// authentication, a refusal before authentication, a TLS handshake). Never a principal's name:
+/// [`crate::auth::records::is_valid_name`] reserves it.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The `principal` of a record about something the server or an offline command did on its own
+/// (start, stop, retention, secret and config reloads, offline vault commands). Reserved like
+/// [`ANONYMOUS`].
+pub const SYSTEM: &str = "system";
+
+/// The `principal` of a change the operator at the machine made from the command line through
+/// the services (`bulwark keys ...`, `bulwark users ...`). Reserved like [`ANONYMOUS`].
+pub const LOCAL_OPERATOR: &str = "local-operator";
 
 /// Makes a client-supplied value safe to record: no control characters (so no CR/LF), at most
 /// 256 characters.
@@ -68,7 +94,9 @@ pub struct AuditEvent {
     /// e.g. `auth.failure`, `job.cancelled`, `admin.reset`.
     pub event_type: &'static str,
     pub outcome: Outcome,
-    /// The acting principal as logs show it (`bwk_…a1b2`), if known.
+    /// The acting principal's name, if known. A record never says `null`: without one it is
+    /// written as [`ANONYMOUS`] when the event concerns a peer (a source address or request id
+    /// is set) and as [`SYSTEM`] otherwise.
     pub principal: Option<String>,
     pub tenant: Option<String>,
     pub source_ip: Option<String>,
@@ -110,16 +138,13 @@ impl AuditEvent {
         m.insert("seq".into(), seq.into());
         m.insert("timestamp".into(), timestamp.into());
         m.insert("event_type".into(), self.event_type.into());
-        m.insert(
-            "outcome".into(),
-            match self.outcome {
-                Outcome::Success => "success",
-                Outcome::Failure => "failure",
-                Outcome::Denied => "denied",
-            }
-            .into(),
-        );
-        m.insert("principal".into(), opt(&self.principal));
+        m.insert("outcome".into(), self.outcome.as_str().into());
+        let principal = match &self.principal {
+            Some(name) => Value::String(sanitize(name)),
+            None if self.source_ip.is_some() || self.correlation_id.is_some() => ANONYMOUS.into(),
+            None => SYSTEM.into(),
+        };
+        m.insert("principal".into(), principal);
         m.insert("tenant".into(), opt(&self.tenant));
         m.insert("source_ip".into(), opt(&self.source_ip));
         m.insert("correlation_id".into(), opt(&self.correlation_id));
@@ -395,6 +420,37 @@ pub fn verify(key: &hmac::Key, log: &[u8], head: Option<&Head>) -> Result<Verifi
     })
 }
 
+/// The chain value of record `seq` in a verified log (or of its checkpoint, when the record was
+/// pruned behind it).
+#[must_use]
+pub fn chain_at(log: &[u8], seq: u64) -> Option<String> {
+    log.split(|b| *b == b'\n').find_map(|line| {
+        let value: Value = serde_json::from_slice(line).ok()?;
+        let holder = value.get("checkpoint").unwrap_or(&value);
+        (holder.get("seq")?.as_u64()? == seq)
+            .then(|| holder.get("chain")?.as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+/// Checks an anchor `SEQ:CHAIN` (the `head:` line of an earlier verify, kept elsewhere) against a
+/// verified log: the record at SEQ must still carry CHAIN. Returns SEQ.
+pub fn check_anchor(log: &[u8], anchor: &str) -> Result<u64, String> {
+    let (seq, chain) = anchor
+        .split_once(':')
+        .and_then(|(s, c)| Some((s.trim().parse::<u64>().ok()?, c.trim())))
+        .ok_or_else(|| "--anchor must be SEQ:CHAIN, as `audit verify` prints it".to_string())?;
+    match chain_at(log, seq) {
+        Some(found) if same_hex(&found, chain) => Ok(seq),
+        Some(_) => Err(format!(
+            "record {seq} does not carry the anchored chain value (the log was rewritten up to it)"
+        )),
+        None => Err(format!(
+            "record {seq} is not in the log (pruned, cut, or the anchor is from another log)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +479,26 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_success_or_failure_and_the_principal_is_never_null() {
+        let mut refused = AuditEvent::new("auth.failure", Outcome::Failure);
+        refused.source_ip = Some("192.0.2.7".into());
+        let r = refused.to_unchained(1, "t");
+        assert_eq!(r["outcome"], "failure");
+        assert_eq!(r["principal"], ANONYMOUS);
+        let r = AuditEvent::new("server.started", Outcome::Success).to_unchained(2, "t");
+        assert_eq!(r["principal"], SYSTEM);
+        let mut named = AuditEvent::new("job.cancelled", Outcome::Success);
+        named.principal = Some("svc-ops".into());
+        assert_eq!(named.to_unchained(3, "t")["principal"], "svc-ops");
+        for name in [ANONYMOUS, SYSTEM] {
+            assert!(
+                !crate::auth::records::is_valid_name(name),
+                "{name} is reserved"
+            );
+        }
+    }
+
+    #[test]
     fn an_intact_log_verifies_and_values_are_sanitized() {
         let (log, head) = log_of(5);
         let v = verify(&key(), &log, Some(&head)).unwrap();
@@ -438,6 +514,25 @@ mod tests {
             verify(&other, &log, None).is_err(),
             "another key does not verify"
         );
+    }
+
+    #[test]
+    fn an_anchor_matches_its_record_and_nothing_else() {
+        let (log, head) = log_of(5);
+        let anchor = format!("{}:{}", head.seq, head.chain);
+        assert_eq!(check_anchor(&log, &anchor), Ok(5));
+        let (other, _) = {
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &[9u8; 32]);
+            let (line, chain) = seal(
+                &key,
+                GENESIS,
+                AuditEvent::new("test.event", Outcome::Success).to_unchained(1, "t"),
+            );
+            (line.into_bytes(), chain)
+        };
+        assert!(check_anchor(&other, &format!("1:{}", head.chain)).is_err());
+        assert!(check_anchor(&log, "9:00").is_err());
+        assert!(check_anchor(&log, "nonsense").is_err());
     }
 
     #[test]

@@ -1,18 +1,23 @@
 //! The audit writer thread: groups waiting records into one append and one fsync, then
-//! rewrites the signed head, then answers the senders that wait for durability.
+//! rewrites the signed head, then answers the senders that wait for durability. It also owns
+//! the aggregation windows ([`super::aggregate`]), closed by its timer, and the trail's health:
+//! after a failed append it reports failing ([`super::AuditStatus`]) and retries on every tick
+//! with an `audit.resumed` record saying how many records were lost, until one is written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ring::hmac;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+use super::aggregate::Windows;
 use super::index::{self, Summary};
 use super::record::{self, AuditEvent, Head, Outcome};
-use super::{retention, AuditConfig, AuditError, Msg};
+use super::{retention, AuditConfig, AuditError, Msg, SharedStatus};
 use crate::clock::{rfc3339, Clock};
 use crate::store::Store;
 
@@ -40,6 +45,10 @@ pub(super) struct Writer {
     broken: bool,
     /// Stamps records and places the retention cutoff.
     clock: Clock,
+    /// Repeated refusals being counted.
+    windows: Windows,
+    /// Whether appends succeed, for the handle (health) to read.
+    status: Arc<SharedStatus>,
 }
 
 fn read_head(path: &PathBuf) -> Result<Option<Head>, AuditError> {
@@ -61,6 +70,7 @@ impl Writer {
         key: hmac::Key,
         store: Option<Store>,
         clock: Clock,
+        status: Arc<SharedStatus>,
     ) -> Result<Self, AuditError> {
         let log_err = |what: &str, e: std::io::Error| {
             AuditError::Log(format!("{what} {}: {e}", config.log_file.display()))
@@ -110,8 +120,8 @@ impl Writer {
             // The log may run ahead of its head (a crash between the append and the head
             // rewrite), never behind it.
             let behind = verified.last_seq < head.seq;
-            let matches_at_head =
-                head.seq == 0 || chain_at(&log, head.seq).as_deref() == Some(head.chain.as_str());
+            let matches_at_head = head.seq == 0
+                || record::chain_at(&log, head.seq).as_deref() == Some(head.chain.as_str());
             if !head.is_authentic(&key) || behind || !matches_at_head {
                 return Err(AuditError::Log(format!(
                     "{} does not match its signed head {} (records missing or replaced); run `bulwark audit verify`",
@@ -155,6 +165,10 @@ impl Writer {
             store,
             broken: false,
             clock,
+            windows: Windows::new(
+                i64::try_from(config.aggregate_window.as_millis()).unwrap_or(i64::MAX),
+            ),
+            status,
         })
     }
 
@@ -166,10 +180,22 @@ impl Writer {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
             let mut prune = None;
+            let mut flushed = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Record { event, done } => group.push((event, done)),
+                    Msg::Aggregate { key, event } => {
+                        let now = self.clock.now_ms();
+                        if let Some(event) = self.windows.note(key, event, now) {
+                            group.push((event, None));
+                        }
+                    }
+                    Msg::Tick => {}
+                    Msg::Flush { done } => {
+                        group.extend(self.windows.drain().into_iter().map(|e| (e, None)));
+                        flushed.push(done);
+                    }
                     Msg::Prune { done } => {
                         prune = Some(done);
                         break;
@@ -178,6 +204,13 @@ impl Writer {
                 if group.len() < MAX_GROUP {
                     next = rx.try_recv().ok();
                 }
+            }
+            // Windows closed by now are written with the group: by the timer, not by the next
+            // refusal of their key.
+            let now = self.clock.now_ms();
+            group.extend(self.windows.due(now).into_iter().map(|e| (e, None)));
+            if group.is_empty() && self.status.get().failing_since.is_some() {
+                self.retry();
             }
             if !group.is_empty() {
                 let result = self.append_counted(&group);
@@ -190,6 +223,9 @@ impl Writer {
                     }
                 }
             }
+            for done in flushed {
+                let _ = done.send(());
+            }
             if let Some(done) = prune {
                 let result = self.prune();
                 if let Err(e) = &result {
@@ -198,12 +234,48 @@ impl Writer {
                 let _ = done.send(result);
             }
         }
+        // Every handle is gone: what the open windows counted is written before the end.
+        let rest: Vec<Pending> = self
+            .windows
+            .drain()
+            .into_iter()
+            .map(|e| (e, None))
+            .collect();
+        if !rest.is_empty() {
+            let _ = self.append_counted(&rest);
+        }
+    }
+
+    /// After failed appends: tries to write an `audit.resumed` record saying how many records
+    /// were lost and since when. Once it is written the trail is healthy again.
+    fn retry(&mut self) {
+        let status = self.status.get();
+        let Some(since) = status.failing_since else {
+            return;
+        };
+        let event = AuditEvent::new("audit.resumed", Outcome::Success)
+            .detail("failed_records", status.failed_records)
+            .detail("failing_since", rfc3339(since));
+        if self.append(&[&event]).is_ok() {
+            metrics::counter!(crate::metrics::AUDIT_RECORDS).increment(1);
+            self.status.recovered();
+            tracing::info!(
+                failed_records = status.failed_records,
+                "the audit log is written again"
+            );
+        }
     }
 
     /// Appends a group and counts it in the metrics.
     fn append_counted(&mut self, group: &[Pending]) -> Result<(), AuditError> {
+        // A failing trail says what it lost before anything new.
+        self.retry();
         let events: Vec<&AuditEvent> = group.iter().map(|(e, _)| e).collect();
-        let result = self.append(&events);
+        let result = if self.status.get().failing_since.is_some() {
+            Err(AuditError::WriteFailed)
+        } else {
+            self.append(&events)
+        };
         match &result {
             Ok(()) => {
                 metrics::counter!(crate::metrics::AUDIT_RECORDS).increment(group.len() as u64)
@@ -211,6 +283,7 @@ impl Writer {
             Err(e) => {
                 metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES)
                     .increment(group.len() as u64);
+                self.status.failed(self.clock.now_ms(), group.len() as u64);
                 error!(error = %e, records = group.len(), "audit append failed");
             }
         }
@@ -373,16 +446,4 @@ impl Writer {
         result
             .map_err(|e| AuditError::Log(format!("cannot write {}: {e}", self.head_file.display())))
     }
-}
-
-/// The chain value of record number `seq` in a verified log (or of its checkpoint, when the
-/// record was pruned behind it).
-fn chain_at(log: &[u8], seq: u64) -> Option<String> {
-    log.split(|b| *b == b'\n').find_map(|line| {
-        let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-        let holder = value.get("checkpoint").unwrap_or(&value);
-        (holder.get("seq")?.as_u64()? == seq)
-            .then(|| holder.get("chain")?.as_str().map(str::to_string))
-            .flatten()
-    })
 }

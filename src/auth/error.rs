@@ -25,11 +25,10 @@ pub enum AuthError {
     /// A JWT that failed verification; the reason is a short label.
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
-    /// Too many verifications from this address: refused before any argon2 work. `report` is
-    /// true for the first refusal of an address in a minute: only that one is audited, so a
-    /// flood is recorded without the flood reaching the audit trail.
+    /// Too many verifications from this address: refused before any argon2 work. Every one is
+    /// counted; the audit trail aggregates them per address ([`crate::audit::aggregate`]).
     #[error("too many authentication attempts from this address")]
-    Throttled { retry_after: Duration, report: bool },
+    Throttled { retry_after: Duration },
     /// Authenticated, but the principal may not do this.
     #[error("permission denied ({reason})")]
     Forbidden {

@@ -37,17 +37,12 @@ impl Scope {
 pub struct Throttled {
     pub scope: Scope,
     pub retry_after_secs: u64,
-    /// The first refusal of this source in a minute: only that one is audited, so a flood of
-    /// logins does not become a flood of audit records.
-    pub report: bool,
 }
 
 /// Per-IP and per-username login limiters.
 pub struct LoginThrottle {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_user: DefaultKeyedRateLimiter<String>,
-    /// One audited refusal per source a minute.
-    reports: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
 
@@ -59,7 +54,6 @@ impl LoginThrottle {
         Self {
             per_ip: RateLimiter::keyed(quota(per_ip)),
             per_user: RateLimiter::keyed(quota(per_user)),
-            reports: RateLimiter::keyed(quota(1)),
             clock: DefaultClock::default(),
         }
     }
@@ -73,7 +67,6 @@ impl LoginThrottle {
                 .wait_time_from(self.clock.now())
                 .as_secs()
                 .saturating_add(1),
-            report: self.reports.check_key(&ip).is_ok(),
         };
         self.per_ip
             .check_key(&ip)
@@ -93,10 +86,8 @@ impl LoginThrottle {
     pub fn retain_recent(&self) {
         self.per_ip.retain_recent();
         self.per_user.retain_recent();
-        self.reports.retain_recent();
         self.per_ip.shrink_to_fit();
         self.per_user.shrink_to_fit();
-        self.reports.shrink_to_fit();
     }
 
     /// Keys currently tracked (for tests and metrics).
@@ -120,11 +111,6 @@ mod tests {
         }
         let refused = t.check(ip, "alice").unwrap_err();
         assert_eq!(refused.scope, Scope::SourceIp);
-        assert!(refused.report, "the first refusal of a source is reported");
-        assert!(
-            !t.check(ip, "alice").unwrap_err().report,
-            "later ones are not"
-        );
         assert!((1..=13).contains(&refused.retry_after_secs), "{refused:?}");
         // Another source for the same user: the user's own limit is spent too.
         let other: IpAddr = "127.0.0.2".parse().unwrap();

@@ -103,7 +103,7 @@ impl Principal {
     #[must_use]
     pub fn local_operator() -> Self {
         Self::external(
-            "local-operator".to_string(),
+            crate::audit::record::LOCAL_OPERATOR.to_string(),
             None,
             Credential::Local,
             vec!["admin".to_string()],

@@ -92,11 +92,20 @@ pub enum KeyError {
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$`: principal names appear in errors and logs, so they are
-/// plain.
+/// plain. The audit trail's markers (`anonymous`, `system`, `local-operator`, any case) are
+/// reserved, so a record's `principal` is never ambiguous.
 #[must_use]
 pub fn is_valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    name.len() <= 128
+    let reserved = [
+        crate::audit::record::ANONYMOUS,
+        crate::audit::record::SYSTEM,
+        crate::audit::record::LOCAL_OPERATOR,
+    ]
+    .iter()
+    .any(|r| name.eq_ignore_ascii_case(r));
+    !reserved
+        && name.len() <= 128
         && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }

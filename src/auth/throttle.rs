@@ -45,8 +45,6 @@ impl Default for ThrottleConfig {
 /// The per-address budget.
 pub struct Throttle {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
-    /// One audited refusal per address a minute.
-    reports: DefaultKeyedRateLimiter<IpAddr>,
     max_tracked: usize,
 }
 
@@ -75,7 +73,6 @@ impl Throttle {
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         Self {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
-            reports: RateLimiter::keyed(Quota::per_minute(NonZeroU32::MIN)),
             max_tracked: config.max_tracked.max(1),
         }
     }
@@ -91,17 +88,14 @@ impl Throttle {
             metrics::counter!(crate::metrics::AUTH_THROTTLED).increment(1);
             AuthError::Throttled {
                 retry_after: wait.max(Duration::from_secs(1)),
-                report: self.reports.check_key(&key).is_ok(),
             }
         })
     }
 
     /// Forgets addresses whose budget is full again.
     pub fn prune(&self) {
-        for limiter in [&self.limiter, &self.reports] {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
     }
 
     /// Addresses tracked now.
@@ -128,19 +122,12 @@ mod tests {
             t.spend(a).unwrap();
         }
         match t.spend(a) {
-            Err(AuthError::Throttled {
-                retry_after,
-                report,
-            }) => {
+            Err(AuthError::Throttled { retry_after }) => {
                 assert!(retry_after >= Duration::from_secs(1));
-                assert!(report, "the first refusal of an address is reported");
             }
             other => panic!("expected throttling, got {other:?}"),
         }
-        assert!(
-            matches!(t.spend(a), Err(AuthError::Throttled { report: false, .. })),
-            "later refusals in the same minute are not"
-        );
+        assert!(matches!(t.spend(a), Err(AuthError::Throttled { .. })));
         t.spend(b).unwrap();
         let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();

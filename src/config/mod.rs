@@ -63,14 +63,24 @@ pub struct VaultSection {
     pub active_kek: Option<String>,
     /// Records per re-wrap step.
     pub rewrap_batch: usize,
+    /// Data keys a KEK may wrap before it is due for rotation (warned in health, metrics and
+    /// the audit trail). AES-GCM with random nonces allows about 2^32 per key; default 2^30.
+    /// 0 turns the check off.
+    pub rotate_after_wraps: u64,
+    /// Days after its first wrap at which a KEK is due for rotation. Default 365; 0 turns the
+    /// check off.
+    pub rotate_after_days: u64,
 }
 
 impl Default for VaultSection {
     fn default() -> Self {
+        let rotation = crate::vault::RotationPolicy::default();
         Self {
             kek_dir: None,
             active_kek: None,
             rewrap_batch: 256,
+            rotate_after_wraps: rotation.max_wraps,
+            rotate_after_days: rotation.max_age_days,
         }
     }
 }
@@ -115,6 +125,11 @@ pub struct AuditSection {
     /// Days a record is kept; older ones are pruned behind a signed checkpoint. 0 keeps them
     /// forever. Default 365.
     pub retention_days: u32,
+    /// Seconds over which repeated refusals of one kind and source (throttled credentials,
+    /// refused certificates, failed handshakes, rate and limit refusals) are counted into one
+    /// record: the first is written at once, the rest with their count when the window closes.
+    /// 1 to 3600; default 60.
+    pub aggregate_window_secs: u64,
 }
 
 impl Default for AuditSection {
@@ -123,6 +138,7 @@ impl Default for AuditSection {
             log_file: None,
             head_file: None,
             retention_days: 365,
+            aggregate_window_secs: 60,
         }
     }
 }
@@ -316,9 +332,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. A refusal says where (line, column, the key) and what kind of mistake,
+    /// never a value from the file ([`toml_error`]).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| anyhow::anyhow!(toml_error(text, &e)))
     }
 
     /// Refuses unsafe or meaningless combinations.
@@ -335,9 +352,7 @@ impl Config {
                 self.server.listen
             );
         }
-        if self.storage.data_dir == self.secrets.dir {
-            bail!("secrets.dir must differ from storage.data_dir");
-        }
+        self.check_placement()?;
         if !(1..=30).contains(&self.server.request_head_timeout_secs) {
             bail!("server.request_head_timeout_secs must be from 1 to 30 (OJS security §10.5)");
         }
@@ -366,8 +381,20 @@ impl Config {
         if self.secrets.reload_interval_secs == 0 || self.secrets.reload_debounce_ms == 0 {
             bail!("secrets.reload_interval_secs and secrets.reload_debounce_ms must be positive");
         }
+        if !(1..=3600).contains(&self.audit.aggregate_window_secs) {
+            bail!("audit.aggregate_window_secs must be from 1 to 3600");
+        }
         if !(1..=10_000).contains(&self.vault.rewrap_batch) {
             bail!("vault.rewrap_batch must be from 1 to 10000");
+        }
+        if self.vault.rotate_after_wraps > 1 << 32 {
+            bail!(
+                "vault.rotate_after_wraps must be at most 4294967296 (2^32, the AES-GCM limit for \
+                 random nonces under one key); 0 turns the warning off"
+            );
+        }
+        if self.vault.rotate_after_days > 36_500 {
+            bail!("vault.rotate_after_days must be at most 36500; 0 turns the warning off");
         }
         if let Some(id) = &self.vault.active_kek {
             if !crate::vault::keyring::valid_id(id) {
@@ -389,6 +416,37 @@ impl Config {
             .validate()
             .context("invalid [auth.actions]")?;
         Ok(())
+    }
+
+    /// Secrets and data each in a folder of their own (see [`crate::secrets::check_placement`]).
+    fn check_placement(&self) -> anyhow::Result<()> {
+        use crate::secrets::Placed;
+        let kek_dir = self.vault_config().kek_dir;
+        let audit = self.audit_config();
+        let secrets = [
+            Placed {
+                what: "secrets.dir",
+                path: &self.secrets.dir,
+            },
+            Placed {
+                what: "vault.kek_dir",
+                path: &kek_dir,
+            },
+        ];
+        let mut data = vec![Placed {
+            what: "storage.data_dir",
+            path: &self.storage.data_dir,
+        }];
+        // An audit file on a device (`/dev/…`) is a sink, not data kept in a folder.
+        for (what, path) in [
+            ("audit.log_file", &audit.log_file),
+            ("audit.head_file", &audit.head_file),
+        ] {
+            if !path.starts_with("/dev") {
+                data.push(Placed { what, path });
+            }
+        }
+        crate::secrets::check_placement(&secrets, &data).context("secrets placement")
     }
 
     /// The built-in roles plus the configured ones.
@@ -426,6 +484,7 @@ impl Config {
             retention: (self.audit.retention_days > 0).then(|| {
                 std::time::Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)
             }),
+            aggregate_window: std::time::Duration::from_secs(self.audit.aggregate_window_secs),
         }
     }
 
@@ -440,6 +499,10 @@ impl Config {
                 .unwrap_or_else(|| self.secrets.dir.join("kek")),
             active: self.vault.active_kek.clone(),
             rewrap_batch: self.vault.rewrap_batch,
+            rotation: crate::vault::RotationPolicy {
+                max_wraps: self.vault.rotate_after_wraps,
+                max_age_days: self.vault.rotate_after_days,
+            },
         }
     }
 
@@ -467,9 +530,173 @@ impl Config {
     }
 }
 
+/// Whether `text` can be shown as the name of a key: shaped like Bulwark's own keys (lowercase,
+/// `_ - .`, short, no long run of digits), so a secret pasted where a key goes (base64, hex) is
+/// not repeated either.
+fn key_like(text: &str) -> bool {
+    let mut digits = 0;
+    (1..=40).contains(&text.len())
+        && text.bytes().all(|b| {
+            digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+            digits <= 2 && (b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+        })
+}
+
+/// `text` with every backquoted part that is not shaped like a key replaced by `` `…` ``.
+fn only_key_names(text: &str) -> String {
+    text.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && !key_like(part) {
+                "…"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
+/// `text` with every double-quoted part replaced by `"…"` (serde quotes values that way).
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            out.push('…');
+            let mut escaped = false;
+            for q in chars.by_ref() {
+                match q {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => break,
+                    _ => escaped = false,
+                }
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
+/// A TOML error as Bulwark reports it. `toml`'s own text quotes the offending line of the file
+/// (a secret pasted in as `kek = "…"` included), and serde's messages quote values (`invalid
+/// type: string "…"`, ``unknown variant `…` ``): neither reaches stderr, a log or an audit
+/// record. Kept: the line and column, the key named on that line (or the table header), and the
+/// kind of mistake with what was expected. Unknown and missing keys are named: keys are names,
+/// not values.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let place = e.span().map(|span| {
+        let start = span.start.min(text.len());
+        let before = text.get(..start).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let line_text = text.lines().nth(line - 1).unwrap_or_default().trim();
+        let key = if line_text.starts_with('[') {
+            let header = line_text.trim_matches(|c| c == '[' || c == ']').trim();
+            key_like(header).then(|| format!("[{header}]"))
+        } else {
+            line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| key_like(k))
+                .map(str::to_string)
+        };
+        match key {
+            Some(key) => format!("line {line}, column {column} (`{key}`)"),
+            None => format!("line {line}, column {column}"),
+        }
+    });
+    let message = e.message().lines().next().unwrap_or_default().trim();
+    let names_a_key = [
+        "unknown field",
+        "missing field",
+        "duplicate key",
+        "duplicate field",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p));
+    let what = if names_a_key {
+        only_key_names(&without_quoted(message))
+    } else if let Some(at) = message.find("expected") {
+        format!("invalid value: {}", without_quoted(&message[at..]))
+    } else {
+        without_quoted(message)
+    };
+    match place {
+        Some(place) => format!("{place}: {what} (the value is not repeated here)"),
+        None => format!("{what} (the value is not repeated here)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an attacker (or a careless operator) finds on stderr after pasting a secret.
+    #[test]
+    fn config_errors_never_echo_a_value_from_the_file() {
+        let secret = "c2VjcmV0LWtlay1ieXRlcy10aGF0LW11c3Qtbm90LWxlYWs=";
+        let cases = [
+            format!("[vault]\nkek = \"{secret}\"\n"),
+            format!("[auth]\napi_key = \"{secret}\"\n"),
+            format!("[server]\nworkers = \"{secret}\"\n"),
+            format!("[log]\nformat = \"{secret}\"\n"),
+            format!("[auth.actions]\ntypes = [\"{secret}\"]\n"),
+            format!("[vault]\nactive_kek = 1\nkek_dir = \"{secret}\"\nx = \"{secret}\"\n"),
+            format!("[auth]\napi_key = \"{secret}"),
+            format!("{secret} = 1\n"),
+        ];
+        for text in &cases {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            for piece in [secret, &secret[..12], &secret[20..40]] {
+                assert!(!err.contains(piece), "{text:?} echoed the value: {err}");
+            }
+            assert!(err.contains("line "), "{err}");
+        }
+        let err = format!(
+            "{:#}",
+            Config::parse(&format!("[vault]\nkek = \"{secret}\"\n")).unwrap_err()
+        );
+        assert!(
+            err.contains("line 2") && err.contains("unknown field `kek`"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Config::parse("[log]\nformat = \"yaml\"\n").unwrap_err()
+        );
+        assert!(err.contains("expected `json` or `text`"), "{err}");
+        // Validation refusals name entries by position, not by value.
+        let c = Config::parse(&format!("[validation]\njob_types = [\"{secret}\"]\n")).unwrap();
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(!err.contains(&secret[..12]), "{err}");
+    }
+
+    #[test]
+    fn secrets_inside_the_data_folder_and_the_reverse_are_refused() {
+        let refused = |text: &str| {
+            let c = Config::parse(text).unwrap();
+            format!("{:#}", c.validate().unwrap_err())
+        };
+        let err = refused("[storage]\ndata_dir = \"d\"\n[secrets]\ndir = \"d/secrets\"\n");
+        assert!(
+            err.contains("secrets.dir") && err.contains("inside storage.data_dir"),
+            "{err}"
+        );
+        let err = refused("[storage]\ndata_dir = \"s/data\"\n[secrets]\ndir = \"s\"\n");
+        assert!(err.contains("inside secrets.dir"), "{err}");
+        let err = refused("[storage]\ndata_dir = \"d\"\n[vault]\nkek_dir = \"d/kek\"\n");
+        assert!(err.contains("vault.kek_dir"), "{err}");
+        let err = refused("[audit]\nlog_file = \"secrets/audit.log\"\n");
+        assert!(err.contains("audit.log_file"), "{err}");
+        let err = refused("[storage]\ndata_dir = \"x\"\n[secrets]\ndir = \"x\"\n");
+        assert!(err.contains("inside"), "{err}");
+        Config::parse("[audit]\nlog_file = \"/dev/full\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
 
     #[test]
     fn defaults_are_safe() {
@@ -520,6 +747,7 @@ mod tests {
         assert_eq!(c.quotas, d.quotas);
         assert_eq!(c.backpressure, d.backpressure);
         assert_eq!(c.vault, d.vault);
+        assert_eq!(c.audit.aggregate_window_secs, d.audit.aggregate_window_secs);
         assert_eq!(
             c.secrets.reload_interval_secs,
             d.secrets.reload_interval_secs

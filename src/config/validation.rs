@@ -63,19 +63,24 @@ impl Default for ValidationConfig {
 
 impl ValidationConfig {
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        for entry in &self.job_types {
+        // Entries are named by position, never by value (config errors do not echo values).
+        for (i, entry) in self.job_types.iter().enumerate() {
             let ok = entry == "*"
                 || is_valid_job_type(entry)
                 || entry.strip_suffix(".*").is_some_and(is_valid_job_type);
             if !ok {
                 bail!(
-                    "validation.job_types: {entry:?} is neither a job type, a \"prefix.*\" glob \
-                     nor \"*\""
+                    "validation.job_types entry #{}: neither a job type, a \"prefix.*\" glob nor \
+                     \"*\"",
+                    i + 1
                 );
             }
         }
-        if let Some(bad) = self.schemas.keys().find(|t| !is_valid_job_type(t)) {
-            bail!("validation.schemas: {bad:?} is not a job type");
+        if let Some(i) = self.schemas.keys().position(|t| !is_valid_job_type(t)) {
+            bail!(
+                "validation.schemas: key #{} (in sorted order) is not a job type",
+                i + 1
+            );
         }
         Ok(())
     }

@@ -48,6 +48,15 @@ pub async fn emit(req: &HttpRequest, event: AuditEvent) {
     }
 }
 
+/// Records a refusal that may repeat fast, aggregated per `key` and event type: the first of a
+/// window is written at once, the rest as one record with their `count` when the window closes
+/// (see [`crate::audit::aggregate`]).
+pub async fn aggregate(req: &HttpRequest, key: String, event: AuditEvent) {
+    if let Some(audit) = req.app_data::<web::Data<AuditHandle>>() {
+        audit.aggregate(key, event).await;
+    }
+}
+
 /// Runs a security-relevant operation fail-closed: its record is written durably first (no
 /// record, no operation: 503), and if the operation then fails, a failure record follows.
 pub async fn guarded<T, E, F>(

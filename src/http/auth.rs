@@ -102,23 +102,27 @@ fn header_tenant(req: &HttpRequest) -> Result<Option<String>, ()> {
     Ok(found)
 }
 
-/// Counts a refused authentication and, when `record`, audits it.
+/// Counts a refused authentication and audits it: one record each, or, for refusals that may
+/// come in a flood (`aggregated`: throttled ones), aggregated per address and reason with a
+/// count, so the records' counts add up to the metric.
 async fn refuse_unauthenticated(
     req: &HttpRequest,
     reason: &str,
     key_id: Option<String>,
-    record: bool,
+    aggregated: bool,
 ) {
     metrics::counter!(crate::metrics::AUTH_ATTEMPTS, "outcome" => "failure", "reason" => reason.to_string()).increment(1);
-    if !record {
-        return;
-    }
     let mut event =
         super::audit::event(req, "auth.failure", Outcome::Failure, None).detail("reason", reason);
     if let Some(id) = key_id {
         event = event.detail("key", id);
     }
-    super::audit::emit(req, event).await;
+    if aggregated {
+        let source = event.source_ip.clone().unwrap_or_default();
+        super::audit::aggregate(req, format!("{source}|{reason}"), event).await;
+    } else {
+        super::audit::emit(req, event).await;
+    }
 }
 
 /// Where a request came from, for the services and the audit trail.
@@ -231,9 +235,9 @@ async fn bearer_principal(
                 note_throttled(req, retry_after);
             }
             if !matches!(e, AuthError::Storage(_) | AuthError::Unavailable) {
-                // Throttled refusals are audited once per address a minute; each is counted.
-                let record = !matches!(e, AuthError::Throttled { report: false, .. });
-                refuse_unauthenticated(req, e.metric_reason(), key_id, record).await;
+                // Throttled refusals come in floods: aggregated per address, each counted.
+                let aggregated = matches!(e, AuthError::Throttled { .. });
+                refuse_unauthenticated(req, e.metric_reason(), key_id, aggregated).await;
             }
             if let AuthError::Throttled { retry_after, .. } = &e {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -262,11 +266,11 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         TokenCheck::Bearer(token) => Some(token),
         TokenCheck::Missing if from_certificate.is_some() => None,
         TokenCheck::Missing => {
-            refuse_unauthenticated(&req, "missing", None, true).await;
+            refuse_unauthenticated(&req, "missing", None, false).await;
             return Err(ApiError::unauthenticated());
         }
         TokenCheck::Malformed => {
-            refuse_unauthenticated(&req, "malformed", None, true).await;
+            refuse_unauthenticated(&req, "malformed", None, false).await;
             return Err(ApiError::unauthenticated());
         }
     };
@@ -278,7 +282,7 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
         None => match from_certificate.clone() {
             Some(p) if !p.expired_at(clock.now_ms()) => p,
             _ => {
-                refuse_unauthenticated(&req, "certificate_expired", None, true).await;
+                refuse_unauthenticated(&req, "certificate_expired", None, false).await;
                 return Err(ApiError::unauthenticated());
             }
         },
@@ -362,7 +366,7 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
                     Scope::Tenant => tenant.clone().unwrap_or_default(),
                     _ => principal.id().to_string(),
                 };
-                return Err(limits::refuse(&req, limiter, limited, &key, Some(&principal)).await);
+                return Err(limits::refuse(&req, limited, &key, Some(&principal)).await);
             }
         }
     }

@@ -36,26 +36,23 @@ pub fn record_refusal(req: &HttpRequest, info: RateInfo) {
     req.extensions_mut().insert(info);
 }
 
-/// The 429 for a spent budget; audited once per scope and key a minute (every refusal is
-/// counted in `bulwark_rate_limited_total`).
+/// The 429 for a spent budget; audited aggregated per scope and key (the first of a window at
+/// once, the rest as one record with their count; every refusal is also counted in
+/// `bulwark_rate_limited_total`).
 pub async fn refuse(
     req: &HttpRequest,
-    limiter: &LimiterHandle,
     limited: Limited,
     key: &str,
     principal: Option<&Principal>,
 ) -> ApiError {
     record_refusal(req, limited.info);
     let scope = limited.info.scope;
-    if limiter.rates().report(scope, key) {
-        let event =
-            crate::http::audit::event(req, "rate_limit.exceeded", Outcome::Denied, principal)
-                .detail("scope", scope.as_str())
-                .detail("limit", limited.info.limit)
-                .detail("retry_after_secs", limited.retry_after_secs);
-        crate::http::audit::emit(req, event).await;
-        info!(scope = scope.as_str(), "rate limit exceeded");
-    }
+    let event = crate::http::audit::event(req, "rate_limit.exceeded", Outcome::Failure, principal)
+        .detail("scope", scope.as_str())
+        .detail("limit", limited.info.limit)
+        .detail("retry_after_secs", limited.retry_after_secs);
+    crate::http::audit::aggregate(req, format!("{}:{key}", scope.as_str()), event).await;
+    info!(scope = scope.as_str(), "rate limit exceeded");
     rate_limited(scope, limited.retry_after_secs)
 }
 
@@ -121,7 +118,7 @@ pub async fn limits(
             Ok(info) => record(req.request(), info),
             Err(limited) => {
                 let key = crate::limiter::rates::ip_bucket(ip).to_string();
-                let error = refuse(req.request(), &limiter, limited, &key, None).await;
+                let error = refuse(req.request(), limited, &key, None).await;
                 if limited.info.scope == Scope::Ip {
                     delay_refusal(req.request(), limited.retry_after_secs).await;
                 }

@@ -172,8 +172,6 @@ pub struct Rates {
     enqueue: Keyed<String>,
     worker: Keyed<String>,
     other: Keyed<String>,
-    /// One audited refusal per scope and key a minute.
-    reports: governor::DefaultKeyedRateLimiter<String>,
     max_tracked: usize,
     clock: DefaultClock,
 }
@@ -193,7 +191,6 @@ impl Rates {
             enqueue: keyed(r.enqueue),
             worker: keyed(r.worker),
             other: keyed(r.other),
-            reports: RateLimiter::keyed(Quota::per_minute(NonZeroU32::MIN)),
             max_tracked: config.max_tracked_keys.max(1),
             clock: DefaultClock::default(),
         }
@@ -258,21 +255,6 @@ impl Rates {
         Ok(tenant.map_or(own, |t| t.tighter(own)))
     }
 
-    /// Whether a refusal of `key` in `scope` should be audited (the first in a minute).
-    #[must_use]
-    pub fn report(&self, scope: Scope, key: &str) -> bool {
-        self.report_key(&format!("{}:{key}", scope.as_str()))
-    }
-
-    /// Whether a refusal named `key` should be audited (the first in a minute).
-    #[must_use]
-    pub fn report_key(&self, key: &str) -> bool {
-        if self.reports.len() >= self.max_tracked {
-            return false;
-        }
-        self.reports.check_key(&key.to_string()).is_ok()
-    }
-
     /// Forgets keys whose budget is full again.
     pub fn prune(&self) {
         self.ip.retain_recent();
@@ -281,8 +263,6 @@ impl Rates {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        self.reports.retain_recent();
-        self.reports.shrink_to_fit();
     }
 
     /// Keys tracked now, over all keyed limiters.
@@ -293,7 +273,6 @@ impl Rates {
             + self.enqueue.len()
             + self.worker.len()
             + self.other.len()
-            + self.reports.len()
     }
 }
 
@@ -351,7 +330,7 @@ mod tests {
         // Three tracked: a fourth address lands on the shared overflow budget.
         r.check_source("192.0.2.3".parse().unwrap()).unwrap();
         assert!(r.check_source("192.0.2.4".parse().unwrap()).is_err());
-        assert!(r.tracked() <= 4 + r.reports.len());
+        assert!(r.tracked() <= 4);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! so the permission rules and the wiping of buffers are in one place. [`watch`] re-reads
 //! mounted secrets when they change, for every subsystem that reads one.
 
+pub mod keys;
 pub mod watch;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
@@ -32,6 +33,82 @@ pub enum SecretFileError {
 
 fn shown(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// Where `path` really is: absolute, `.` and `..` resolved, and its longest existing ancestor
+/// canonicalized (so a symlink into another folder counts as that folder).
+#[must_use]
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.clone();
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(&existing).is_err() {
+        match existing.file_name() {
+            Some(name) => {
+                rest.push(name.to_os_string());
+                existing.pop();
+            }
+            None => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for name in rest.iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// A folder or file and what the configuration calls it, for [`check_placement`].
+pub struct Placed<'a> {
+    pub what: &'a str,
+    pub path: &'a Path,
+}
+
+/// Refuses secrets kept inside the data folder and data kept inside the secrets folder: a copy
+/// of the data folder (a backup, a snapshot handed to support) must never carry the keys that
+/// decrypt and authenticate it, and a copy of the secrets must never carry the data. `secrets`
+/// are the secret folders (the secrets folder, the KEK folder), `data` the data folder and the
+/// audit files. Paths are compared where they really are (symlinks followed).
+pub fn check_placement(secrets: &[Placed<'_>], data: &[Placed<'_>]) -> anyhow::Result<()> {
+    for s in secrets {
+        let secret = resolved(s.path);
+        for d in data {
+            let stored = resolved(d.path);
+            if secret.starts_with(&stored) {
+                anyhow::bail!(
+                    "{} ({}) is inside {} ({}): a copy or backup of the data would carry the keys                      that decrypt and authenticate it. Keep the secrets in a folder of their own,                      outside the data folder (e.g. [secrets] dir = \"/etc/bulwark/secrets\" with                      [storage] data_dir = \"/var/lib/bulwark\")",
+                    s.what,
+                    secret.display(),
+                    d.what,
+                    stored.display()
+                );
+            }
+            if stored.starts_with(&secret) {
+                anyhow::bail!(
+                    "{} ({}) is inside {} ({}): a copy or backup of the secrets would carry the                      data. Keep the data outside the secrets folder",
+                    d.what,
+                    stored.display(),
+                    s.what,
+                    secret.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates the secrets folder with mode 0700, or checks an existing one is not open to others.
@@ -166,6 +243,50 @@ pub fn load_or_create_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, Secret
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_inside_data_and_data_inside_secrets_are_refused_through_symlinks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |rel: &str| dir.path().join(rel);
+        let check = |secrets: &Path, data: &Path| {
+            check_placement(
+                &[Placed {
+                    what: "secrets.dir",
+                    path: secrets,
+                }],
+                &[Placed {
+                    what: "storage.data_dir",
+                    path: data,
+                }],
+            )
+        };
+        assert!(check(&p("secrets"), &p("data")).is_ok());
+        assert!(
+            check(&p("data-secrets"), &p("data")).is_ok(),
+            "a prefix of the name is not inside"
+        );
+        let err = check(&p("data/secrets"), &p("data"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secrets.dir") && err.contains("inside storage.data_dir"),
+            "{err}"
+        );
+        assert!(check(&p("data/../data/./k"), &p("data")).is_err());
+        let err = check(&p("secrets"), &p("secrets/data"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("storage.data_dir") && err.contains("inside secrets.dir"),
+            "{err}"
+        );
+        assert!(check(&p("same"), &p("same")).is_err());
+        // A symlink in the data folder pointing at the secrets is where it points.
+        std::fs::create_dir_all(p("real-data")).unwrap();
+        std::fs::create_dir_all(p("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(p("real-data"), p("elsewhere/data-link")).unwrap();
+        assert!(check(&p("real-data/secrets"), &p("elsewhere/data-link")).is_err());
+    }
 
     #[test]
     fn keys_are_created_private_reused_and_refused_when_exposed_or_malformed() {

@@ -89,9 +89,9 @@ impl Abuse {
         }
     }
 
-    /// Audits a refusal by a quota, a tenant limit, a full queue or a long-poll cap: once per
-    /// principal and code a minute, so a client hammering a full queue cannot flood the trail
-    /// (every refusal is counted in `bulwark_limit_refusals_total`). Other errors pass through
+    /// Audits a refusal by a quota, a tenant limit, a full queue or a long-poll cap, aggregated
+    /// per principal and code, so a client hammering a full queue cannot flood the trail and the
+    /// records' counts add up to `bulwark_limit_refusals_total`. Other errors pass through
     /// unrecorded.
     pub async fn audit_limit_refusal(&self, caller: &Caller, error: &ApiError) {
         let code = error.code();
@@ -101,22 +101,19 @@ impl Abuse {
         ) {
             return;
         }
-        if self
-            .limiter
-            .rates()
-            .report_key(&format!("limit:{code}:{}", caller.principal.id()))
-        {
-            let event = caller
-                .event("limit.refused", Outcome::Denied)
-                .detail("code", code);
-            caller.trail().emit(event).await;
-        }
+        let event = caller
+            .event("limit.refused", Outcome::Failure)
+            .detail("code", code);
+        caller
+            .trail()
+            .aggregate(format!("{code}:{}", caller.principal.id()), event)
+            .await;
     }
 }
 
 fn abuse_event(caller: &Caller, report: &Report, action: &'static str) -> AuditEvent {
     let mut event = caller
-        .event(report.pattern.event_type(), Outcome::Denied)
+        .event(report.pattern.event_type(), Outcome::Failure)
         .detail("pattern", report.pattern.as_str())
         .detail("detections", report.count)
         .detail("observed", report.observed)

@@ -164,7 +164,7 @@ impl Caller {
         let admin = self.principal.grants().has(Permission::Admin);
         let hidden = |reason: &'static str| async move {
             let event = self
-                .event("authz.denied", Outcome::Denied)
+                .event("authz.denied", Outcome::Failure)
                 .detail("reason", reason)
                 .detail("permission", permission.as_str())
                 .detail("job_id", job.id.to_string());
@@ -256,7 +256,7 @@ impl Caller {
     /// Audits a refusal the client sees as 404 (a resource of another tenant).
     pub async fn audit_hidden(&self, reason: &'static str) {
         let event = self
-            .event("authz.denied", Outcome::Denied)
+            .event("authz.denied", Outcome::Failure)
             .detail("reason", reason)
             .detail("route", self.origin.operation.clone());
         self.trail.emit(event).await;
@@ -323,7 +323,7 @@ pub fn denial(
     reason: &'static str,
     extra: Vec<(&'static str, serde_json::Value)>,
 ) -> AuditEvent {
-    let mut event = origin_event(origin, "authz.denied", Outcome::Denied);
+    let mut event = origin_event(origin, "authz.denied", Outcome::Failure);
     event.principal = Some(principal.name().to_string());
     event.tenant = principal.tenant().map(str::to_string);
     let mut event = event

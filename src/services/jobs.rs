@@ -326,7 +326,7 @@ async fn check_job_rules(
 ) -> Result<(), ApiError> {
     if !rules.allowlist.allows(&new.job_type) {
         let event = caller
-            .event("job.type_refused", Outcome::Denied)
+            .event("job.type_refused", Outcome::Failure)
             .detail("job_type", new.job_type.clone())
             .detail("queue", new.queue.clone());
         caller.trail().emit(event).await;

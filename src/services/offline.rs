@@ -33,7 +33,7 @@ impl Offline {
         let store = Store::open(&config.storage.data_dir)
             .context("stop the server first: this command works on the stopped server's files")?;
         let clock = Clock::system();
-        let key = crate::audit::load_or_create_key(&config.secrets.dir)?;
+        let key = crate::audit::load_or_create_key(&config.secrets.dir, &config.audit_config())?;
         let (audit, audit_thread) = crate::audit::AuditHandle::spawn(
             &config.audit_config(),
             key,

@@ -41,6 +41,12 @@ impl Trail {
         self.audit.emit(event).await;
     }
 
+    /// Records an event of a kind that can come in floods (refusals by a limit), aggregated
+    /// per `key`: the first at once, the rest counted into one record when the window closes.
+    pub async fn aggregate(&self, key: String, event: AuditEvent) {
+        self.audit.aggregate(key, event).await;
+    }
+
     /// Runs a security-relevant operation fail-closed: its record is written durably first (no
     /// record, no operation: 503), and if the operation then fails, a failure record follows.
     pub async fn guarded<T, E, F>(&self, event: AuditEvent, operation: F) -> Result<T, ApiError>

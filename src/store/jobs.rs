@@ -3,6 +3,8 @@
 //! `queue_config`, both in the jobs file. The queue actor is its only writer; by-id reads open
 //! their own read transaction and never wait for a commit.
 
+use std::collections::BTreeMap;
+
 use redb::ReadableTable;
 use tracing::{error, warn};
 
@@ -131,7 +133,10 @@ impl JobStore for RedbJobs {
             let key = bounds::table_key(tenant.as_deref(), queue);
             config.push((key, bound.as_ref().map(codec::encode).transpose()?));
         }
-        self.store.jobs_write(|txn| {
+        // Data keys wrapped in this commit, per KEK: counted in the same transaction, so the
+        // count is exact and durable (see `vault::usage`).
+        let mut wrapped: BTreeMap<String, u64> = BTreeMap::new();
+        let totals = self.store.jobs_write(|txn| {
             let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
             let mut bounds_table = txn
                 .open_table(tables::QUEUE_CONFIG)
@@ -145,12 +150,18 @@ impl JobStore for RedbJobs {
             for (id, job) in &writes.jobs {
                 match job {
                     Some(job) => {
-                        let bytes = sealed::seal_job(&ring, job).map_err(|e| {
+                        let record = sealed::seal_job_counted(&ring, job).map_err(|e| {
                             QueueError::Storage(StoreError::Corrupt(format!("seal: {e}")))
                         })?;
-                        table
-                            .insert(id.as_u128(), bytes.as_slice())
-                            .map_err(StoreError::from)?;
+                        // A job's first record carries the data key wrapped at enqueue; a
+                        // fresh key is wrapped for a job that had none.
+                        let first = table
+                            .insert(id.as_u128(), record.bytes.as_slice())
+                            .map_err(StoreError::from)?
+                            .is_none();
+                        if first || record.fresh {
+                            *wrapped.entry(record.kek).or_default() += 1;
+                        }
                     }
                     None => {
                         table.remove(id.as_u128()).map_err(StoreError::from)?;
@@ -171,18 +182,21 @@ impl JobStore for RedbJobs {
                     }
                 }
             }
-            Ok::<_, QueueError>(())
-        })
+            Ok::<_, QueueError>(crate::vault::usage::add(txn, &wrapped, self.keys.now())?)
+        })?;
+        self.keys.publish_usage(totals);
+        Ok(())
     }
 
     fn rewrap(&self, after: Option<u128>, batch: usize) -> Result<RewrapStep, QueueError> {
         let ring = self.keys.ring();
-        self.store.jobs_write(|txn| {
-            let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
-            crate::vault::rewrap_step(&mut table, &ring, after, batch).map_err(|e| match e {
+        let (step, totals) = self.store.jobs_write(|txn| {
+            crate::vault::rewrap_in(txn, &self.keys, &ring, after, batch).map_err(|e| match e {
                 VaultError::Storage(e) => QueueError::Storage(e),
                 _ => QueueError::Unavailable,
             })
-        })
+        })?;
+        self.keys.publish_usage(totals);
+        Ok(step)
     }
 }

@@ -289,7 +289,12 @@ mod tests {
                     .map(|t| t.name().to_string()),
             )
             .collect();
-        names.retain(|n| n != tables::JOBS.name() && n != tables::QUEUE_CONFIG.name());
+        let jobs_file = [
+            tables::JOBS.name(),
+            tables::QUEUE_CONFIG.name(),
+            tables::KEK_USAGE.name(),
+        ];
+        names.retain(|n| !jobs_file.contains(&n.as_str()));
         names
     }
 

@@ -1,6 +1,7 @@
 //! The embedded database: two redb files, their tables and the record encoding.
 //!
-//! - `bulwark.redb`, the **jobs file**: the job table and the queue bounds. The queue actor is
+//! - `bulwark.redb`, the **jobs file**: the job table, the queue bounds and the count of data
+//!   keys each key-encryption key wrapped. The queue actor is
 //!   its only writer (the offline vault re-wrap aside, while the server is stopped).
 //! - `control.redb`, the **control file**: API keys, the audit index, admin users and refresh
 //!   tokens. The auth store, the audit writer and the accounts service write it.
@@ -54,6 +55,7 @@ impl Store {
         commit_durably(&jobs, |txn| {
             txn.open_table(tables::JOBS)?;
             txn.open_table(tables::QUEUE_CONFIG)?;
+            txn.open_table(tables::KEK_USAGE)?;
             Ok::<_, StoreError>(())
         })?;
         commit_durably(&control, |txn| {

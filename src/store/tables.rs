@@ -3,7 +3,8 @@
 //!
 //! Two files, so that each has one writer that matters for latency (see [`super`] and
 //! `docs/storage.md`):
-//! - the jobs file (`bulwark.redb`): [`JOBS`], [`QUEUE_CONFIG`], written by the queue actor;
+//! - the jobs file (`bulwark.redb`): [`JOBS`], [`QUEUE_CONFIG`], [`KEK_USAGE`], written by the
+//!   queue actor;
 //! - the control file (`control.redb`): [`API_KEYS`], [`AUDIT_INDEX`], [`AUDIT_BY`], [`USERS`],
 //!   [`REFRESH_TOKENS`], written by the auth store, the audit writer and the accounts service.
 
@@ -37,3 +38,8 @@ pub const REFRESH_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// Queue bounds set through the admin API, by `<tenant>/<queue>` (`queue::bounds::table_key`).
 /// Jobs file (for now). Written only by the queue actor.
 pub const QUEUE_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("queue_config");
+
+/// Data keys wrapped per key-encryption key, by KEK id (`vault::usage::KekUsage`). Jobs file:
+/// counted in the same transaction as the job records they seal (the queue actor's commit, a
+/// re-wrap step), so the count is exact and durable.
+pub const KEK_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("kek_usage");

@@ -1,14 +1,11 @@
 //! The edge of a TLS connection: what the server keeps from a completed handshake (the
 //! verified client certificate and the principal it maps to, in the connection's data), and
 //! what it does with a failed one (counted by reason; audited as `tls.handshake_failure` or
-//! `tls.certificate_rejected`, at most once a minute per source address, kind and reason, each
-//! record saying how many failures went unaudited since the previous one, so a scanner cannot
-//! flood the audit log).
+//! `tls.certificate_rejected`, aggregated per source address, kind and reason with a count, so a
+//! scanner cannot flood the audit log and the records still add up to the metrics).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use actix_web::dev::Extensions;
 use rustls::{CertificateError, Error as RustlsError};
@@ -100,69 +97,23 @@ pub fn classify(timed_out: bool, io: Option<&std::io::Error>) -> Failure {
     }
 }
 
-/// A minute per source address and kind.
-const WINDOW: Duration = Duration::from_secs(60);
-/// Most addresses tracked; beyond that they share one entry.
-const MAX_TRACKED: usize = 10_000;
-/// Stands for every address once the map is full, or when the address is unknown.
-const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-
-struct Window {
-    since: Instant,
-    suppressed: u64,
-}
+/// Stands for the address when the peer's is unknown.
+const UNKNOWN: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// Counts and audits failed handshakes.
 pub struct HandshakeReporter {
     audit: AuditHandle,
-    windows: Mutex<HashMap<(IpAddr, Failure), Window>>,
 }
 
 impl HandshakeReporter {
     #[must_use]
     pub fn new(audit: AuditHandle) -> Self {
-        Self {
-            audit,
-            windows: Mutex::new(HashMap::new()),
-        }
+        Self { audit }
     }
 
-    /// Whether to audit now, and how many failures since the previous record went unaudited.
-    fn due(&self, ip: IpAddr, failure: Failure, now: Instant) -> Option<u64> {
-        let mut windows = self.windows.lock().ok()?;
-        let mut key = (ip, failure);
-        if windows.len() >= MAX_TRACKED && !windows.contains_key(&key) {
-            windows.retain(|_, w| now.duration_since(w.since) < WINDOW);
-            if windows.len() >= MAX_TRACKED {
-                key = (OVERFLOW, failure);
-            }
-        }
-        match windows.get_mut(&key) {
-            None => {
-                windows.insert(
-                    key,
-                    Window {
-                        since: now,
-                        suppressed: 0,
-                    },
-                );
-                Some(0)
-            }
-            Some(w) if now.duration_since(w.since) >= WINDOW => {
-                let suppressed = w.suppressed;
-                w.since = now;
-                w.suppressed = 0;
-                Some(suppressed)
-            }
-            Some(w) => {
-                w.suppressed += 1;
-                None
-            }
-        }
-    }
-
-    /// Counts a failed handshake from `peer` and audits it if this address has not been
-    /// audited for this failure (kind and reason) within the last minute.
+    /// Counts a failed handshake from `peer` and audits it, aggregated per source address,
+    /// kind and reason: the first of a window at once, the rest as one record with their
+    /// `count` when the window closes, so the records add up to the metric.
     pub async fn report(&self, peer: Option<SocketAddr>, failure: Failure) {
         let metric = if failure.event == "tls.certificate_rejected" {
             crate::metrics::TLS_CERT_REJECTIONS
@@ -170,16 +121,14 @@ impl HandshakeReporter {
             crate::metrics::TLS_HANDSHAKE_FAILURES
         };
         metrics::counter!(metric, "reason" => failure.reason).increment(1);
-        let ip = peer.map_or(OVERFLOW, |p| p.ip());
+        let ip = peer.map_or(UNKNOWN, |p| p.ip());
         tracing::debug!(source_ip = %ip, event = failure.event, reason = failure.reason, "TLS handshake failed");
-        let Some(suppressed) = self.due(ip, failure, Instant::now()) else {
-            return;
-        };
-        let mut event = AuditEvent::new(failure.event, Outcome::Failure)
-            .detail("reason", failure.reason)
-            .detail("unaudited_since_previous", suppressed);
+        let mut event =
+            AuditEvent::new(failure.event, Outcome::Failure).detail("reason", failure.reason);
         event.source_ip = peer.map(|p| p.ip().to_string());
-        self.audit.emit(event).await;
+        self.audit
+            .aggregate(format!("{ip}|{}", failure.reason), event)
+            .await;
     }
 }
 

@@ -143,7 +143,7 @@ pub enum TlsConfigError {
     Roles(String, String),
     #[error("tls.client_identities: two entries match on {0}")]
     Duplicate(String),
-    #[error("tls.require_certificate_for_roles names an unknown role `{0}`")]
+    #[error("tls.require_certificate_for_roles entry {0} is not a defined role")]
     UnknownRole(String),
     #[error("tls.handshake_timeout_secs must be from 1 to 60")]
     HandshakeTimeout,
@@ -186,31 +186,34 @@ impl TlsConfig {
             }
         }
         let known: BTreeSet<&str> = policy.role_names().collect();
-        if let Some(role) = self
+        // Entries are named by position, never by a value from the file (config errors do not
+        // echo values: the wrong one may be a pasted secret).
+        if let Some(i) = self
             .require_certificate_for_roles
             .iter()
-            .find(|r| !known.contains(r.as_str()))
+            .position(|r| !known.contains(r.as_str()))
         {
-            return Err(TlsConfigError::UnknownRole(role.clone()));
+            return Err(TlsConfigError::UnknownRole(format!("#{}", i + 1)));
         }
         let mut seen = BTreeSet::new();
-        for id in &self.client_identities {
+        for (i, id) in self.client_identities.iter().enumerate() {
+            let entry = format!("#{}", i + 1);
             let matchers = id.matcher();
             let empty = [&id.subject_cn, &id.san_dns, &id.san_uri, &id.san_email]
                 .iter()
                 .any(|m| m.as_ref().is_some_and(String::is_empty));
             if matchers.len() != 1 || empty {
-                return Err(TlsConfigError::Matcher(id.name.clone()));
+                return Err(TlsConfigError::Matcher(entry));
             }
             if !is_valid_name(&id.name) {
-                return Err(TlsConfigError::Name(id.name.clone()));
+                return Err(TlsConfigError::Name(entry));
             }
             if id.tenant.as_deref().is_some_and(|t| !is_valid_tenant(t)) {
-                return Err(TlsConfigError::Tenant(id.name.clone()));
+                return Err(TlsConfigError::Tenant(entry));
             }
             policy
                 .check_roles(&id.roles)
-                .map_err(|e| TlsConfigError::Roles(id.name.clone(), e.to_string()))?;
+                .map_err(|_| TlsConfigError::Roles(entry, "a role is not defined".into()))?;
             for m in matchers {
                 if !seen.insert(m.clone()) {
                     return Err(TlsConfigError::Duplicate(m));

@@ -7,7 +7,7 @@
 //! - [`store`]: the live certificate, key and client verifier, swapped atomically on reload.
 //! - [`identity`]: what a client certificate says and which principal it is.
 //! - [`accept`]: the connection hook (client certificate into the connection's data) and the
-//!   handshake-failure reporter (counted, audited once a minute per address).
+//!   handshake-failure reporter (counted, audited aggregated per address and reason).
 //!
 //! `app.rs` builds a [`TlsRuntime`] at start-up; the HTTP server takes its rustls config.
 

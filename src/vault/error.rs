@@ -13,6 +13,14 @@ pub enum VaultError {
     /// A key file is missing, exposed to others, or not a key.
     #[error("key file refused: {0}")]
     KeyFile(#[source] SecretFileError),
+    /// No KEK is loaded, and stored jobs are sealed with KEKs that are missing: a new key would
+    /// leave them all unreadable, so none is made.
+    #[error(
+        "no key-encryption key in {dir} (nor OJS_SECRET_KEK_*), but stored jobs are sealed with \
+         missing keys: {missing}. Restore those key files from the secrets backup; to start over \
+         with a new key on purpose (those jobs stay unreadable), run `bulwark init --new-keys`"
+    )]
+    MissingKeks { dir: String, missing: String },
     /// There is no active KEK, so nothing new can be sealed.
     #[error("no active key-encryption key")]
     NoActiveKey,
@@ -38,7 +46,9 @@ impl VaultError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::KeySet(_) | Self::KeyFile(_) | Self::Corrupt(_) => ErrorKind::Internal,
+            Self::KeySet(_) | Self::KeyFile(_) | Self::Corrupt(_) | Self::MissingKeks { .. } => {
+                ErrorKind::Internal
+            }
             Self::UnknownKek { .. } | Self::Undecryptable => ErrorKind::Internal,
             Self::NoActiveKey | Self::Storage(_) | Self::Unavailable => ErrorKind::Unavailable,
         }

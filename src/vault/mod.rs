@@ -9,8 +9,9 @@
 pub mod error;
 pub mod keyring;
 pub mod sealed;
+pub mod usage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,10 @@ use zeroize::Zeroizing;
 
 pub use error::VaultError;
 pub use keyring::{KeyRing, KeySource};
+pub use usage::{KekUsage, RotationPolicy};
 
 use crate::audit::{AuditEvent, AuditHandle, Outcome};
+use crate::clock::{Clock, Millis};
 use crate::queue::QueueHandle;
 use crate::secrets::watch::{Change, Reload, ReloadError};
 use crate::store::{tables, Store, StoreError};
@@ -37,6 +40,13 @@ pub const METRIC_UNREADABLE: &str = "bulwark_vault_unreadable_jobs";
 pub const METRIC_DECRYPT_FAILURES: &str = "bulwark_vault_decrypt_failures_total";
 /// `bulwark_vault_rewrapped_total`: data keys re-wrapped with the active KEK.
 pub const METRIC_REWRAPPED: &str = "bulwark_vault_rewrapped_total";
+/// `bulwark_vault_kek_wrapped_keys{kek}` (gauge): data keys each KEK has wrapped (durable count).
+pub const METRIC_KEK_WRAPPED: &str = "bulwark_vault_kek_wrapped_keys";
+/// `bulwark_vault_kek_age_seconds{kek}` (gauge): time since each KEK wrapped its first data key.
+pub const METRIC_KEK_AGE: &str = "bulwark_vault_kek_age_seconds";
+/// `bulwark_vault_kek_rotation_due{kek}` (gauge): 1 when a KEK is past `[vault]
+/// rotate_after_wraps` or `rotate_after_days`.
+pub const METRIC_KEK_ROTATION_DUE: &str = "bulwark_vault_kek_rotation_due";
 
 /// `[vault]` settings.
 #[derive(Clone, Debug)]
@@ -47,23 +57,132 @@ pub struct VaultConfig {
     pub active: Option<String>,
     /// Records examined per re-wrap step (one queue turn each).
     pub rewrap_batch: usize,
+    /// When a KEK is due for rotation.
+    pub rotation: RotationPolicy,
 }
 
-/// The published key ring: read inline by whoever seals or opens a record.
+/// The published key ring: read inline by whoever seals or opens a record. Also the data keys
+/// each KEK has wrapped ([`usage`]), as last committed, and the rotation policy.
 #[derive(Clone)]
 pub struct VaultKeys {
     ring: Arc<ArcSwap<KeyRing>>,
     unreadable: Arc<AtomicU64>,
+    usage: Arc<ArcSwap<BTreeMap<String, KekUsage>>>,
+    /// Told when a count crosses the rotation threshold (the vault actor audits it).
+    crossed: Arc<tokio::sync::Notify>,
+    policy: RotationPolicy,
+    clock: Clock,
+}
+
+/// A KEK's use and whether it is due for rotation.
+#[derive(Clone, Debug, Serialize)]
+pub struct KekRotation {
+    pub id: String,
+    pub active: bool,
+    pub wrapped_keys: u64,
+    pub age_days: u64,
+    /// Why it is due (`wraps`, `age`); empty when it is not.
+    pub due: Vec<&'static str>,
 }
 
 impl VaultKeys {
-    /// A fixed ring (tests, benchmarks, offline commands).
+    /// A fixed ring (tests, benchmarks, offline commands), with the default rotation policy on
+    /// the system clock.
     #[must_use]
     pub fn fixed(ring: KeyRing) -> Self {
+        Self::new(ring, RotationPolicy::default(), Clock::system())
+    }
+
+    /// A ring with a rotation policy, timed by `clock`.
+    #[must_use]
+    pub fn new(ring: KeyRing, policy: RotationPolicy, clock: Clock) -> Self {
         Self {
             ring: Arc::new(ArcSwap::from_pointee(ring)),
             unreadable: Arc::new(AtomicU64::new(0)),
+            usage: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
+            crossed: Arc::new(tokio::sync::Notify::new()),
+            policy,
+            clock,
         }
+    }
+
+    /// The time usage is stamped with.
+    #[must_use]
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// Data keys wrapped per KEK, as last committed.
+    #[must_use]
+    pub fn usage(&self) -> Arc<BTreeMap<String, KekUsage>> {
+        self.usage.load_full()
+    }
+
+    /// Reads the stored counts (at start, before anything is sealed).
+    pub fn load_usage(&self, store: &Store) -> Result<(), VaultError> {
+        let all = usage::read_all(store)?;
+        for (id, u) in &all {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(METRIC_KEK_WRAPPED, "kek" => keyring::short_id(id))
+                .set(u.wrapped as f64);
+        }
+        self.usage.store(Arc::new(all));
+        Ok(())
+    }
+
+    /// Publishes the new totals of the KEKs a commit counted (after it is durable). A KEK that
+    /// crosses its wrap threshold wakes the vault actor, which audits it.
+    pub fn publish_usage(&self, totals: BTreeMap<String, KekUsage>) {
+        if totals.is_empty() {
+            return;
+        }
+        let mut crossed = false;
+        self.usage.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            for (id, u) in &totals {
+                let before = next.get(id).map_or(0, |b: &KekUsage| b.wrapped);
+                crossed |= self.policy.max_wraps > 0
+                    && before < self.policy.max_wraps
+                    && u.wrapped >= self.policy.max_wraps;
+                next.insert(id.clone(), *u);
+            }
+            next
+        });
+        for (id, u) in &totals {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(METRIC_KEK_WRAPPED, "kek" => keyring::short_id(id))
+                .set(u.wrapped as f64);
+        }
+        if crossed {
+            self.crossed.notify_one();
+        }
+    }
+
+    /// The use of every loaded KEK, and which are due for rotation now (a retired KEK's count
+    /// stays in the table but is not reported).
+    #[must_use]
+    pub fn rotation(&self) -> Vec<KekRotation> {
+        let ring = self.ring();
+        let usage = self.usage();
+        let now = self.now();
+        ring.ids()
+            .map(|id| {
+                let u = usage.get(id).copied().unwrap_or_default();
+                KekRotation {
+                    id: id.to_string(),
+                    active: ring.active_id() == Some(id),
+                    wrapped_keys: u.wrapped,
+                    age_days: usage::days(usage::age_ms(&u, now)),
+                    due: self.policy.reasons(&u, now),
+                }
+            })
+            .collect()
+    }
+
+    /// The rotation policy.
+    #[must_use]
+    pub fn policy(&self) -> RotationPolicy {
+        self.policy
     }
 
     /// The current ring.
@@ -108,13 +227,46 @@ pub struct KekReloader {
     keys: VaultKeys,
 }
 
+/// Whether loading the ring may create a KEK when there is none at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewKeys {
+    /// Never (status and re-wrap commands): no key, no command.
+    Never,
+    /// Only when no stored job is sealed with a KEK (the first start, `bulwark init`): a key is
+    /// never made over data whose key is missing.
+    IfNothingSealed,
+    /// Even over sealed jobs whose KEKs are gone, which stay unreadable (`bulwark init
+    /// --new-keys`, audited).
+    Deliberately,
+}
+
+/// KEK ids that seal stored jobs, with how many each.
+pub fn sealed_keks(store: &Store) -> Result<BTreeMap<String, u64>, VaultError> {
+    Ok(scan_counts(store)?.0)
+}
+
+/// The ids of KEKs that are loaded now from `source` and `env` (the key bytes are read to
+/// check them, then dropped).
+pub fn present_keks(
+    source: &KeySource,
+    env: &[(String, Zeroizing<Vec<u8>>)],
+) -> Result<Vec<String>, VaultError> {
+    let (ring, _) = keyring::load(source, env, &[0u8; 32])?;
+    Ok(ring.ids().map(str::to_string).collect())
+}
+
 impl KekReloader {
-    /// Loads the ring for the first time; generates a KEK (named for `now`) when there is none
-    /// at all (first start). Returns the reloader and the published keys.
+    /// Loads the ring for the first time. With no key at all, generates one (named for the
+    /// clock's time) as `new_keys` allows; never over jobs sealed by KEKs that are missing
+    /// unless deliberately ([`VaultError::MissingKeks`] names them). Reads the stored usage
+    /// counts. Returns the reloader and the published keys.
     pub fn load(
         source: KeySource,
         env: Vec<(String, Zeroizing<Vec<u8>>)>,
-        now: crate::clock::Millis,
+        store: &Store,
+        new_keys: NewKeys,
+        policy: RotationPolicy,
+        clock: Clock,
     ) -> Result<(Arc<Self>, VaultKeys), VaultError> {
         let mut salt = [0u8; 32];
         SystemRandom::new()
@@ -122,7 +274,22 @@ impl KekReloader {
             .map_err(|_| VaultError::KeySet("no randomness".into()))?;
         let (mut ring, mut fingerprint) = keyring::load(&source, &env, &salt)?;
         if ring.is_empty() {
-            let id = keyring::generate(&source.dir, now)?;
+            let sealed = sealed_keks(store)?;
+            match new_keys {
+                NewKeys::Never => return Err(VaultError::NoActiveKey),
+                NewKeys::IfNothingSealed if !sealed.is_empty() => {
+                    return Err(VaultError::MissingKeks {
+                        dir: source.dir.display().to_string(),
+                        missing: sealed
+                            .iter()
+                            .map(|(id, jobs)| format!("{} ({jobs} jobs)", keyring::short_id(id)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                _ => {}
+            }
+            let id = keyring::generate(&source.dir, clock.now_ms())?;
             warn!(kek = %keyring::short_id(&id), dir = %source.dir.display(), "no key-encryption key found; created one");
             (ring, fingerprint) = keyring::load(&source, &env, &salt)?;
         }
@@ -130,7 +297,8 @@ impl KekReloader {
             return Err(VaultError::NoActiveKey);
         }
         info!(keys = %summary(&ring), "key vault loaded");
-        let keys = VaultKeys::fixed(ring);
+        let keys = VaultKeys::new(ring, policy, clock);
+        keys.load_usage(store)?;
         Ok((
             Arc::new(Self {
                 source,
@@ -182,6 +350,13 @@ pub struct KekStatus {
     pub active: bool,
     /// Whether the KEK is loaded (a record naming an unloaded KEK cannot be opened).
     pub loaded: bool,
+    /// Data keys this KEK has ever wrapped (jobs sealed, data keys re-wrapped), counted
+    /// durably: its use of the AES-GCM budget.
+    pub wrapped_keys: u64,
+    /// Days since it wrapped its first data key.
+    pub age_days: u64,
+    /// Why it is due for rotation (`wraps`, `age`); empty when it is not.
+    pub rotation_due: Vec<&'static str>,
 }
 
 /// What `bulwark vault status` and `GET /ojs/v1/admin/vault` show.
@@ -196,11 +371,11 @@ pub struct VaultStatus {
     pub total_jobs: u64,
 }
 
-/// Counts jobs per KEK (reads only the clear part of each record).
-pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
+/// Jobs per KEK id, jobs in clear, and all jobs (reads only the clear part of each record).
+fn scan_counts(store: &Store) -> Result<(BTreeMap<String, u64>, u64, u64), VaultError> {
     let txn = store.jobs_read()?;
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
-    let mut per_kek: BTreeMap<String, u64> = ring.ids().map(|id| (id.to_string(), 0)).collect();
+    let mut per_kek: BTreeMap<String, u64> = BTreeMap::new();
     let (mut clear, mut total) = (0, 0);
     for entry in table.iter().map_err(StoreError::from)? {
         let (_, value) = entry.map_err(StoreError::from)?;
@@ -210,6 +385,20 @@ pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
             None => clear += 1,
         }
     }
+    Ok((per_kek, clear, total))
+}
+
+/// Counts jobs per KEK (reads only the clear part of each record), with each KEK's use.
+pub fn scan(store: &Store, keys: &VaultKeys) -> Result<VaultStatus, VaultError> {
+    let ring = keys.ring();
+    let (sealed, clear, total) = scan_counts(store)?;
+    let mut per_kek: BTreeMap<String, u64> = ring.ids().map(|id| (id.to_string(), 0)).collect();
+    per_kek.extend(sealed);
+    let rotation: BTreeMap<String, KekRotation> = keys
+        .rotation()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
     let mut unreadable = 0;
     let keys = per_kek
         .into_iter()
@@ -218,11 +407,15 @@ pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
             if !loaded {
                 unreadable += jobs;
             }
+            let r = rotation.get(&id);
             KekStatus {
                 active: ring.active_id() == Some(id.as_str()),
+                loaded,
+                wrapped_keys: r.map_or(0, |r| r.wrapped_keys),
+                age_days: r.map_or(0, |r| r.age_days),
+                rotation_due: r.map(|r| r.due.clone()).unwrap_or_default(),
                 id,
                 jobs,
-                loaded,
             }
         })
         .collect();
@@ -296,21 +489,42 @@ pub fn rewrap_step(
     Ok(step)
 }
 
+/// One re-wrap step inside the caller's write transaction on the jobs file, counting the data
+/// keys wrapped with the active KEK ([`usage`]). Publish the returned totals once committed.
+pub fn rewrap_in(
+    txn: &redb::WriteTransaction,
+    keys: &VaultKeys,
+    ring: &KeyRing,
+    after: Option<u128>,
+    batch: usize,
+) -> Result<(RewrapStep, BTreeMap<String, KekUsage>), VaultError> {
+    let step = {
+        let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
+        rewrap_step(&mut table, ring, after, batch)?
+    };
+    let counts: BTreeMap<String, u64> = ring
+        .active_id()
+        .map(|id| (id.to_string(), step.rewrapped))
+        .into_iter()
+        .collect();
+    let totals = usage::add(txn, &counts, keys.now())?;
+    Ok((step, totals))
+}
+
 /// Re-wraps every data key in the database with the active KEK while the server is stopped,
 /// one write transaction per `batch` records; `progress` is told after each.
 pub fn rewrap_offline(
     store: &Store,
-    ring: &KeyRing,
+    keys: &VaultKeys,
     batch: usize,
     mut progress: impl FnMut(&RewrapStep, u64),
 ) -> Result<RewrapStep, VaultError> {
+    let ring = keys.ring();
     let mut total = RewrapStep::default();
     let mut after = None;
     loop {
-        let step = store.jobs_write(|txn| {
-            let mut table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
-            rewrap_step(&mut table, ring, after, batch)
-        })?;
+        let (step, totals) = store.jobs_write(|txn| rewrap_in(txn, keys, &ring, after, batch))?;
+        keys.publish_usage(totals);
         total.examined += step.examined;
         total.rewrapped += step.rewrapped;
         total.failed += step.failed;
@@ -359,6 +573,8 @@ pub struct VaultHandle {
 struct VaultActor {
     store: Store,
     keys: VaultKeys,
+    /// KEKs found due for rotation (audited once per process).
+    warned: BTreeSet<String>,
     queue: QueueHandle,
     audit: Option<AuditHandle>,
     batch: usize,
@@ -381,6 +597,7 @@ impl VaultHandle {
         let actor = VaultActor {
             store,
             keys: keys.clone(),
+            warned: BTreeSet::new(),
             queue,
             audit,
             batch: config.rewrap_batch.max(1),
@@ -438,10 +655,45 @@ impl VaultHandle {
 }
 
 impl VaultActor {
+    /// Publishes every KEK's age and whether it is due, and audits (and logs) each KEK the
+    /// first time this process finds it due: `vault.rotation_due`.
+    async fn check_rotation(&mut self) {
+        for r in self.keys.rotation() {
+            let short = keyring::short_id(&r.id);
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(METRIC_KEK_AGE, "kek" => short.clone())
+                .set((r.age_days * 86_400) as f64);
+            metrics::gauge!(METRIC_KEK_ROTATION_DUE, "kek" => short.clone())
+                .set(if r.due.is_empty() { 0.0 } else { 1.0 });
+            if r.due.is_empty() || !self.warned.insert(r.id.clone()) {
+                continue;
+            }
+            let policy = self.keys.policy();
+            warn!(
+                kek = %short,
+                wrapped_keys = r.wrapped_keys,
+                age_days = r.age_days,
+                reasons = ?r.due,
+                "key-encryption key due for rotation: run `bulwark vault rotate`, then a re-wrap"
+            );
+            if let Some(audit) = &self.audit {
+                let event = AuditEvent::new("vault.rotation_due", Outcome::Success)
+                    .detail("kek", short)
+                    .detail("active", r.active)
+                    .detail("wrapped_keys", r.wrapped_keys)
+                    .detail("age_days", r.age_days)
+                    .detail("reasons", r.due.clone())
+                    .detail("rotate_after_wraps", policy.max_wraps)
+                    .detail("rotate_after_days", policy.max_age_days);
+                audit.emit(event).await;
+            }
+        }
+    }
+
     async fn scan(&self) -> Result<VaultStatus, VaultError> {
         let store = self.store.clone();
-        let ring = self.keys.ring();
-        let status = tokio::task::spawn_blocking(move || scan(&store, &ring))
+        let keys = self.keys.clone();
+        let status = tokio::task::spawn_blocking(move || scan(&store, &keys))
             .await
             .map_err(|_| VaultError::Unavailable)??;
         self.keys
@@ -504,7 +756,25 @@ impl VaultActor {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, me: mpsc::WeakSender<Msg>) {
-        while let Some(msg) = rx.recv().await {
+        // KEKs age without traffic: look again every minute, and at once when a count crosses
+        // its threshold.
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let crossed = self.keys.crossed.clone();
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return,
+                },
+                _ = every.tick() => {
+                    self.check_rotation().await;
+                    continue;
+                }
+                () = crossed.notified() => {
+                    self.check_rotation().await;
+                    continue;
+                }
+            };
             match msg {
                 Msg::Status(reply) => {
                     let _ = reply.send(self.scan().await);

@@ -275,14 +275,30 @@ fn text_of(bytes: Zeroizing<Vec<u8>>) -> Result<String, VaultError> {
 /// Encodes `job` as a sealed (version 2) record. Uses the job's data key when it has one (read
 /// from disk earlier), else makes one under the active KEK.
 pub fn seal_job(ring: &KeyRing, job: &Job) -> Result<Vec<u8>, VaultError> {
-    let fresh;
+    seal_job_counted(ring, job).map(|s| s.bytes)
+}
+
+/// A sealed record, and the KEK that wraps its data key.
+pub struct SealedRecord {
+    pub bytes: Vec<u8>,
+    /// The id of the KEK that wraps the record's data key.
+    pub kek: String,
+    /// Whether the data key was made and wrapped by this call (the job had none).
+    pub fresh: bool,
+}
+
+/// [`seal_job`], saying which KEK wraps the data key and whether it was wrapped just now, so
+/// the store can count the KEK's use ([`super::usage`]).
+pub fn seal_job_counted(ring: &KeyRing, job: &Job) -> Result<SealedRecord, VaultError> {
+    let made;
     let key: &JobKey = match &job.key {
         Some(key) => key,
         None => {
-            fresh = new_job_key(ring, job.id)?;
-            &fresh
+            made = new_job_key(ring, job.id)?;
+            &made
         }
     };
+    let fresh = job.key.is_none();
     let tenant = job.tenant.as_deref();
     let field = |name: &str, text: &str| -> Result<Bytes, VaultError> {
         seal(
@@ -357,7 +373,10 @@ pub fn seal_job(ring: &KeyRing, job: &Job) -> Result<Vec<u8>, VaultError> {
         key: None,
         ..job.clone()
     };
-    codec::encode_as(RECORD_SEALED, &StoredJob { job: head, sealed }).map_err(VaultError::from)
+    let kek = sealed.kek.clone();
+    let bytes = codec::encode_as(RECORD_SEALED, &StoredJob { job: head, sealed })
+        .map_err(VaultError::from)?;
+    Ok(SealedRecord { bytes, kek, fresh })
 }
 
 /// A job record read without decrypting anything: the routing fields (payloads empty) and the

@@ -337,7 +337,7 @@ async fn action_jobs_need_a_valid_token_and_every_refusal_is_audited() {
         assert_eq!(denied["detail"]["job_type"], *job_type, "{name}");
         assert_eq!(denied["detail"]["queue"], queue, "{name}");
         assert_eq!(denied["principal"], "svc-ops", "{name}");
-        assert_eq!(denied["outcome"], "denied", "{name}");
+        assert_eq!(denied["outcome"], "failure", "{name}");
     }
 
     // Two token headers are ambiguous.

@@ -609,3 +609,221 @@ async fn admin_operations_and_shutdown_are_recorded_with_who_and_what() {
         }
     }
 }
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_text(server: &TestServer) -> String {
+    server
+        .client()
+        .get(server.url("/metrics"))
+        .header("Authorization", server.auth())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// An auditor's reconciliation: every throttled credential the metrics counted is in the audit
+/// trail, in records that carry their count, and the tail of a burst is written when its window
+/// closes even though no later refusal comes. Every record says `success` or `failure` and names
+/// a principal (`anonymous` for the unauthenticated).
+#[tokio::test]
+async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_metrics() {
+    let server = TestServer::start(ServerOptions {
+        extra_toml: "[auth.throttle]\nverifications_per_minute = 1\nburst = 1\n\n\
+                     [audit]\naggregate_window_secs = 1\n"
+            .into(),
+        ..ServerOptions::default()
+    });
+    // The admin key is verified (and cached) before the flood spends the address's budget.
+    let before = metrics_text(&server).await;
+    assert_eq!(
+        metric(
+            &before,
+            "bulwark_auth_attempts_total{outcome=\"failure\",reason=\"throttled\"}"
+        ),
+        0.0
+    );
+    // A burst, all at once (each refusal is held back a little, so one after the other they
+    // would span many windows).
+    let client = server.client();
+    let mut burst = Vec::new();
+    for i in 0..15 {
+        let request = client
+            .get(server.url("/ojs/v1/queues"))
+            .header(
+                "Authorization",
+                format!("Bearer bwk_live_00000000000000{i:02}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            )
+            .send();
+        burst.push(tokio::spawn(request));
+    }
+    for request in burst {
+        let res = request.await.unwrap().unwrap();
+        assert!(
+            matches!(
+                res.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED
+            ),
+            "{}",
+            res.status()
+        );
+    }
+    let after = metrics_text(&server).await;
+    let throttled = metric(
+        &after,
+        "bulwark_auth_attempts_total{outcome=\"failure\",reason=\"throttled\"}",
+    );
+    assert!(
+        throttled >= 13.0,
+        "the budget should refuse most of them: {after}"
+    );
+    // No more refusals: the window's remainder is written by the timer.
+    let mut audited = 0.0;
+    for _ in 0..100 {
+        audited = records(&server)
+            .iter()
+            .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
+            .map(|r| {
+                r["detail"]["count"]
+                    .as_f64()
+                    .expect("a count on every aggregated record")
+            })
+            .sum();
+        if audited >= throttled {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        audited,
+        throttled,
+        "audit and metrics disagree; log:\n{}",
+        server.log()
+    );
+    let throttled_records: Vec<Value> = records(&server)
+        .into_iter()
+        .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
+        .collect();
+    assert!(throttled_records.len() >= 2, "{throttled_records:?}");
+    assert!(
+        throttled_records.len() <= 3,
+        "a flood must not become a flood of records: {throttled_records:?}"
+    );
+    let tail = throttled_records.last().unwrap();
+    assert!(tail["detail"]["first_at"].is_string() && tail["detail"]["last_at"].is_string());
+    assert_eq!(tail["principal"], "anonymous");
+    assert_eq!(tail["outcome"], "failure");
+    // The OJS fields: outcome is success or failure, the principal is never null.
+    for r in records(&server) {
+        assert!(
+            r["outcome"] == "success" || r["outcome"] == "failure",
+            "{r}"
+        );
+        assert!(r["principal"].is_string(), "{r}");
+    }
+    assert_eq!(records(&server)[0]["principal"], "system");
+}
+
+/// `audit verify` prints the head (sequence number and chain value) so an operator can keep it
+/// elsewhere, and checks such an anchor later: a log rewritten up to it (with the key, by
+/// someone who holds it) fails.
+#[tokio::test]
+async fn audit_verify_prints_the_head_and_checks_an_anchor() {
+    let server = TestServer::start(ServerOptions::default());
+    wait_for(&server, "server.started").await;
+    let out = server.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = records(&server);
+    let last = all.last().unwrap();
+    let head_line = format!(
+        "head: seq {} chain {}",
+        last["seq"],
+        last["chain"].as_str().unwrap()
+    );
+    assert!(stdout.contains(&head_line), "{stdout}");
+    let anchor = format!("{}:{}", last["seq"], last["chain"].as_str().unwrap());
+    let ok = server.cli(&["audit", "verify", "--anchor", &anchor]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = format!("{}:{}", last["seq"], "ab".repeat(32));
+    let bad = server.cli(&["audit", "verify", "--anchor", &wrong]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("anchored"));
+}
+
+async fn health(server: &TestServer) -> (StatusCode, Value) {
+    let res = server
+        .client()
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap())
+}
+
+/// An audit disk that refuses writes: the fail-closed operations are refused, and health says
+/// so (503, `degraded`), so a load balancer stops sending traffic.
+#[tokio::test]
+async fn an_unwritable_audit_log_fails_readiness() {
+    let server = TestServer::start(ServerOptions {
+        extra_toml: "[audit]\nlog_file = \"/dev/full\"\n".into(),
+        ..ServerOptions::default()
+    });
+    let (status, body) = health(&server).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["audit"]["status"], "failing");
+    assert!(body["audit"]["failing_since"].is_string());
+    let m = metrics_text(&server).await;
+    assert!(m.contains("bulwark_audit_failing 1"), "{m}");
+}
+
+/// When writes work again, the trail says what it lost (`audit.resumed`) and health is ok,
+/// without a restart and without waiting for the next audited request.
+#[tokio::test]
+async fn a_trail_that_can_be_written_again_recovers_and_records_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = tmp.path().join("head-volume");
+    let server = TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[audit]\nhead_file = {:?}\n",
+            gone.join("audit.head").display().to_string()
+        ),
+        ..ServerOptions::default()
+    });
+    let (status, body) = health(&server).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    std::fs::create_dir(&gone).unwrap();
+    let mut recovered = None;
+    for _ in 0..100 {
+        let (status, body) = health(&server).await;
+        if status == StatusCode::OK {
+            recovered = Some(body);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body = recovered.expect("health never recovered");
+    assert_eq!(body["audit"]["status"], "ok");
+    let resumed = wait_for(&server, "audit.resumed").await;
+    assert!(resumed["detail"]["failed_records"].as_u64().unwrap() >= 1);
+    assert!(resumed["detail"]["failing_since"].is_string());
+}

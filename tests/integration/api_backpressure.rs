@@ -185,7 +185,7 @@ async fn reject_refuses_at_the_bound_until_room_is_made_and_survives_a_restart()
         let refused = api.audit("limit.refused", 1).await;
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0]["detail"]["code"], "queue_full");
-        assert_eq!(refused[0]["outcome"], "denied");
+        assert_eq!(refused[0]["outcome"], "failure");
         assert_eq!(records[0]["detail"]["queue"], "bp");
         assert_eq!(records[0]["detail"]["max_depth"], 2);
     }

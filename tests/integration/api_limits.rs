@@ -478,7 +478,7 @@ async fn a_submission_spike_is_throttled_audited_and_counted() {
     );
     let record = audited(&server, "abuse.spike").await;
     assert_eq!(record["detail"]["action"], "throttled");
-    assert_eq!(record["outcome"], "denied");
+    assert_eq!(record["outcome"], "failure");
     assert!(metrics_text(&server)
         .await
         .contains("bulwark_abuse_events_total{pattern=\"spike\"} 1"));

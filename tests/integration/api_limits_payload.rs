@@ -471,7 +471,7 @@ async fn the_job_type_allowlist_and_request_quotas() {
             .unwrap();
         let records = audit["records"].as_array().unwrap();
         if records.len() == 5 {
-            assert!(records.iter().all(|r| r["outcome"] == "denied"));
+            assert!(records.iter().all(|r| r["outcome"] == "failure"));
             break;
         }
         assert!(Instant::now() < deadline, "{audit}");

@@ -650,7 +650,7 @@ async fn login_is_throttled_before_any_password_work() {
     );
     let throttled = audit_events(&server, "auth.login_throttled", 1);
     assert_eq!(throttled.len(), 1);
-    assert_eq!(throttled[0]["outcome"], "denied");
+    assert_eq!(throttled[0]["outcome"], "failure");
     assert_eq!(throttled[0]["detail"]["limit"], "source_ip");
     assert_eq!(audit_events(&server, "auth.login", 5).len(), 5);
 }

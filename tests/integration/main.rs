@@ -27,5 +27,6 @@ mod conformance_engine;
 mod conformance_tls;
 mod log_hygiene;
 mod restart_durability;
+mod secrets_and_keys;
 mod tls;
 mod vault;

@@ -127,13 +127,13 @@ async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
-    // Refused handshakes are audited (once a minute per address) and all counted.
+    // Refused handshakes are audited (aggregated per address and reason) and all counted.
     let record = wait_audited(&server, "tls.handshake_failure", Some("peer_incompatible"));
     assert_eq!(record["source_ip"], "127.0.0.1");
     assert_eq!(
         audit_lines(&server, "tls.handshake_failure").len(),
         1,
-        "repeated failures from one address within a minute must share one record"
+        "repeated failures from one address within a window share one record (and its count)"
     );
     let m = metrics(&server).await;
     let line = m

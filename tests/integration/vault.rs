@@ -860,3 +860,107 @@ async fn the_offline_commands_count_rotate_and_rewrap() {
         .unwrap();
     assert!(!warning.contains("secretsecret"), "{err}");
 }
+
+fn gauge(text: &str, name: &str, kek: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{kek=\"{kek}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every data key a KEK wraps is counted, durably (a restart keeps the count); past
+/// `[vault] rotate_after_wraps` the KEK is due for rotation, and health, metrics, the status
+/// route, the CLI and the audit trail (`vault.rotation_due`) all say so.
+#[tokio::test]
+async fn data_keys_wrapped_per_kek_are_counted_durably_and_warned_past_the_threshold() {
+    let mut server = TestServer::start(ServerOptions {
+        extra_toml: "[vault]\nrotate_after_wraps = 3\n".into(),
+        ..ServerOptions::default()
+    });
+    let (_, health) = call(&server, reqwest::Method::GET, "/ojs/v1/health", None).await;
+    assert_eq!(health["encryption"]["rotation"]["status"], "ok", "{health}");
+    for i in 0..4 {
+        enqueue(&server, json!({"type": "t.x", "args": [i]})).await;
+    }
+    let status = vault_status(&server).await;
+    let active = status["vault"]["active"].as_str().unwrap().to_string();
+    let key = status["vault"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == active.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(key["wrapped_keys"], 4, "{status}");
+    assert_eq!(key["rotation_due"], json!(["wraps"]), "{status}");
+    let mut health = Value::Null;
+    for _ in 0..100 {
+        health = call(&server, reqwest::Method::GET, "/ojs/v1/health", None)
+            .await
+            .1;
+        if health["encryption"]["rotation"]["status"] == "due" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        health["encryption"]["rotation"]["status"], "due",
+        "{health}"
+    );
+    assert_eq!(health["encryption"]["rotation"]["active_wrapped_keys"], 4);
+    assert_eq!(
+        health["status"], "ok",
+        "a rotation warning is not an outage"
+    );
+    let audit_log = server.dir.join("data").join("audit.log");
+    let mut due = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&audit_log).unwrap();
+        due = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["event_type"] == "vault.rotation_due");
+        if due.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let due = due.expect("no vault.rotation_due record");
+    // Written when the count crossed the threshold.
+    assert!(
+        due["detail"]["wrapped_keys"].as_u64().unwrap() >= 3,
+        "{due}"
+    );
+    assert_eq!(due["detail"]["reasons"], json!(["wraps"]));
+    let (_, text) = {
+        let res = server
+            .client()
+            .get(server.url("/metrics"))
+            .header("Authorization", server.auth())
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.text().await.unwrap())
+    };
+    let short: String = active.chars().take(12).collect();
+    assert_eq!(
+        gauge(&text, "bulwark_vault_kek_wrapped_keys", &short),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        gauge(&text, "bulwark_vault_kek_rotation_due", &short),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Durable: the count survives a crash, and the offline status shows it.
+    server.kill();
+    let out = server.cli(&["vault", "status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout.lines().find(|l| l.starts_with(&short)).unwrap();
+    assert!(line.contains("ROTATION DUE"), "{stdout}");
+    server.restart();
+    let status = vault_status(&server).await;
+    assert_eq!(status["vault"]["keys"][0]["wrapped_keys"], 4, "{status}");
+}

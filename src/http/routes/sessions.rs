@@ -144,13 +144,16 @@ pub async fn login(
                     },
                 );
             }
-            // Audited once per source a minute; every refusal is counted in the metrics.
-            if t.report {
-                let event = audit::event(&req, "auth.login_throttled", Outcome::Denied, None)
-                    .detail("limit", t.scope.as_str())
-                    .detail("retry_after_secs", t.retry_after_secs);
-                audit::emit(&req, with_claimed(event, &username)).await;
-            }
+            // Aggregated per source and limit; every refusal is counted in the metrics too.
+            let event = audit::event(&req, "auth.login_throttled", Outcome::Failure, None)
+                .detail("limit", t.scope.as_str())
+                .detail("retry_after_secs", t.retry_after_secs);
+            let key = format!(
+                "{}|{}",
+                event.source_ip.as_deref().unwrap_or_default(),
+                t.scope.as_str()
+            );
+            audit::aggregate(&req, key, with_claimed(event, &username)).await;
             crate::http::limits::delay_refusal(&req, t.retry_after_secs).await;
             Err(AccountError::Throttled(t).into())
         }

@@ -17,21 +17,48 @@ use crate::queue::{EventFilter, QueueHandle};
 pub struct StartedAt(pub Instant);
 
 /// `GET /ojs/v1/health`: public, so it tells only whether the server can serve, how many jobs
-/// no loaded key can open, and on HTTPS the expiry of the certificate every client already sees
-/// (`tls.status` is `expiring` within `[tls] expiry_warning_days`).
+/// no loaded key can open, whether the active key-encryption key is due for rotation (its wrap
+/// count and age, no key id), whether the audit trail is being written (when it is not, every
+/// fail-closed operation is refused, so the server is `degraded` and answers 503: readiness
+/// fails), and on HTTPS the expiry of the certificate every client already sees (`tls.status`
+/// is `expiring` within `[tls] expiry_warning_days`).
 pub async fn health(
     queue: web::Data<QueueHandle>,
     vault: web::Data<crate::vault::VaultHandle>,
+    audit: web::Data<crate::audit::AuditHandle>,
     started: web::Data<StartedAt>,
     tls: web::Data<Option<std::sync::Arc<crate::tls::TlsRuntime>>>,
 ) -> HttpResponse {
     let uptime = started.0.elapsed().as_secs();
     let unreadable = vault.keys().unreadable_jobs();
+    let rotation = vault.keys().rotation();
+    let active = rotation.iter().find(|r| r.active);
+    let due = rotation.iter().filter(|r| !r.due.is_empty()).count();
     let encryption = json!({
         "status": if unreadable == 0 { "ok" } else { "degraded" },
         "unreadable_jobs": unreadable,
+        "rotation": {
+            "status": if due == 0 { "ok" } else { "due" },
+            "keys_due": due,
+            "active_wrapped_keys": active.map_or(0, |r| r.wrapped_keys),
+            "active_age_days": active.map_or(0, |r| r.age_days),
+        },
+    });
+    let trail = audit.status();
+    let audit_body = json!({
+        "status": if trail.is_ok() { "ok" } else { "failing" },
+        "failing_since": trail.failing_since.map(rfc3339),
+        "unwritten_records": trail.failed_records,
     });
     match queue.stats().await {
+        Ok(_) if !trail.is_ok() => degraded(&json!({
+            "status": "degraded",
+            "version": "1.0",
+            "uptime_seconds": uptime,
+            "backend": { "type": "redb", "status": "connected" },
+            "encryption": encryption,
+            "audit": audit_body,
+        })),
         Ok(_) => {
             let mut body = json!({
                 "status": "ok",
@@ -39,6 +66,7 @@ pub async fn health(
                 "uptime_seconds": uptime,
                 "backend": { "type": "redb", "status": "connected" },
                 "encryption": encryption,
+                "audit": audit_body,
             });
             if let Some(runtime) = tls.as_ref() {
                 let e = runtime.expiry_now();
