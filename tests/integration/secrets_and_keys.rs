@@ -104,7 +104,11 @@ fn a_secret_pasted_into_the_config_file_is_refused_without_being_repeated() {
 /// SIGHUP is refused, and neither the log nor the audit record of the refusal repeats it.
 #[tokio::test]
 async fn a_reload_refusing_a_pasted_secret_does_not_record_it() {
-    let server = TestServer::start(ServerOptions::default());
+    // SIGHUP and the log are the point: a process of its own.
+    let server = TestServer::start(ServerOptions {
+        process: true,
+        ..ServerOptions::default()
+    });
     let mut text = std::fs::read_to_string(server.config_path()).unwrap();
     text.push_str(&format!("\n[vault]\nkek = \"{PASTED}\"\n"));
     std::fs::write(server.config_path(), text).unwrap();

@@ -261,6 +261,7 @@ impl TestServer {
             }
             Some(running @ Running::InProcess { .. }) => {
                 let _ = stop_in_process(running);
+                self.wait_for_files();
             }
             None => {}
         }
@@ -277,7 +278,24 @@ impl TestServer {
                     .status();
                 child.wait().ok().and_then(|s| s.code())
             }
-            running => stop_in_process(running),
+            running => {
+                let code = stop_in_process(running);
+                self.wait_for_files();
+                code
+            }
+        }
+    }
+
+    /// Waits until the database files are free again, as they are once a process has exited:
+    /// an in-process server's last worker threads may let go of them a moment after it stopped.
+    fn wait_for_files(&self) {
+        let data = self.dir.join("data");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = bulwark::store::Store::open(&data) {
+            if !matches!(e, bulwark::store::StoreError::InUse(_)) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
