@@ -406,6 +406,10 @@ impl Config {
             default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
             max_args_bytes: self.payload.max_args_bytes,
             max_meta_bytes: self.payload.max_meta_bytes,
+            max_schedule_ahead_ms: self
+                .validation
+                .max_schedule_ahead_secs
+                .saturating_mul(1000),
         }
     }
 
@@ -541,6 +545,7 @@ mod tests {
         assert!(!ok("[server]\nrequest_head_timeout_secs = 31\n"));
         assert!(!ok("[server]\nrequest_head_timeout_secs = 0\n"));
         assert!(!ok("[server]\nkeep_alive_secs = 121\n"));
+        assert!(!ok("[validation]\nmax_schedule_ahead_secs = 0\n"));
         assert!(ok("[limits]\nmax_fetch_wait_ms = 30000\n"));
         assert!(!ok("[limits]\nmax_fetch_wait_ms = 30001\n"));
         assert!(!ok(
