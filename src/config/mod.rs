@@ -175,7 +175,7 @@ impl Default for ServerConfig {
             keep_alive_secs: 75,
             allow_insecure_plaintext_non_loopback: false,
             max_uri_bytes: 8 * 1024,
-            max_header_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
             max_head_bytes: 32 * 1024,
             max_headers: 64,
             http2_max_concurrent_streams: 100,
@@ -432,6 +432,16 @@ impl Config {
                  at most 120000"
             );
         }
+        if let Some(jwt) = &self.auth.jwt {
+            // `Authorization: Bearer ` and a token of the largest size the verifier accepts
+            // must fit in one header field, or a valid token would be refused for its size.
+            if jwt.max_token_bytes + 32 > s.max_header_bytes {
+                bail!(
+                    "server.max_header_bytes must be at least auth.jwt.max_token_bytes + 32, so \
+                     that the largest accepted token fits in the Authorization header"
+                );
+            }
+        }
         if !(8..=90).contains(&s.max_headers) {
             bail!("server.max_headers must be from 8 to 90");
         }
@@ -614,6 +624,9 @@ mod tests {
             "[server]\nmax_uri_bytes = 4096\nmax_header_bytes = 4096\n"
         ));
         assert!(!ok("[server]\nmax_uri_bytes = 65535\n"));
+        assert!(!ok(
+            "[server]\nmax_header_bytes = 8192\n[auth.jwt]\nmax_token_bytes = 8192\n"
+        ));
         assert!(!ok("[server]\nmax_head_bytes = 131072\n"));
         assert!(!ok("[server]\nmax_head_bytes = 1024\n"));
         assert!(!ok("[server]\nmax_headers = 96\n"));
