@@ -60,6 +60,12 @@ pub const JOBS: &str = "bulwark_jobs";
 pub const RATE_LIMITED: &str = "bulwark_rate_limited_total";
 /// `bulwark_connections_rejected_total{limit}`: connections over a connection limit.
 pub const CONNECTIONS_REJECTED: &str = "bulwark_connections_rejected_total";
+/// `bulwark_edge_refusals_total{reason}`: requests refused at the edge for their form (a
+/// request head over its bounds or malformed, a duplicated security header, an unsupported
+/// encoding).
+pub const EDGE_REFUSALS: &str = "bulwark_edge_refusals_total";
+/// `bulwark_http2_goaways_total{reason}`: HTTP/2 connections ended by the guard.
+pub const HTTP2_GOAWAYS: &str = "bulwark_http2_goaways_total";
 /// `bulwark_connections_open` (gauge, refreshed by the limiter's clean-up)
 pub const CONNECTIONS_OPEN: &str = "bulwark_connections_open";
 /// `bulwark_rate_limit_keys` (gauge): keys the rate limiters track.
@@ -98,6 +104,8 @@ fn describe() {
         "API key argon2 verifications (credential cache misses) by result"
     );
     metrics::describe_counter!(AUTHZ_DENIALS, "Requests refused for lack of a permission");
+    metrics::describe_counter!(EDGE_REFUSALS, "Requests refused at the edge for their form");
+    metrics::describe_counter!(HTTP2_GOAWAYS, "HTTP/2 connections ended for abuse");
     metrics::describe_counter!(
         AUTH_THROTTLED,
         "Credentials refused by the per-address verification budget, before argon2"

@@ -61,6 +61,7 @@ pub const EVENTS: &[EventType] = &[
     ev("vault.rewrap_finished", "the end of a re-wrap (how many data keys were re-wrapped)", false),
     ev("vault.rotation_due", "a key-encryption key past `[vault] rotate_after_wraps` or `rotate_after_days` (its wrap count and age; once per key per process, checked every minute)", false),
     ev("admin.reset", "`POST /ojs/v1/admin/reset` (conformance runs only)", true),
+    ev("request.refused", "any request refused for its form before authentication: a security header sent twice, a Content-Encoding, a request head over its bounds, malformed or with an ambiguous body length, a head timeout (with the reason; aggregated per address and reason, with a count)", false),
     ev("rate_limit.exceeded", "any request over a rate limit (per address, global, tenant or principal; aggregated per scope and key, with a count)", false),
     ev("limit.refused", "`POST /ojs/v1/jobs`, `/jobs/batch`, `/workers/fetch` refused by a quota, a tenant limit, a full queue or the long-poll cap (aggregated per principal and code, with a count)", false),
     ev("abuse.spike", "enqueues over 10x the principal's baseline (throttled for the cool-down)", false),

@@ -162,6 +162,22 @@ pub struct ServerConfig {
     /// Serve plain HTTP on a non-loopback address (no `[tls]`). Insecure: anyone on the path
     /// reads credentials and payloads; a warning is logged at every start.
     pub allow_insecure_plaintext_non_loopback: bool,
+    /// Longest request target (path and query), in bytes; longer is answered 414.
+    pub max_uri_bytes: usize,
+    /// Longest single header field (name and value), in bytes; longer is answered 431.
+    pub max_header_bytes: usize,
+    /// Largest request head (request line and every header field), in bytes; larger is
+    /// answered 431.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request; more is answered 431.
+    pub max_headers: usize,
+    /// HTTP/2: `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to clients; a client that opens
+    /// more is sent GOAWAY and disconnected.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty DATA,
+    /// unknown types) one connection may send per second, sustained, with a burst of ten
+    /// seconds' worth; beyond, GOAWAY (`ENHANCE_YOUR_CALM`) and the connection is closed.
+    pub http2_max_control_frames_per_second: u32,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +190,12 @@ impl Default for ServerConfig {
             request_head_timeout_secs: 10,
             keep_alive_secs: 75,
             allow_insecure_plaintext_non_loopback: false,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_head_bytes: 32 * 1024,
+            max_headers: 64,
+            http2_max_concurrent_streams: 100,
+            http2_max_control_frames_per_second: 100,
         }
     }
 }
@@ -359,6 +381,7 @@ impl Config {
         if !(1..=120).contains(&self.server.keep_alive_secs) {
             bail!("server.keep_alive_secs must be from 1 to 120 (OJS security §10.5)");
         }
+        self.validate_edge()?;
         self.limits.validate().context("invalid [limits]")?;
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes must be at least 1024");
@@ -449,6 +472,60 @@ impl Config {
         crate::secrets::check_placement(&secrets, &data).context("secrets placement")
     }
 
+    /// The request-head and HTTP/2 bounds of `[server]`. actix-http has fixed ceilings of its
+    /// own (a 128 KiB head, 96 header fields, a 64 KiB request target); the configured bounds
+    /// must stay under them so that Bulwark, not actix, answers every refusal.
+    fn validate_edge(&self) -> anyhow::Result<()> {
+        let s = &self.server;
+        if !(256..=65_000).contains(&s.max_uri_bytes) {
+            bail!("server.max_uri_bytes must be from 256 to 65000");
+        }
+        if !(256..=65_000).contains(&s.max_header_bytes) {
+            bail!("server.max_header_bytes must be from 256 to 65000");
+        }
+        if s.max_head_bytes < s.max_uri_bytes.max(s.max_header_bytes) || s.max_head_bytes > 120_000
+        {
+            bail!(
+                "server.max_head_bytes must be at least max_uri_bytes and max_header_bytes, and \
+                 at most 120000"
+            );
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            // `Authorization: Bearer ` and a token of the largest size the verifier accepts
+            // must fit in one header field, or a valid token would be refused for its size.
+            if jwt.max_token_bytes + 32 > s.max_header_bytes {
+                bail!(
+                    "server.max_header_bytes must be at least auth.jwt.max_token_bytes + 32, so \
+                     that the largest accepted token fits in the Authorization header"
+                );
+            }
+        }
+        if !(8..=90).contains(&s.max_headers) {
+            bail!("server.max_headers must be from 8 to 90");
+        }
+        if !(1..=1000).contains(&s.http2_max_concurrent_streams) {
+            bail!("server.http2_max_concurrent_streams must be from 1 to 1000");
+        }
+        if !(10..=100_000).contains(&s.http2_max_control_frames_per_second) {
+            bail!("server.http2_max_control_frames_per_second must be from 10 to 100000");
+        }
+        Ok(())
+    }
+
+    /// The bounds the connection guards and the edge middleware apply.
+    #[must_use]
+    pub fn edge_limits(&self) -> crate::http::guard::EdgeLimits {
+        let s = &self.server;
+        crate::http::guard::EdgeLimits {
+            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: s.max_header_bytes,
+            max_head_bytes: s.max_head_bytes,
+            max_headers: s.max_headers,
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+            http2_max_control_frames_per_second: s.http2_max_control_frames_per_second,
+        }
+    }
+
     /// The built-in roles plus the configured ones.
     pub fn policy(&self) -> anyhow::Result<Policy> {
         Policy::new(&self.auth.roles).context("invalid [[auth.roles]]")
@@ -464,6 +541,7 @@ impl Config {
             default_visibility_timeout_ms: self.queue.default_visibility_timeout_ms,
             max_args_bytes: self.payload.max_args_bytes,
             max_meta_bytes: self.payload.max_meta_bytes,
+            max_schedule_ahead_ms: self.validation.max_schedule_ahead_secs.saturating_mul(1000),
         }
     }
 
@@ -742,6 +820,7 @@ mod tests {
             d.server.request_head_timeout_secs
         );
         assert_eq!(c.server.keep_alive_secs, d.server.keep_alive_secs);
+        assert_eq!(c.edge_limits(), d.edge_limits());
         assert_eq!(c.payload, d.payload);
         assert_eq!(c.validation, d.validation);
         assert_eq!(c.quotas, d.quotas);
@@ -769,6 +848,18 @@ mod tests {
         assert!(!ok("[server]\nrequest_head_timeout_secs = 31\n"));
         assert!(!ok("[server]\nrequest_head_timeout_secs = 0\n"));
         assert!(!ok("[server]\nkeep_alive_secs = 121\n"));
+        assert!(ok(
+            "[server]\nmax_uri_bytes = 4096\nmax_header_bytes = 4096\n"
+        ));
+        assert!(!ok("[server]\nmax_uri_bytes = 65535\n"));
+        assert!(!ok(
+            "[server]\nmax_header_bytes = 8192\n[auth.jwt]\nmax_token_bytes = 8192\n"
+        ));
+        assert!(!ok("[server]\nmax_head_bytes = 131072\n"));
+        assert!(!ok("[server]\nmax_head_bytes = 1024\n"));
+        assert!(!ok("[server]\nmax_headers = 96\n"));
+        assert!(!ok("[server]\nhttp2_max_concurrent_streams = 0\n"));
+        assert!(!ok("[validation]\nmax_schedule_ahead_secs = 0\n"));
         assert!(ok("[limits]\nmax_fetch_wait_ms = 30000\n"));
         assert!(!ok("[limits]\nmax_fetch_wait_ms = 30001\n"));
         assert!(!ok(

@@ -50,13 +50,21 @@ pub struct ValidationConfig {
     /// relative to the config file's folder). Compiled at start and on reload; remote `$ref`s
     /// are never fetched.
     pub schemas: BTreeMap<String, PathBuf>,
+    /// How far ahead a job may be scheduled (`delay_until`, `scheduled_at`), in seconds; a
+    /// later time is refused 400 `invalid_request`. One year by default, a hundred years at
+    /// most (the OJS conformance suites schedule jobs for 2099).
+    pub max_schedule_ahead_secs: u64,
 }
+
+/// One year, the default scheduling horizon.
+pub const DEFAULT_SCHEDULE_HORIZON_SECS: u64 = 365 * 86_400;
 
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             job_types: vec!["*".into()],
             schemas: BTreeMap::new(),
+            max_schedule_ahead_secs: DEFAULT_SCHEDULE_HORIZON_SECS,
         }
     }
 }
@@ -80,6 +88,11 @@ impl ValidationConfig {
             bail!(
                 "validation.schemas: key #{} (in sorted order) is not a job type",
                 i + 1
+            );
+        }
+        if !(1..=100 * DEFAULT_SCHEDULE_HORIZON_SECS).contains(&self.max_schedule_ahead_secs) {
+            bail!(
+                "validation.max_schedule_ahead_secs must be from 1 to 3153600000 (a hundred years)"
             );
         }
         Ok(())

@@ -49,6 +49,10 @@ pub enum Code {
     UnsupportedMediaType,
     /// 408
     RequestTimeout,
+    /// 414: the request target is longer than `[server] max_uri_bytes`.
+    UriTooLong,
+    /// 431: a header field, or the whole head, is over its `[server]` bound.
+    HeadersTooLarge,
     /// 401
     Unauthenticated,
     /// 403
@@ -94,6 +98,8 @@ impl Code {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RequestTimeout => "request_timeout",
+            Self::UriTooLong => "invalid_request",
+            Self::HeadersTooLarge => "invalid_request",
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
@@ -112,7 +118,7 @@ impl Code {
     }
 
     /// Every code, in table order.
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 26] = [
         Self::InvalidRequest,
         Self::Unprocessable,
         Self::InvalidRetryPolicy,
@@ -123,6 +129,8 @@ impl Code {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::RequestTimeout,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::NotFound,

@@ -32,12 +32,49 @@ fn unsupported() -> ApiError {
     )
 }
 
-/// Whether a `Content-Type` names JSON: `application/json` or `application/openjobspec+json`,
-/// parameters allowed.
+/// Whether a `Content-Type` names JSON in UTF-8: `application/json` or
+/// `application/openjobspec+json`; a `charset` parameter, if any, must be UTF-8 (JSON is
+/// UTF-8 on the wire, RFC 8259 §8.1, and the body is read as such: a body declared in another
+/// charset would be misread).
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || essence.eq_ignore_ascii_case("application/openjobspec+json")
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let json = essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("application/openjobspec+json");
+    json && parts.all(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        !name.trim().eq_ignore_ascii_case("charset") || {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+    })
+}
+
+/// The path whose body is a batch, under `payload.max_batch_bytes`.
+pub const BATCH_PATH: &str = "/ojs/v1/jobs/batch";
+
+/// The body limit of a request to `path`.
+#[must_use]
+pub fn limit_for(rules: &Rules, path: &str) -> usize {
+    if path == BATCH_PATH {
+        rules.payload.max_batch_bytes
+    } else {
+        rules.max_body_bytes
+    }
+}
+
+/// The `Expect: 100-continue` check, before the client is told to send its body: a declared
+/// length over the route's limit is refused 413 at once, so the body is never sent.
+pub fn may_continue(rules: &Rules, path: &str, declared: Option<u64>) -> Result<(), ApiError> {
+    let limit = limit_for(rules, path);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    Ok(())
 }
 
 impl From<StrictError> for ApiError {
@@ -168,5 +205,35 @@ mod tests {
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/jsonx"));
         assert!(!is_json(""));
+    }
+
+    #[test]
+    fn the_batch_path_is_the_routed_batch_enqueue() {
+        assert!(crate::http::access::ROUTES
+            .iter()
+            .any(|r| r.method == "POST" && r.path == super::BATCH_PATH));
+    }
+
+    #[test]
+    fn json_in_any_charset_but_utf8_is_not_json() {
+        // The review's story: `application/json; charset=utf-16` was accepted and the body
+        // read as UTF-8.
+        for ok in [
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/openjobspec+json; charset=utf8",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in [
+            "application/json; charset=utf-16",
+            "application/json; charset=UTF-16LE",
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=",
+            "application/json; charset=utf-8; charset=utf-16",
+        ] {
+            assert!(!is_json(bad), "{bad}");
+        }
     }
 }

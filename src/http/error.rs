@@ -37,6 +37,8 @@ impl Code {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -74,6 +76,14 @@ pub fn markdown_table() -> String {
 
 pub use crate::error::ApiError;
 
+/// Whether a response of `status` ends its connection: the refusals after which the rest of
+/// the client's byte stream is not trusted (a body cut off at the limit or timed out, a head
+/// over its bounds).
+#[must_use]
+pub fn closes_connection(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 413 | 414 | 431)
+}
+
 /// The envelope, from the table.
 impl ApiError {
     /// The HTTP status, from the table.
@@ -84,7 +94,7 @@ impl ApiError {
 
     fn error_type(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 413 | 415 | 422 => "validation_error",
+            400 | 413 | 414 | 415 | 422 | 431 => "validation_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -98,6 +108,14 @@ impl ApiError {
 
     fn retryable(&self) -> bool {
         matches!(self.status().as_u16(), 429 | 503 | 504)
+    }
+
+    /// Whether the refusal leaves the connection's byte stream in a state the server no longer
+    /// trusts (a body cut off at the limit or timed out, a head over its bounds): the response
+    /// closes the connection, so nothing more of that stream is read.
+    #[must_use]
+    pub fn closes_connection(&self) -> bool {
+        closes_connection(self.status())
     }
 
     /// The envelope body.
@@ -151,6 +169,9 @@ impl ResponseError for ApiError {
         }
         let mut res = HttpResponse::build(self.status());
         res.content_type(OJS_JSON);
+        if self.closes_connection() {
+            res.force_close();
+        }
         if self.status() == StatusCode::UNAUTHORIZED {
             res.insert_header((
                 header::WWW_AUTHENTICATE,

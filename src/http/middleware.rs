@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 use tracing::{debug, warn};
@@ -27,8 +27,9 @@ pub struct RequestId(pub String);
 
 /// A client-supplied request id is echoed only if it is short and plain; otherwise (or when
 /// absent) the server makes one.
-fn request_id(req: &ServiceRequest) -> String {
-    req.headers()
+#[must_use]
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
@@ -39,26 +40,14 @@ fn request_id(req: &ServiceRequest) -> String {
         .map_or_else(|| format!("req_{}", Uuid::now_v7()), str::to_string)
 }
 
-/// The standard-headers middleware.
-pub async fn standard_headers(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let started = Instant::now();
-    let id = request_id(&req);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    // The listener decides, never a forwarded-protocol header a client could send.
-    let secure = req.app_config().secure();
-    let mut res = next.call(req).await?;
-    let status = res.status();
-    let headers = res.headers_mut();
+/// Sets the standard headers on a response: for the middleware, and for the answers written
+/// before a request reaches the app (the `Expect: 100-continue` refusal).
+pub fn apply(headers: &mut HeaderMap, id: &str, secure: bool) {
     headers.insert(
         HeaderName::from_static("ojs-version"),
         HeaderValue::from_static("1.0"),
     );
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
     if !headers.contains_key(header::CONTENT_TYPE) {
@@ -84,6 +73,23 @@ pub async fn standard_headers(
             HeaderValue::from_static(HSTS),
         );
     }
+}
+
+/// The standard-headers middleware.
+pub async fn standard_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    // The listener decides, never a forwarded-protocol header a client could send.
+    let secure = req.app_config().secure();
+    let mut res = next.call(req).await?;
+    let status = res.status();
+    apply(res.headers_mut(), &id, secure);
     let class = match status.as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",

@@ -6,7 +6,9 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod edge;
 pub mod error;
+pub mod guard;
 pub mod limits;
 pub mod middleware;
 pub mod routes;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, ResponseError as _};
 
 use crate::audit::AuditHandle;
 use crate::auth::AuthHandle;
@@ -118,35 +120,132 @@ pub fn server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> 
     }
 }
 
+/// The app: the routes, the not-found fallback and the middleware, outermost last (standard
+/// headers, then limits, then the edge checks).
+fn app(
+    routes: impl Fn(&mut web::ServiceConfig) + Clone + 'static,
+) -> App<
+    impl actix_service::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .configure(routes)
+        .default_service(web::to(routes::not_found))
+        .wrap(actix_web::middleware::from_fn(edge::edge))
+        .wrap(actix_web::middleware::from_fn(crate::http::limits::limits))
+        .wrap(actix_web::middleware::from_fn(middleware::standard_headers))
+}
+
+/// The `Expect: 100-continue` service: a declared body over the route's limit is refused 413
+/// before `100 Continue` is sent (actix-http sends the refusal itself, so it is given the
+/// envelope and the standard headers here).
+fn expect_service(
+    rules: crate::rules::RulesHandle,
+    secure: bool,
+) -> impl actix_service::ServiceFactory<
+    actix_http::Request,
+    Config = (),
+    Response = actix_http::Request,
+    Error = actix_http::Response<actix_web::body::BoxBody>,
+    InitError = (),
+> + Clone {
+    actix_service::fn_service(move |req: actix_http::Request| {
+        use actix_http::HttpMessage as _;
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let verdict = body::may_continue(&rules.current(), req.path(), declared);
+        std::future::ready(match verdict {
+            Ok(()) => Ok(req),
+            Err(e) => {
+                let mut res: actix_http::Response<actix_web::body::BoxBody> =
+                    e.error_response().into();
+                middleware::apply(
+                    res.headers_mut(),
+                    &middleware::request_id(req.headers()),
+                    secure,
+                );
+                Err(res)
+            }
+        })
+    })
+}
+
+/// actix-http's own head timer answers a bare 408; the guard's fires first and answers with
+/// the envelope, so actix-http's is set a little later as a backstop.
+fn backstop(head_timeout: Duration) -> Duration {
+    head_timeout + Duration::from_secs(2)
+}
+
+/// The plain-HTTP server (loopback, or with the named insecure switch). Like the HTTPS one, it
+/// is assembled from actix-server and actix-http so that every connection passes through the
+/// HTTP/1 guard and the `Expect` check.
 fn plain_server(shared: Shared, listener: TcpListener) -> std::io::Result<Server> {
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{fn_service, map_config, ServiceFactoryExt as _};
+    use actix_web::rt::net::TcpStream;
+
+    use guard::Guarded;
+
     let config = shared.config.clone();
+    let addr = listener.local_addr()?;
     let routes = configure(&shared);
     let limiter = shared.limiter.clone();
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .configure(routes.clone())
-            .default_service(web::to(routes::not_found))
-            .wrap(actix_web::middleware::from_fn(crate::http::limits::limits))
-            .wrap(actix_web::middleware::from_fn(middleware::standard_headers))
-    })
-    // Registered before the listener is added, or it would not apply to it.
-    .on_connect(move |io, data| crate::limiter::connections::on_connect(&limiter, io, data))
-    .client_request_timeout(Duration::from_secs(config.server.request_head_timeout_secs))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
-    .shutdown_timeout(config.server.shutdown_timeout_secs)
-    .disable_signals();
+    let rules = shared.rules.clone();
+    let limits = config.edge_limits();
+    let keep_alive = Duration::from_secs(config.server.keep_alive_secs);
+    let head_timeout = Duration::from_secs(config.server.request_head_timeout_secs);
+    let host = addr.to_string();
+
+    let mut builder = actix_server::Server::build()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .disable_signals();
     if config.server.workers > 0 {
-        server = server.workers(config.server.workers);
+        builder = builder.workers(config.server.workers);
     }
-    Ok(server.listen(listener)?.run())
+    builder = builder.listen("bulwark-http", listener, move || {
+        let limiter = limiter.clone();
+        let host = host.clone();
+        let http = HttpService::build()
+            .keep_alive(keep_alive)
+            .client_request_timeout(backstop(head_timeout))
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .expect(expect_service(rules.clone(), false))
+            .on_connect_ext(move |io: &Guarded<TcpStream>, ext| {
+                crate::limiter::connections::on_connect(&limiter, io.get_ref(), ext);
+                ext.insert(io.conn());
+            })
+            .finish(map_config(
+                actix_service::IntoServiceFactory::into_factory(app(routes.clone()))
+                    .map_err(|err: actix_web::Error| err.error_response()),
+                move |()| actix_web::dev::AppConfig::__priv_test_new(false, host.clone(), addr),
+            ))
+            .map_err(|_| ())
+            .map_init_err(|_| ());
+        fn_service(move |tcp: TcpStream| {
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr().ok();
+            let io = Guarded::http1(tcp, limits, head_timeout);
+            std::future::ready(Ok::<_, ()>((io, Protocol::Http1, peer)))
+        })
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }
 
 /// The HTTPS server. It is assembled from actix-server and actix-http directly rather than
 /// through `HttpServer::listen_rustls_0_23`, whose TLS acceptor drops handshake errors: here
 /// every failed handshake reaches [`crate::tls::accept::HandshakeReporter`] with the peer
-/// address. After the handshake, the connection hook stores the verified client certificate
-/// and its principal in the connection's data.
+/// address. After the handshake, the connection passes through its guard (HTTP/1 or HTTP/2 by
+/// ALPN), and the connection hook stores the verified client certificate and its principal in
+/// the connection's data.
 fn tls_server(
     shared: Shared,
     listener: TcpListener,
@@ -159,6 +258,7 @@ fn tls_server(
     use actix_web::rt::net::TcpStream;
 
     use crate::tls::accept::{classify, HandshakeReporter};
+    use guard::Guarded;
 
     let config = shared.config.clone();
     let addr = listener.local_addr()?;
@@ -175,6 +275,8 @@ fn tls_server(
     let head_timeout = Duration::from_secs(config.server.request_head_timeout_secs);
     let host = addr.to_string();
     let limiter = shared.limiter.clone();
+    let rules = shared.rules.clone();
+    let limits = config.edge_limits();
 
     let mut builder = actix_server::Server::build()
         .shutdown_timeout(config.server.shutdown_timeout_secs)
@@ -183,25 +285,22 @@ fn tls_server(
         builder = builder.workers(config.server.workers);
     }
     builder = builder.listen("bulwark-https", listener, move || {
-        let app = App::new()
-            .configure(routes.clone())
-            .default_service(web::to(routes::not_found))
-            .wrap(actix_web::middleware::from_fn(crate::http::limits::limits))
-            .wrap(actix_web::middleware::from_fn(middleware::standard_headers));
         let identities = identities.clone();
         let limiter = limiter.clone();
         let host = host.clone();
         let http = HttpService::build()
             .keep_alive(keep_alive)
-            .client_request_timeout(head_timeout)
-            .on_connect_ext(move |io: &TlsStream<TcpStream>, ext| {
+            .client_request_timeout(backstop(head_timeout))
+            .expect(expect_service(rules.clone(), true))
+            .on_connect_ext(move |io: &Guarded<TlsStream<TcpStream>>, ext| {
                 // The connection limits count it (per address and in all), then the client
-                // certificate and its principal are stored.
-                crate::limiter::connections::on_connect(&limiter, io, ext);
-                crate::tls::accept::on_connect(io.get_ref().1, &identities, ext);
+                // certificate and its principal are stored, and the guard's shared state.
+                crate::limiter::connections::on_connect(&limiter, io.get_ref(), ext);
+                crate::tls::accept::on_connect(io.get_ref().get_ref().1, &identities, ext);
+                ext.insert(io.conn());
             })
             .finish(map_config(
-                actix_service::IntoServiceFactory::into_factory(app)
+                actix_service::IntoServiceFactory::into_factory(app(routes.clone()))
                     .map_err(|err: actix_web::Error| err.error_response()),
                 // `AppConfig::new` is crate-private; this is its public (doc-hidden) twin, the
                 // one actix-test uses. `secure = true` is what turns HSTS on in the middleware.
@@ -236,16 +335,24 @@ fn tls_server(
         )
         .map_err(|_| ())
         .map_init_err(|_| ())
-        .and_then(fn_service(|stream: TlsStream<TcpStream>| async move {
+        .and_then(fn_service(move |stream: TlsStream<TcpStream>| async move {
             let (tcp, conn) = stream.get_ref();
-            let protocol = if conn.alpn_protocol() == Some(b"h2") {
-                Protocol::Http2
-            } else {
-                Protocol::Http1
-            };
+            let h2 = conn.alpn_protocol() == Some(b"h2");
             let _ = tcp.set_nodelay(true);
             let peer = tcp.peer_addr().ok();
-            Ok::<_, ()>((stream, protocol, peer))
+            Ok::<_, ()>(if h2 {
+                (
+                    Guarded::http2(stream, limits, head_timeout),
+                    Protocol::Http2,
+                    peer,
+                )
+            } else {
+                (
+                    Guarded::http1(stream, limits, head_timeout),
+                    Protocol::Http1,
+                    peer,
+                )
+            })
         }))
         .and_then(http)
     })?;

@@ -77,6 +77,9 @@ pub struct EnvelopeRules {
     pub max_args_bytes: usize,
     /// Largest serialized `meta`, in bytes (413 above it).
     pub max_meta_bytes: usize,
+    /// How far ahead of now a job may be scheduled, in ms (`[validation]
+    /// max_schedule_ahead_secs`).
+    pub max_schedule_ahead_ms: u64,
 }
 
 impl Default for EnvelopeRules {
@@ -88,6 +91,7 @@ impl Default for EnvelopeRules {
             default_visibility_timeout_ms: 30_000,
             max_args_bytes: 1024 * 1024,
             max_meta_bytes: 64 * 1024,
+            max_schedule_ahead_ms: crate::config::validation::DEFAULT_SCHEDULE_HORIZON_SECS * 1000,
         }
     }
 }
@@ -447,9 +451,26 @@ pub fn parse_new_job(body: &Value, rules: &EnvelopeRules, now: Millis) -> Result
         }
     };
     let run_at = match time_field("delay_until")? {
-        Some(t) => Some(t),
-        None => time_field("scheduled_at")?,
+        Some(t) => Some(("delay_until", t)),
+        None => time_field("scheduled_at")?.map(|t| ("scheduled_at", t)),
     };
+    // A schedule years ahead is a job nobody will see run, held (and counted against the
+    // tenant's scheduled-job quota) for ever: the horizon bounds it.
+    let horizon =
+        now.saturating_add(i64::try_from(rules.max_schedule_ahead_ms).unwrap_or(i64::MAX));
+    if let Some((name, at)) = run_at {
+        if at > horizon {
+            return Err(Invalid::request(
+                format!(
+                    "{name} is more than {} seconds ahead; the scheduling horizon is \
+                     [validation] max_schedule_ahead_secs",
+                    rules.max_schedule_ahead_ms / 1000
+                ),
+                &format!("options.{name}"),
+            ));
+        }
+    }
+    let run_at = run_at.map(|(_, at)| at);
     let expires_at = time_field("expires_at")?;
 
     let retry = match opt("retry") {
@@ -748,6 +769,38 @@ mod tests {
             let err = parse_new_job(&body, &strict(), 0).unwrap_err();
             assert_eq!(err.kind, InvalidKind::Request, "{body}");
         }
+    }
+
+    #[test]
+    fn schedules_beyond_the_horizon_are_refused_at_the_horizon_they_pass() {
+        // The review's story: `"delay_until": "9999-12-31T23:59:59Z"` was accepted and held a
+        // job (and a scheduled-job quota slot) for eight thousand years.
+        let rules = EnvelopeRules {
+            max_schedule_ahead_ms: 60_000,
+            ..EnvelopeRules::default()
+        };
+        let now = 1_700_000_000_000;
+        for (field, value) in [
+            ("delay_until", "9999-12-31T23:59:59Z"),
+            ("scheduled_at", "9999-12-31T23:59:59Z"),
+            ("delay_until", "+PT61S"),
+            ("scheduled_at", "+P3650D"),
+        ] {
+            let body = json!({"type": "a.b", "args": [], "options": {field: value}});
+            let err = parse_new_job(&body, &rules, now).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::Request, "{body}");
+            assert_eq!(err.field.as_deref(), Some(&*format!("options.{field}")));
+            assert!(err.message.contains("horizon"), "{}", err.message);
+        }
+        let at_horizon = json!({"type": "a.b", "args": [], "options": {"delay_until": "+PT60S"}});
+        let job = parse_new_job(&at_horizon, &rules, now).unwrap();
+        assert_eq!(job.run_at, Some(now + 60_000));
+        let default = EnvelopeRules::default();
+        let far =
+            json!({"type": "a.b", "args": [], "options": {"delay_until": "9999-12-31T23:59:59Z"}});
+        assert!(parse_new_job(&far, &default, now).is_err());
+        let in_a_month = json!({"type": "a.b", "args": [], "options": {"delay_until": "+P30D"}});
+        parse_new_job(&in_a_month, &default, now).unwrap();
     }
 
     #[test]

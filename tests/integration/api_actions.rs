@@ -340,7 +340,7 @@ async fn action_jobs_need_a_valid_token_and_every_refusal_is_audited() {
         assert_eq!(denied["outcome"], "failure", "{name}");
     }
 
-    // Two token headers are ambiguous.
+    // Two token headers are ambiguous: refused at the edge, before the token is looked at.
     let res = server
         .client()
         .post(server.url("/ojs/v1/jobs"))
@@ -352,9 +352,10 @@ async fn action_jobs_need_a_valid_token_and_every_refusal_is_audited() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let denied = record_for(&server, "authz.denied", "neg-twice").await;
-    assert_eq!(denied["detail"]["reason"], "policy_token_invalid");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let refused = record_for(&server, "request.refused", "neg-twice").await;
+    assert_eq!(refused["detail"]["reason"], "duplicate_header");
+    assert_eq!(refused["detail"]["header"], "x-ojs-policy-token");
 
     // The valid token (the header name is case-insensitive): 201, and its use is on record.
     let (status, body) = enqueue(

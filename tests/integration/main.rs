@@ -15,6 +15,7 @@ mod api_audit;
 mod api_auth;
 mod api_backpressure;
 mod api_bad_input;
+mod api_edge;
 mod api_identity;
 mod api_leases;
 mod api_limits;

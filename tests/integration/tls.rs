@@ -694,3 +694,141 @@ async fn sighup_reloads_a_certificate_whose_change_sends_no_folder_event() {
     let reloaded = wait_audited(&server, "tls.certificate_reloaded", None);
     assert_eq!(reloaded["detail"]["trigger"], "sighup", "{reloaded}");
 }
+
+/// An HTTP/2 connection over TLS, by hand: the preface and an empty SETTINGS frame sent.
+async fn h2_connect(
+    server: &TestServer,
+    ca: &Ca,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut config = common::rustls_client_config(&ca.cert, None, None);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.authority())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
+    tls
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one frame: (type, flags, payload); `None` at the end of the stream.
+async fn h2_read_frame(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Option<(u8, u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_advertises_a_stream_bound_and_ends_a_settings_flood_with_goaway() {
+    // The review's story: over TLS HTTP/2 no SETTINGS_MAX_CONCURRENT_STREAMS was advertised,
+    // and 20,000 SETTINGS frames were each acknowledged, with no GOAWAY.
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new("h2 CA");
+    // The defaults: 100 streams, 100 control frames a second with a burst of 1,000.
+    let server = TestServer::start(tls_options(&ca, "none", &[], "", ""));
+    let mut tls = h2_connect(&server, &ca).await;
+    let (kind, flags, payload) = h2_read_frame(&mut tls).await.unwrap();
+    assert_eq!(
+        (kind, flags & 1),
+        (0x4, 0),
+        "the server's SETTINGS come first"
+    );
+    let params: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+            )
+        })
+        .collect();
+    assert!(params.contains(&(0x3, 100)), "{params:?}");
+    assert!(params.iter().any(|(id, _)| *id == 0x6), "{params:?}");
+    tls.write_all(&h2_frame(0x4, 1, 0, &[])).await.unwrap();
+
+    // The flood, written from a task while this one reads.
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let flood = tokio::spawn(async move {
+        let frame = h2_frame(0x4, 0, 0, &[]);
+        let mut batch = Vec::new();
+        for _ in 0..1000 {
+            batch.extend_from_slice(&frame);
+        }
+        for _ in 0..20 {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        let mut acks = 0usize;
+        loop {
+            let mut head = [0u8; 9];
+            if reader.read_exact(&mut head).await.is_err() {
+                return (acks, None);
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                return (acks, None);
+            }
+            match head[3] {
+                0x4 => acks += 1,
+                0x7 => {
+                    return (
+                        acks,
+                        Some(u32::from_be_bytes([
+                            payload[4], payload[5], payload[6], payload[7],
+                        ])),
+                    )
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the flood went on without the server ending the connection");
+    let _ = flood.await;
+    assert_eq!(
+        outcome.1,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM, after {} ACKs",
+        outcome.0
+    );
+    assert!(
+        outcome.0 <= 1000,
+        "{} SETTINGS were acknowledged",
+        outcome.0
+    );
+    // A well-behaved HTTP/2 client is served as before.
+    let client = tls_client(&ca.cert, None, None);
+    let res = client
+        .get(server.url("/ojs/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+}

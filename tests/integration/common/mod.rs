@@ -394,7 +394,7 @@ fn config_text(dir: &Path, opts: &ServerOptions) -> String {
         text.push_str(
             "[api]\nunknown_fields = \"preserve\"\n\n\
              [testing]\nallow_reset = true\nhonour_test_directives = true\n\n\
-             [validation]\njob_types = [\"*\"]\n\n",
+             [validation]\njob_types = [\"*\"]\nmax_schedule_ahead_secs = 3153600000\n\n",
         );
         text.push_str(CONFORMANCE_LIMITS);
     }
