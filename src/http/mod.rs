@@ -82,16 +82,10 @@ pub fn configure(shared: &Shared) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::new(shared.accounts.sessions()))
             .app_data(web::Data::new(shared.metrics.clone()))
             .app_data(web::Data::new(shared.vault.clone()))
-            .app_data(web::Data::new(routes::admin::AuditSource {
-                store: shared.store.clone(),
-                log_file: shared.audit_log.clone(),
-            }))
             .app_data(web::Data::from(config.clone()))
-            .app_data(web::Data::from(shared.actions.clone()))
             .app_data(web::Data::new(shared.rules.clone()))
             .app_data(web::Data::new(system::StartedAt(shared.started)))
             .app_data(web::Data::new(shared.tls.clone()))
-            .app_data(web::Data::new(shared.clock.clone()))
             .app_data(web::Data::new(CertificatePolicy {
                 required_for_roles: shared
                     .tls

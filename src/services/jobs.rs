@@ -286,6 +286,14 @@ impl Jobs {
         Ok((job, previous))
     }
 
+    /// Deletes every job (the testing-only reset route), recorded first (no record, no reset).
+    pub async fn reset(&self, caller: &Caller) -> Result<(), ApiError> {
+        let event = caller.event("admin.reset", Outcome::Success);
+        caller.trail().guarded(event, self.queue.reset()).await?;
+        tracing::warn!(principal = %caller.principal.display_id(), "all job state reset through the testing route");
+        Ok(())
+    }
+
     /// Makes a pending job available.
     pub async fn activate(&self, caller: &Caller, id: JobId) -> Result<Job, ApiError> {
         caller.job(&self.queue, id, Permission::Enqueue).await?;

@@ -8,12 +8,16 @@
 
 pub mod abuse;
 pub mod actions;
+pub mod audit_queries;
 pub mod caller;
+pub mod dead_letters;
 pub mod jobs;
 pub mod keys;
 pub mod offline;
+pub mod queues;
 pub mod trail;
 pub mod users;
+pub mod vault;
 pub mod workers;
 
 pub use caller::{Caller, Origin, Via};
@@ -29,6 +33,10 @@ pub struct Services {
     pub keys: keys::Keys,
     pub users: users::Users,
     pub workers: workers::Workers,
+    pub queues: queues::Queues,
+    pub dead_letters: dead_letters::DeadLetters,
+    pub vault: vault::Vault,
+    pub audit: audit_queries::AuditQueries,
     /// The audit trail every caller writes to.
     pub trail: Trail,
 }

@@ -1,40 +1,21 @@
 //! `/ojs/v1/admin`: operator routes. `reset` exists only when `[testing] allow_reset` is set.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::warn;
 
 use super::ok;
-use crate::audit::Outcome;
-use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
-use crate::queue::QueueHandle;
+use crate::services::Services;
 
 /// `POST /ojs/v1/admin/reset`: deletes every job. For external conformance runners.
 pub async fn reset(
-    req: HttpRequest,
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
 ) -> Result<HttpResponse, ApiError> {
-    // Fail closed: no record on disk, no reset.
-    let event = audit::event(
-        &req,
-        "admin.reset",
-        Outcome::Success,
-        Some(&caller.principal),
-    );
-    audit::guarded(&req, event, queue.reset()).await?;
-    warn!(principal = %caller.principal.display_id(), "all job state reset through the testing route");
+    services.jobs.reset(&caller).await?;
     Ok(ok(&json!({ "reset": true })))
-}
-
-/// Where audit queries read from (app data).
-#[derive(Clone)]
-pub struct AuditSource {
-    pub store: crate::store::Store,
-    pub log_file: std::path::PathBuf,
 }
 
 /// Query of `GET /ojs/v1/admin/audit`.
@@ -52,9 +33,8 @@ pub struct AuditQueryParams {
 /// `GET /ojs/v1/admin/audit`: audit records, newest first, filtered by type, principal,
 /// tenant and time; `before` (a sequence number) pages back. Admin only, and itself audited.
 pub async fn audit(
-    req: HttpRequest,
     caller: Authenticated,
-    source: web::Data<AuditSource>,
+    services: web::Data<Services>,
     params: web::Query<AuditQueryParams>,
 ) -> Result<HttpResponse, ApiError> {
     let time = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
@@ -79,26 +59,7 @@ pub async fn audit(
         before: params.before,
         limit,
     };
-    audit::emit(
-        &req,
-        audit::event(
-            &req,
-            "audit.queried",
-            Outcome::Success,
-            Some(&caller.principal),
-        ),
-    )
-    .await;
-    let source = source.get_ref().clone();
-    let records = actix_web::rt::task::spawn_blocking(move || {
-        crate::audit::index::query(&source.store, &source.log_file, &query)
-    })
-    .await
-    .map_err(|_| ApiError::unavailable())?
-    .map_err(|e| {
-        tracing::error!(error = %e, "audit query failed");
-        ApiError::unavailable()
-    })?;
+    let records = services.audit.query(&caller, query).await?;
     let next_before = records
         .last()
         .and_then(|r| r.get("seq"))

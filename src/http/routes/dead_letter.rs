@@ -1,18 +1,16 @@
-//! `/ojs/v1/dead-letter`: list, retry, delete.
+//! `/ojs/v1/dead-letter`: list, retry, delete (the dead-letter service,
+//! [`crate::services::dead_letters`], checks and records).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{job_id, ok};
-use crate::audit::Outcome;
-use crate::auth::Permission;
-use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::error::ApiError;
 use crate::job::envelope::is_valid_queue;
 use crate::job::view::job_json;
-use crate::queue::QueueHandle;
+use crate::services::Services;
 
 /// Query of the listing.
 #[derive(Deserialize)]
@@ -25,7 +23,7 @@ pub struct ListQuery {
 /// `GET /ojs/v1/dead-letter`
 pub async fn list(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(50);
@@ -33,25 +31,18 @@ pub async fn list(
         return Err(ApiError::invalid("limit", "limit must be from 1 to 100"));
     }
     let offset = query.offset.unwrap_or(0);
-    if let Some(q) = &query.queue {
-        if !is_valid_queue(q) {
-            return Err(ApiError::invalid(
-                "queue",
-                "queue names must match ^[a-z0-9][a-z0-9.-]*$",
-            ));
-        }
-        caller.allow(Permission::Inspect, q).await?;
+    if query.queue.as_deref().is_some_and(|q| !is_valid_queue(q)) {
+        return Err(ApiError::invalid(
+            "queue",
+            "queue names must match ^[a-z0-9][a-z0-9.-]*$",
+        ));
     }
-    let page = queue
-        .dead_letter(caller.tenant.clone(), query.queue.clone(), limit, offset)
+    let page = services
+        .dead_letters
+        .list(&caller, query.queue.clone(), limit, offset)
         .await?;
     // Only queues the caller may inspect are shown (the total counts the tenant's whole list).
-    let jobs: Vec<Value> = page
-        .items
-        .iter()
-        .filter(|j| caller.sees_queue(&j.queue))
-        .map(job_json)
-        .collect();
+    let jobs: Vec<Value> = page.jobs.iter().map(job_json).collect();
     Ok(ok(&json!({
         "jobs": jobs,
         "pagination": {
@@ -65,50 +56,21 @@ pub async fn list(
 
 /// `POST /ojs/v1/dead-letter/{id}/retry`
 pub async fn retry(
-    req: HttpRequest,
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&id)?;
-    caller.job(&queue, id, Permission::Admin).await?;
-    let event = audit::event(
-        &req,
-        "dead_letter.retried",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("job_id", id.to_string());
-    let job = audit::guarded(
-        &req,
-        event,
-        queue.retry_dead_letter(id, caller.tenant.clone()),
-    )
-    .await?;
+    let job = services.dead_letters.retry(&caller, job_id(&id)?).await?;
     Ok(ok(&json!({ "job": job_json(&job) })))
 }
 
 /// `DELETE /ojs/v1/dead-letter/{id}`
 pub async fn delete(
-    req: HttpRequest,
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<Services>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    caller.job(&queue, id, Permission::Admin).await?;
-    let event = audit::event(
-        &req,
-        "dead_letter.deleted",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("job_id", id.to_string());
-    audit::guarded(
-        &req,
-        event,
-        queue.delete_dead_letter(id, caller.tenant.clone()),
-    )
-    .await?;
+    services.dead_letters.delete(&caller, id).await?;
     Ok(ok(&json!({ "deleted": true, "job_id": id.to_string() })))
 }

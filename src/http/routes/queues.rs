@@ -1,22 +1,20 @@
 //! `/ojs/v1/queues/{name}/stats` and `/ojs/v1/admin/queues/{name}/config`: a queue's depth and
-//! its backpressure bound (`ojs-backpressure.md` §6). Bounds are kept in the database, so they
-//! survive restarts; every change is audited fail-closed (`queue.config_changed`).
+//! its backpressure bound (`ojs-backpressure.md` §6). The handlers read the request and render;
+//! the queue service ([`crate::services::queues`]) checks and records.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::ok;
-use crate::audit::Outcome;
-use crate::auth::Permission;
-use crate::http::audit;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
 use crate::http::error::Code;
 use crate::job::envelope::{attribute_name, is_valid_queue};
 use crate::queue::bounds::{QueueBound, Strategy};
-use crate::queue::{BoundInfo, QueueHandle};
-use crate::rules::RulesHandle;
+use crate::queue::BoundInfo;
+use crate::services::queues::QueueStats;
+use crate::services::Services;
 
 fn queue_name(name: &str) -> Result<String, ApiError> {
     if is_valid_queue(name) {
@@ -41,23 +39,12 @@ fn bound_json(info: &BoundInfo) -> Value {
 /// `GET /ojs/v1/queues/{name}/stats`: depth, bound and per-state counts.
 pub async fn stats(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    rules: web::Data<RulesHandle>,
+    services: web::Data<Services>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = queue_name(&name)?;
-    caller.allow(Permission::Inspect, &name).await?;
-    let default_max_depth = rules.current().backpressure.default_max_depth;
-    let info = queue
-        .bound(caller.tenant.clone(), name.clone(), default_max_depth)
-        .await?;
-    let counts = queue
-        .queues(caller.tenant.clone())
-        .await?
-        .into_iter()
-        .find(|q| q.name == name)
-        .map(|q| q.counts)
-        .unwrap_or_default();
+    let QueueStats { info, summary } = services.queues.stats(&caller, &name).await?;
+    let counts = summary.map(|q| q.counts).unwrap_or_default();
     let mut summary = serde_json::to_value(&counts).unwrap_or_else(|_| json!({}));
     summary["name"] = json!(name);
     summary["depth"] = json!(info.depth);
@@ -82,15 +69,11 @@ pub async fn stats(
 /// `GET /ojs/v1/admin/queues/{name}/config`
 pub async fn config(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    rules: web::Data<RulesHandle>,
+    services: web::Data<Services>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = queue_name(&name)?;
-    let default_max_depth = rules.current().backpressure.default_max_depth;
-    let info = queue
-        .bound(caller.tenant.clone(), name.clone(), default_max_depth)
-        .await?;
+    let info = services.queues.bound(&caller, &name).await?;
     Ok(ok(
         &json!({ "queue": name, "depth": info.depth, "backpressure": bound_json(&info) }),
     ))
@@ -199,38 +182,14 @@ fn check_fields(bp: &Map<String, Value>) -> Result<(), ApiError> {
 
 /// `PUT /ojs/v1/admin/queues/{name}/config`: sets (or with `null` removes) a queue's bound.
 pub async fn set_config(
-    req: HttpRequest,
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
-    rules: web::Data<RulesHandle>,
+    services: web::Data<Services>,
     name: web::Path<String>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let name = queue_name(&name)?;
     let bound = parse_bound(&body.0)?;
-    let mut event = audit::event(
-        &req,
-        "queue.config_changed",
-        Outcome::Success,
-        Some(&caller.principal),
-    )
-    .detail("queue", name.clone());
-    event = match &bound {
-        Some(b) => event
-            .detail("max_depth", b.max_depth)
-            .detail("strategy", b.strategy.as_str()),
-        None => event.detail("backpressure", "default"),
-    };
-    audit::guarded(
-        &req,
-        event,
-        queue.set_bound(caller.tenant.clone(), name.clone(), bound),
-    )
-    .await?;
-    let default_max_depth = rules.current().backpressure.default_max_depth;
-    let info = queue
-        .bound(caller.tenant.clone(), name.clone(), default_max_depth)
-        .await?;
+    let info = services.queues.set_bound(&caller, &name, bound).await?;
     Ok(ok(
         &json!({ "queue": name, "depth": info.depth, "backpressure": bound_json(&info) }),
     ))

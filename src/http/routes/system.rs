@@ -128,13 +128,9 @@ pub async fn manifest(rules: web::Data<crate::rules::RulesHandle>) -> HttpRespon
 /// `GET /ojs/v1/queues`
 pub async fn list_queues(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<crate::services::Services>,
 ) -> Result<HttpResponse, ApiError> {
-    let queues = queue.queues(caller.tenant.clone()).await?;
-    let queues: Vec<_> = queues
-        .into_iter()
-        .filter(|q| caller.sees_queue(&q.name))
-        .collect();
+    let queues = services.queues.list(&caller).await?;
     let total = queues.len();
     let items: Vec<_> = queues
         .into_iter()
@@ -211,7 +207,7 @@ fn list_param(value: Option<&String>) -> Vec<String> {
 /// `GET /ojs/v1/events`
 pub async fn list_events(
     caller: Authenticated,
-    queue: web::Data<QueueHandle>,
+    services: web::Data<crate::services::Services>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(50);
@@ -219,18 +215,13 @@ pub async fn list_events(
         return Err(ApiError::invalid("limit", "limit must be from 1 to 1000"));
     }
     let filter = EventFilter {
-        tenant: caller.tenant.clone(),
+        tenant: None,
         types: list_param(query.types.as_ref()),
         queues: list_param(query.queues.as_ref()),
         after: query.after,
         limit,
     };
-    let events: Vec<_> = queue
-        .events(filter)
-        .await?
-        .into_iter()
-        .filter(|e| caller.sees_queue(&e.queue))
-        .collect();
+    let events = services.queues.events(&caller, filter).await?;
     let next = events.last().map(|e| e.seq);
     let events: Vec<_> = events.iter().map(crate::queue::Event::to_json).collect();
     Ok(ok(&json!({ "events": events, "next_after": next })))
