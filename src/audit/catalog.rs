@@ -24,6 +24,7 @@ const fn ev(name: &'static str, emitted_by: &'static str, fail_closed: bool) -> 
 pub const EVENTS: &[EventType] = &[
     ev("server.started", "server start (listen address, security switches, retention)", false),
     ev("server.stopped", "orderly shutdown (SIGTERM / SIGINT)", false),
+    ev("http.panic", "any request whose handling panicked (a bug; answered 500, the worker keeps serving)", false),
     ev("auth.success", "first successful use of an API key in this process", false),
     ev("auth.failure", "any request whose credential is missing, malformed, unknown, wrong, expired, revoked or throttled (with the reason)", false),
     ev("authz.denied", "any request refused by the route table, a queue ACL, a tenant rule or a job rule (with the reason); reads of hidden jobs", false),

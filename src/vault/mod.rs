@@ -201,16 +201,20 @@ pub fn scan(store: &Store, ring: &KeyRing) -> Result<VaultStatus, VaultError> {
     let txn = store.jobs_read()?;
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
     let mut per_kek: BTreeMap<String, u64> = ring.ids().map(|id| (id.to_string(), 0)).collect();
-    let (mut clear, mut total) = (0, 0);
+    let (mut clear, mut total, mut corrupt) = (0, 0, 0);
     for entry in table.iter().map_err(StoreError::from)? {
         let (_, value) = entry.map_err(StoreError::from)?;
         total += 1;
-        match sealed::job_head(value.value())?.kek {
-            Some(kek) => *per_kek.entry(kek).or_default() += 1,
-            None => clear += 1,
+        match sealed::job_head(value.value()) {
+            Ok(head) => match head.kek {
+                Some(kek) => *per_kek.entry(kek).or_default() += 1,
+                None => clear += 1,
+            },
+            // Set aside by the queue too: it counts as unreadable.
+            Err(_) => corrupt += 1,
         }
     }
-    let mut unreadable = 0;
+    let mut unreadable = corrupt;
     let keys = per_kek
         .into_iter()
         .map(|(id, jobs)| {

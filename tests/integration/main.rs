@@ -26,6 +26,7 @@ mod conformance_core;
 mod conformance_engine;
 mod conformance_tls;
 mod log_hygiene;
+mod panics;
 mod restart_durability;
 mod tls;
 mod vault;

@@ -266,14 +266,21 @@ pub async fn enqueue(
 /// How long a `block` queue may hold this request: `OJS-Block-Timeout` (seconds) when sent,
 /// otherwise the configured maximum, never more than it.
 fn block_timeout(req: &HttpRequest, rules: &Rules) -> Duration {
-    let max = rules.backpressure.max_block_secs;
-    let asked = req
-        .headers()
-        .get("ojs-block-timeout")
+    Duration::from_secs(block_timeout_secs(
+        req.headers().get("ojs-block-timeout"),
+        rules.backpressure.max_block_secs,
+    ))
+}
+
+/// The block timeout in seconds an `OJS-Block-Timeout` value asks for, capped at `max`; `max`
+/// when the header is absent or not a whole number of seconds.
+#[must_use]
+pub fn block_timeout_secs(value: Option<&header::HeaderValue>, max: u64) -> u64 {
+    value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(max);
-    Duration::from_secs(asked.min(max))
+        .unwrap_or(max)
+        .min(max)
 }
 
 /// Stores a job under its queue's bound and the caller's quotas. A full `block` queue holds the
