@@ -15,6 +15,8 @@ mod error;
 pub(crate) mod json;
 mod keys;
 #[cfg(test)]
+mod known_answers;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
