@@ -183,6 +183,20 @@ fn write_record_seeds() {
     }
 }
 
+/// Found by `secret_file` in its first CI-length run: a 256-bit key file with `+c` where two
+/// hex digits belong was accepted, as the key byte 0x0c. The reader checked each pair with
+/// `u8::from_str_radix`, which also takes a leading sign, so 64 characters that are not all hex
+/// digits made a key (two different files, one key). Only hex digits are accepted now.
+#[test]
+fn a_sign_inside_a_hex_key_file_is_refused() {
+    let input = fs::read(fuzz_dir().join("regressions/secret_file/plus-sign-in-hex-pair")).unwrap();
+    assert!(bulwark::secrets::parse_hex_key(&input).is_none());
+    let mut plain = "0c".repeat(32).into_bytes();
+    assert!(bulwark::secrets::parse_hex_key(&plain).is_some());
+    plain[0] = b'+';
+    assert!(bulwark::secrets::parse_hex_key(&plain).is_none());
+}
+
 /// Found by `sealed_record` in its first CI-length run (104 executions): one changed byte in a
 /// sealed job record (the MessagePack type of the sealed `meta` field turned into `nil`) and
 /// the record still opened, without its `meta`. Each sealed field is authenticated and bound to

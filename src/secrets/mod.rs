@@ -126,7 +126,9 @@ pub fn read_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretFileError>
 pub fn parse_hex_key(text: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
     let hex = text.trim_ascii();
     let mut key = Zeroizing::new([0u8; 32]);
+    // Digits only: `from_str_radix` alone would also take a sign (`"+c"` as 0x0c).
     let valid = hex.len() == 64
+        && hex.iter().all(u8::is_ascii_hexdigit)
         && hex.chunks(2).zip(key.iter_mut()).all(|(pair, out)| {
             std::str::from_utf8(pair)
                 .ok()
