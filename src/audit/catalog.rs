@@ -162,6 +162,11 @@ mod tests {
         "backpressure.warning_threshold",
         "server.crt",
         "server.key",
+        // The fuzz harness (`src/fuzzing.rs`): a job type, a file name, its own log's type.
+        "email.send",
+        "fuzz.job",
+        "hs.key",
+        "fuzz.event",
     ];
 
     #[test]
