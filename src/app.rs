@@ -406,10 +406,7 @@ pub async fn serve_until(
         queues: crate::services::queues::Queues::new(queue.clone(), rules.clone()),
         dead_letters: crate::services::dead_letters::DeadLetters::new(queue.clone()),
         vault: crate::services::vault::Vault::new(vault.clone()),
-        audit: crate::services::audit_queries::AuditQueries::new(
-            store.clone(),
-            audit_log.clone(),
-        ),
+        audit: crate::services::audit_queries::AuditQueries::new(store.clone(), audit_log.clone()),
         trail: crate::services::Trail::new(audit.clone()),
     };
     let shared = http::Shared {

@@ -14,6 +14,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod job;
 pub mod limiter;

@@ -7,7 +7,7 @@
 //! write failures, credentials throttled before verification, rate-limit refusals by scope,
 //! connections over a limit, abuse detections, configuration reloads, TLS handshake failures and
 //! rejected client certificates, certificate reloads and expiry, unreadable jobs; plus HTTP
-//! responses by status class and jobs by state.
+//! responses by status class, handler panics, corrupt records set aside, and jobs by state.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -35,6 +35,11 @@ pub const AUDIT_WRITE_FAILURES: &str = "bulwark_audit_write_failures_total";
 pub const AUDIT_FAILING: &str = "bulwark_audit_failing";
 /// `bulwark_http_responses_total{class}`
 pub const HTTP_RESPONSES: &str = "bulwark_http_responses_total";
+/// `bulwark_http_panics_total`: requests whose handling panicked (answered 500; each is a bug).
+pub const HTTP_PANICS: &str = "bulwark_http_panics_total";
+/// `bulwark_corrupt_records_total{table}`: records read back from disk that do not decode, set
+/// aside (left on disk, out of the indexes) rather than stopping the reader.
+pub const CORRUPT_RECORDS: &str = "bulwark_corrupt_records_total";
 /// `bulwark_limit_refusals_total{code}`: requests refused by a payload limit, the validation
 /// rules, a queue bound or a quota (`payload_too_large`, `request_timeout`, `invalid_payload`,
 /// `unsupported_media_type`, `invalid_job_type`, `schema_validation_failed`, `queue_full`,
@@ -123,6 +128,14 @@ fn describe() {
         "1 while the audit log cannot be written (fail-closed operations are refused)"
     );
     metrics::describe_counter!(HTTP_RESPONSES, "HTTP responses by status class");
+    metrics::describe_counter!(
+        HTTP_PANICS,
+        "Requests whose handling panicked (answered 500)"
+    );
+    metrics::describe_counter!(
+        CORRUPT_RECORDS,
+        "Records read back from disk that do not decode (set aside)"
+    );
     metrics::describe_counter!(
         LIMIT_REFUSALS,
         "Requests refused by a payload limit, validation rule, queue bound or quota, by code"

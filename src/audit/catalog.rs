@@ -24,6 +24,7 @@ const fn ev(name: &'static str, emitted_by: &'static str, fail_closed: bool) -> 
 pub const EVENTS: &[EventType] = &[
     ev("server.started", "server start (listen address, security switches, retention)", false),
     ev("server.stopped", "orderly shutdown (SIGTERM / SIGINT)", false),
+    ev("http.panic", "any request whose handling panicked (a bug; answered 500, the worker keeps serving)", false),
     ev("auth.success", "first successful use of an API key in this process", false),
     ev("auth.failure", "any request whose credential is missing, malformed, unknown, wrong, expired, revoked or throttled (with the reason; throttled ones aggregated per address with a count)", false),
     ev("authz.denied", "any request refused by the route table, a queue ACL, a tenant rule or a job rule (with the reason); reads of hidden jobs", false),
@@ -166,6 +167,11 @@ mod tests {
         "backpressure.warning_threshold",
         "server.crt",
         "server.key",
+        // The fuzz harness (`src/fuzzing.rs`): a job type, a file name, its own log's type.
+        "email.send",
+        "fuzz.job",
+        "hs.key",
+        "fuzz.event",
     ];
 
     #[test]

@@ -148,7 +148,10 @@ pub fn register(cfg: &mut web::ServiceConfig, testing: bool) {
         for route in served {
             resource = resource.route((route.handler)().method(route.method()));
         }
-        cfg.service(resource);
+        // Inside the resource (after routing), so a panic is answered with the request at hand.
+        cfg.service(resource.wrap(actix_web::middleware::from_fn(
+            super::middleware::catch_panics,
+        )));
     }
 }
 

@@ -88,16 +88,32 @@ fn bearer(req: &HttpRequest) -> TokenCheck {
 
 /// The tenant named by the request headers: `Ok(None)` when none is, `Err` when they are
 /// malformed or disagree.
-fn header_tenant(req: &HttpRequest) -> Result<Option<String>, ()> {
+fn header_tenant(req: &HttpRequest) -> Result<Option<String>, BadTenantHeader> {
+    tenant_from_headers(
+        TENANT_HEADERS
+            .iter()
+            .flat_map(|name| req.headers().get_all(*name)),
+    )
+}
+
+/// Tenant headers that are malformed (not `^[a-z0-9][a-z0-9_-]{0,63}$` once trimmed) or name
+/// two different tenants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed or conflicting tenant headers")]
+pub struct BadTenantHeader;
+
+/// The tenant named by the values of the tenant headers, in order (pure: the fuzz target
+/// drives it with arbitrary bytes).
+pub fn tenant_from_headers<'a>(
+    values: impl IntoIterator<Item = &'a header::HeaderValue>,
+) -> Result<Option<String>, BadTenantHeader> {
     let mut found: Option<String> = None;
-    for name in TENANT_HEADERS {
-        for value in req.headers().get_all(name) {
-            let value = value.to_str().map_err(|_| ())?.trim();
-            if !is_valid_tenant(value) || found.as_deref().is_some_and(|f| f != value) {
-                return Err(());
-            }
-            found = Some(value.to_string());
+    for value in values {
+        let value = value.to_str().map_err(|_| BadTenantHeader)?.trim();
+        if !is_valid_tenant(value) || found.as_deref().is_some_and(|f| f != value) {
+            return Err(BadTenantHeader);
         }
+        found = Some(value.to_string());
     }
     Ok(found)
 }

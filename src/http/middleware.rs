@@ -29,15 +29,18 @@ pub struct RequestId(pub String);
 /// absent) the server makes one.
 #[must_use]
 pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        })
+    client_request_id(headers.get("x-request-id"))
         .map_or_else(|| format!("req_{}", Uuid::now_v7()), str::to_string)
+}
+
+/// The client's `X-Request-Id` when it may be echoed: 1 to 64 characters of `[A-Za-z0-9._-]`.
+#[must_use]
+pub fn client_request_id(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok()).filter(|v| {
+        (1..=64).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    })
 }
 
 /// Sets the standard headers on a response: for the middleware, and for the answers written
@@ -105,4 +108,46 @@ pub async fn standard_headers(
         debug!(request_id = %id, %method, route = %route, status = status.as_u16(), latency_us, "request");
     }
     Ok(res)
+}
+
+/// Turns a panic while handling a request into a 500 with the OJS error envelope: the panic is
+/// a bug, so it is logged (with the request id, never the panic's text, which may quote
+/// input), counted and audited (`http.panic`), and the worker keeps serving. It wraps every
+/// resource of the route table (`access::register`): there, after routing, the request can be
+/// kept for the answer; [`standard_headers`], further out, adds the usual headers and the
+/// request id to it.
+pub async fn catch_panics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, Error> {
+    use futures_util::FutureExt as _;
+    let request = req.request().clone();
+    match std::panic::AssertUnwindSafe(next.call(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(res) => res.map(ServiceResponse::map_into_boxed_body),
+        Err(_) => {
+            let id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
+            let route = request
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into());
+            tracing::error!(request_id = ?id, route = %route, "request handler panicked; answered 500");
+            metrics::counter!(crate::metrics::HTTP_PANICS).increment(1);
+            let event = crate::http::audit::event(
+                &request,
+                "http.panic",
+                crate::audit::Outcome::Failure,
+                None,
+            )
+            .detail("route", route)
+            .detail("method", request.method().as_str());
+            crate::http::audit::emit(&request, event).await;
+            let response = actix_web::ResponseError::error_response(&super::error::ApiError::new(
+                super::error::Code::InternalError,
+                "the server hit an internal error",
+            ));
+            Ok(ServiceResponse::new(request, response))
+        }
+    }
 }

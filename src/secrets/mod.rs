@@ -191,9 +191,21 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretFileError
 /// Reads a 256-bit key kept as 64 hex digits.
 pub fn read_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretFileError> {
     let text = read_private(path)?;
+    parse_hex_key(&text).ok_or_else(|| SecretFileError::Malformed {
+        path: shown(path),
+        what: "64 hex digits",
+    })
+}
+
+/// A 256-bit key from a secret file's bytes: 64 hex digits (either case) with surrounding ASCII
+/// whitespace allowed; `None` for anything else.
+#[must_use]
+pub fn parse_hex_key(text: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
     let hex = text.trim_ascii();
     let mut key = Zeroizing::new([0u8; 32]);
+    // Digits only: `from_str_radix` alone would also take a sign (`"+c"` as 0x0c).
     let valid = hex.len() == 64
+        && hex.iter().all(u8::is_ascii_hexdigit)
         && hex.chunks(2).zip(key.iter_mut()).all(|(pair, out)| {
             std::str::from_utf8(pair)
                 .ok()
@@ -201,14 +213,7 @@ pub fn read_hex_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretFileError>
                 .map(|b| *out = b)
                 .is_some()
         });
-    if valid {
-        Ok(key)
-    } else {
-        Err(SecretFileError::Malformed {
-            path: shown(path),
-            what: "64 hex digits",
-        })
-    }
+    valid.then_some(key)
 }
 
 /// Reads a 256-bit hex key, creating it (32 random bytes, mode 0600) if the file is missing.

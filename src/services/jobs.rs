@@ -304,8 +304,13 @@ impl Jobs {
 /// How long a `block` queue may hold a request: what the caller asked for, otherwise the
 /// configured maximum, never more than it.
 fn block_timeout(rules: &Rules, asked: Option<u64>) -> Duration {
-    let max = rules.backpressure.max_block_secs;
-    Duration::from_secs(asked.unwrap_or(max).min(max))
+    Duration::from_secs(block_timeout_secs(asked, rules.backpressure.max_block_secs))
+}
+
+/// The block timeout in seconds: `asked`, capped at `max`; `max` when none was asked for.
+#[must_use]
+pub fn block_timeout_secs(asked: Option<u64>, max: u64) -> u64 {
+    asked.unwrap_or(max).min(max)
 }
 
 /// A reserved `_ojs_` queue named in the body, if it is plain enough to name back.

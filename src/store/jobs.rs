@@ -56,6 +56,13 @@ impl JobSource for Reader {
                 warn!(job_id = %id, error = %e, "job record cannot be opened");
                 Err(QueueError::Unreadable(id))
             }
+            // A record that does not decode: reported like one that does not open.
+            Err(VaultError::Storage(StoreError::Corrupt(reason)) | VaultError::Corrupt(reason)) => {
+                self.keys.count_failure();
+                metrics::counter!(crate::metrics::CORRUPT_RECORDS, "table" => "jobs").increment(1);
+                warn!(job_id = %id, error = %reason, "job record does not decode");
+                Err(QueueError::Unreadable(id))
+            }
             Err(VaultError::Storage(e)) => Err(QueueError::Storage(e)),
             Err(e) => Err(QueueError::Storage(StoreError::Corrupt(e.to_string()))),
         }
@@ -63,10 +70,17 @@ impl JobSource for Reader {
 
     fn head(&self, id: JobId) -> Result<Option<Job>, QueueError> {
         let guard = self.table.get(id.as_u128()).map_err(StoreError::from)?;
-        guard
-            .map(|g| sealed::job_head(g.value()).map(|h| h.job))
-            .transpose()
-            .map_err(QueueError::from)
+        match guard.map(|g| sealed::job_head(g.value()).map(|h| h.job)) {
+            None => Ok(None),
+            Some(Ok(job)) => Ok(Some(job)),
+            // Not even the clear part decodes: unreadable (the engine drops an index entry
+            // whose head it cannot read by rebuilding, which sets the record aside).
+            Some(Err(StoreError::Corrupt(reason))) => {
+                warn!(job_id = %id, error = %reason, "job record does not decode");
+                Err(QueueError::Unreadable(id))
+            }
+            Some(Err(e)) => Err(QueueError::from(e)),
+        }
     }
 }
 
@@ -88,7 +102,19 @@ impl JobStore for RedbJobs {
             let (key, value) = entry.map_err(StoreError::from)?;
             // Only the clear part: the indexes need no payload, and a job whose key is missing
             // still has its place (it fails closed when read).
-            let head = sealed::job_head(value.value())?;
+            let head = match sealed::job_head(value.value()) {
+                Ok(head) => head,
+                // A record that does not decode is set aside (left on disk, out of the
+                // indexes), counted and reported like an unreadable job: one bad record must
+                // not keep the queue from starting or rebuilding.
+                Err(e) => {
+                    self.keys.count_failure();
+                    metrics::counter!(crate::metrics::CORRUPT_RECORDS, "table" => "jobs")
+                        .increment(1);
+                    error!(row = %JobId(uuid::Uuid::from_u128(key.value())), error = %e, "job record does not decode; set aside");
+                    continue;
+                }
+            };
             if head.job.id.as_u128() != key.value() {
                 // A record copied onto another row is never scheduled; reading it fails closed.
                 error!(row = %JobId(uuid::Uuid::from_u128(key.value())), "job record belongs to another row; left out");

@@ -242,7 +242,7 @@ pub enum NewKeys {
 
 /// KEK ids that seal stored jobs, with how many each.
 pub fn sealed_keks(store: &Store) -> Result<BTreeMap<String, u64>, VaultError> {
-    Ok(scan_counts(store)?.0)
+    Ok(scan_counts(store)?.per_kek)
 }
 
 /// The ids of KEKs that are loaded now from `source` and `env` (the key bytes are read to
@@ -371,27 +371,53 @@ pub struct VaultStatus {
     pub total_jobs: u64,
 }
 
-/// Jobs per KEK id, jobs in clear, and all jobs (reads only the clear part of each record).
-fn scan_counts(store: &Store) -> Result<(BTreeMap<String, u64>, u64, u64), VaultError> {
+/// What a scan of the job records found.
+struct Counts {
+    /// Jobs per KEK id.
+    per_kek: BTreeMap<String, u64>,
+    /// Jobs stored in clear (before encryption was on).
+    clear: u64,
+    /// Records whose clear head does not decode (set aside by the queue too).
+    corrupt: u64,
+    total: u64,
+}
+
+/// Counts jobs per KEK id, jobs in clear, corrupt records and all jobs (reads only the clear
+/// part of each record).
+fn scan_counts(store: &Store) -> Result<Counts, VaultError> {
     let txn = store.jobs_read()?;
     let table = txn.open_table(tables::JOBS).map_err(StoreError::from)?;
     let mut per_kek: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut clear, mut total) = (0, 0);
+    let (mut clear, mut total, mut corrupt) = (0, 0, 0);
     for entry in table.iter().map_err(StoreError::from)? {
         let (_, value) = entry.map_err(StoreError::from)?;
         total += 1;
-        match sealed::job_head(value.value())?.kek {
-            Some(kek) => *per_kek.entry(kek).or_default() += 1,
-            None => clear += 1,
+        match sealed::job_head(value.value()) {
+            Ok(head) => match head.kek {
+                Some(kek) => *per_kek.entry(kek).or_default() += 1,
+                None => clear += 1,
+            },
+            // Set aside by the queue too: it counts as unreadable.
+            Err(_) => corrupt += 1,
         }
     }
-    Ok((per_kek, clear, total))
+    Ok(Counts {
+        per_kek,
+        clear,
+        corrupt,
+        total,
+    })
 }
 
 /// Counts jobs per KEK (reads only the clear part of each record), with each KEK's use.
 pub fn scan(store: &Store, keys: &VaultKeys) -> Result<VaultStatus, VaultError> {
     let ring = keys.ring();
-    let (sealed, clear, total) = scan_counts(store)?;
+    let Counts {
+        per_kek: sealed,
+        clear,
+        corrupt,
+        total,
+    } = scan_counts(store)?;
     let mut per_kek: BTreeMap<String, u64> = ring.ids().map(|id| (id.to_string(), 0)).collect();
     per_kek.extend(sealed);
     let rotation: BTreeMap<String, KekRotation> = keys
@@ -399,7 +425,8 @@ pub fn scan(store: &Store, keys: &VaultKeys) -> Result<VaultStatus, VaultError> 
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    let mut unreadable = 0;
+    // A corrupt record is unreadable whatever keys are loaded.
+    let mut unreadable = corrupt;
     let keys = per_kek
         .into_iter()
         .map(|(id, jobs)| {

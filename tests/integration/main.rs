@@ -27,6 +27,7 @@ mod conformance_core;
 mod conformance_engine;
 mod conformance_tls;
 mod log_hygiene;
+mod panics;
 mod restart_durability;
 mod secrets_and_keys;
 mod tls;

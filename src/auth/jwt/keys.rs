@@ -290,25 +290,29 @@ pub(super) fn load_hmac_secret(
 /// acceptable RS256, ES256 or EdDSA public key with a `kid` fails the whole file.
 pub(super) fn load_jwks(path: &Path) -> Result<Vec<(String, VerifyingKey)>, JwtError> {
     let bytes = read_key_file(path)?;
-    let set = json::parse_object(&bytes)
-        .ok_or_else(|| file_error(path, "not a JSON object (or has duplicate keys)"))?;
+    parse_jwks(&bytes).map_err(|reason| file_error(path, reason))
+}
+
+/// The signing keys of a JWKS document, or why it is refused (the reason names no key bytes).
+pub(super) fn parse_jwks(bytes: &[u8]) -> Result<Vec<(String, VerifyingKey)>, String> {
+    let set = json::parse_object(bytes)
+        .ok_or_else(|| "not a JSON object (or has duplicate keys)".to_string())?;
     let Some(Value::Array(keys)) = set.get("keys") else {
-        return Err(file_error(path, "no \"keys\" array"));
+        return Err("no \"keys\" array".into());
     };
     let mut loaded = Vec::with_capacity(keys.len());
     for (index, jwk) in keys.iter().enumerate() {
         let Value::Object(jwk) = jwk else {
-            return Err(file_error(path, format!("key {index}: not a JSON object")));
+            return Err(format!("key {index}: not a JSON object"));
         };
         if jwk.get("use").and_then(Value::as_str) == Some("enc") {
             continue;
         }
-        let key =
-            parse_jwk(jwk).map_err(|reason| file_error(path, format!("key {index}: {reason}")))?;
+        let key = parse_jwk(jwk).map_err(|reason| format!("key {index}: {reason}"))?;
         loaded.push(key);
     }
     if loaded.is_empty() {
-        return Err(file_error(path, "no signing keys"));
+        return Err("no signing keys".into());
     }
     Ok(loaded)
 }

@@ -15,6 +15,8 @@ mod error;
 pub(crate) mod json;
 mod keys;
 #[cfg(test)]
+mod known_answers;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -721,6 +723,17 @@ fn name_list(
             .map(Some),
         Some(_) => Err(JwtError::BadClaim(label)),
     }
+}
+
+/// The `(kid, alg)` of every signing key in a JWKS document, or why the document is refused:
+/// what [`JwtVerifier::load`] does with a JWKS file's bytes, without the file (the fuzz
+/// targets call it).
+pub fn jwks_key_ids(bytes: &[u8]) -> Result<Vec<(String, Alg)>, String> {
+    keys::parse_jwks(bytes).map(|keys| {
+        keys.into_iter()
+            .map(|(kid, key)| (kid, key.alg()))
+            .collect()
+    })
 }
 
 /// Whether a bearer token is shaped like a compact JWS (three dot-separated segments, the

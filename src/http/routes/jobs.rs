@@ -37,10 +37,11 @@ fn policy_token(req: &HttpRequest, header: &str) -> Presented {
     }
 }
 
-/// `OJS-Block-Timeout` (seconds), when sent and readable.
-fn block_timeout(req: &HttpRequest) -> Option<u64> {
-    req.headers()
-        .get("ojs-block-timeout")
+/// The seconds an `OJS-Block-Timeout` value asks for, when it is a whole number of seconds
+/// (the job service caps it).
+#[must_use]
+pub fn block_timeout(value: Option<&header::HeaderValue>) -> Option<u64> {
+    value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
@@ -55,7 +56,7 @@ pub async fn enqueue(
 ) -> Result<HttpResponse, ApiError> {
     let options = EnqueueOptions {
         policy_token: policy_token(&req, services.jobs.policy_token_header()),
-        block_timeout_secs: block_timeout(&req),
+        block_timeout_secs: block_timeout(req.headers().get("ojs-block-timeout")),
     };
     let done = match services.jobs.enqueue(&caller, &body.0, options).await? {
         Enqueue::DryRun {
