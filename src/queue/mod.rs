@@ -531,7 +531,7 @@ mod tests {
                 Err(QueueError::Unreadable(id)) if id == bad
             ));
             assert_eq!(queue.get(good.id, None).await.unwrap().id, good.id);
-            let status = crate::vault::scan(&store, &test_keys().ring()).unwrap();
+            let status = crate::vault::scan(&store, &test_keys()).unwrap();
             assert_eq!((status.total_jobs, status.unreadable_jobs), (2, 1));
             drop(queue);
             store

@@ -20,11 +20,7 @@ async fn fine() -> HttpResponse {
 #[actix_web::test]
 async fn a_panicking_handler_is_answered_500_audited_and_the_worker_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AuditConfig {
-        log_file: dir.path().join("audit.log"),
-        head_file: dir.path().join("audit.head"),
-        retention: None,
-    };
+    let config = AuditConfig::at(dir.path().join("audit.log"));
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
     let (audit, thread) = AuditHandle::spawn(&config, key, None, Clock::system()).unwrap();
     let app = test::init_service(
