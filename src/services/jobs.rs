@@ -294,9 +294,14 @@ impl Jobs {
         Ok(())
     }
 
-    /// Makes a pending job available.
+    /// Makes a pending job available: the caller's own, or one it may manage (cancel) in
+    /// that queue, as an operator or an administrator may. Another principal's job is 404
+    /// to a caller that cannot see it and 403 to one that can (audited either way).
     pub async fn activate(&self, caller: &Caller, id: JobId) -> Result<Job, ApiError> {
-        caller.job(&self.queue, id, Permission::Enqueue).await?;
+        let job = caller.job(&self.queue, id, Permission::Enqueue).await?;
+        if job.owner.as_deref() != Some(caller.principal.id()) {
+            caller.allow_job(Permission::Cancel, &job).await?;
+        }
         Ok(self.queue.activate(id, caller.tenant.clone()).await?)
     }
 }

@@ -91,6 +91,21 @@ fn expected(route: &Route, cred: &Cred, other: bool) -> Expect {
         // A system administrator manages every API key.
         Ok(_) if other && key_route(route) && cred.tenant.is_none() => Expect::Allowed,
         Ok(_) if other && by_id(route) => Expect::Hidden,
+        // Activating someone else's pending job takes what managing it takes (cancel on its
+        // queue); the fixtures belong to the bootstrap administrator. Without inspect the job
+        // stays invisible.
+        Ok(_)
+            if route.path == "/ojs/v1/jobs/{id}/activate"
+                && !matches!(
+                    grants.decide(Permission::Cancel, Some("matrix")),
+                    Ok(Reach::All)
+                ) =>
+        {
+            match grants.decide(Permission::Inspect, Some("matrix")) {
+                Ok(Reach::All) => Expect::Forbidden,
+                _ => Expect::Hidden,
+            }
+        }
         // The fixtures belong to the bootstrap administrator, not to a submitter.
         Ok(Reach::OwnJobs) if by_id(route) => Expect::Hidden,
         Ok(_) => Expect::Allowed,
@@ -501,4 +516,110 @@ async fn random_id_answer(h: &Harness, route: &Route, cred: &Cred, c: &Case) -> 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     body
+}
+
+/// Review finding: a producer could activate any pending job in its queues, an administrator's
+/// included. Another principal's pending job takes what managing it takes: a producer gets 404
+/// (it cannot see the job) and the job stays pending; an operator, or the owner, may.
+#[tokio::test]
+async fn a_producer_cannot_activate_another_principals_pending_job() {
+    let server = TestServer::start(ServerOptions::default());
+    let client = server.client();
+    let send = |method: Method, path: String, bearer: String, body: Option<Value>| {
+        let mut req = client
+            .request(method, server.url(&path))
+            .header("Authorization", bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let key = |role: &'static str| {
+        let send = &send;
+        let admin = server.auth();
+        async move {
+            let (status, body) = send(
+                Method::POST,
+                "/ojs/v1/admin/keys".into(),
+                admin,
+                Some(json!({"name": unique(role), "roles": [role]})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            format!("Bearer {}", body["secret"].as_str().unwrap())
+        }
+    };
+    let (mallory, owner, operator) = (
+        key("producer").await,
+        key("producer").await,
+        key("operator").await,
+    );
+    let pending = |bearer: String| {
+        let send = &send;
+        async move {
+            let (status, body) = send(
+                Method::POST,
+                "/ojs/v1/jobs".into(),
+                bearer,
+                Some(json!({"type": "t.pending", "args": [], "options": {"queue": "shared", "pending": true}})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["job"]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let state = |id: String| {
+        let send = &send;
+        let admin = server.auth();
+        async move {
+            send(Method::GET, format!("/ojs/v1/jobs/{id}"), admin, None)
+                .await
+                .1["job"]["state"]
+                .clone()
+        }
+    };
+    let activate = |id: &str, bearer: &str| {
+        send(
+            Method::POST,
+            format!("/ojs/v1/jobs/{id}/activate"),
+            bearer.to_string(),
+            None,
+        )
+    };
+    // The administrator's and another producer's pending jobs: not for mallory.
+    for victim in [server.auth(), owner.clone()] {
+        let id = pending(victim).await;
+        let (status, body) = activate(&id, &mallory).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(state(id).await, "pending");
+    }
+    // The owner may; an operator may activate anyone's.
+    let id = pending(owner.clone()).await;
+    assert_eq!(activate(&id, &owner).await.0, StatusCode::OK);
+    assert_eq!(state(id).await, "available");
+    let id = pending(owner).await;
+    assert_eq!(activate(&id, &operator).await.0, StatusCode::OK);
+    assert_eq!(state(id).await, "available");
+    // Each refusal is in the audit trail (records are written in order; wait for them).
+    let denials = || {
+        std::fs::read_to_string(server.dir.join("data").join("audit.log"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| {
+                r["event_type"] == "authz.denied"
+                    && r["detail"]["permission"] == "cancel"
+                    && r["detail"]["job_id"].is_string()
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while denials() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(denials(), 2);
 }
