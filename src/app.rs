@@ -403,6 +403,11 @@ pub async fn serve_until(
             config.auth.rotation_grace_secs,
         ),
         users: crate::services::users::Users::new(accounts.clone()),
+        sessions: crate::services::sessions::Sessions::new(
+            accounts.clone(),
+            crate::services::Trail::new(audit.clone()),
+            &config.sessions,
+        ),
         queues: crate::services::queues::Queues::new(queue.clone(), rules.clone()),
         dead_letters: crate::services::dead_letters::DeadLetters::new(queue.clone()),
         vault: crate::services::vault::Vault::new(vault.clone()),

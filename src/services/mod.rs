@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod keys;
 pub mod offline;
 pub mod queues;
+pub mod sessions;
 pub mod trail;
 pub mod users;
 pub mod vault;
@@ -32,6 +33,7 @@ pub struct Services {
     pub jobs: jobs::Jobs,
     pub keys: keys::Keys,
     pub users: users::Users,
+    pub sessions: sessions::Sessions,
     pub workers: workers::Workers,
     pub queues: queues::Queues,
     pub dead_letters: dead_letters::DeadLetters,

@@ -1,11 +1,11 @@
 //! Admin user sessions: `/ojs/v1/auth/{login,refresh,logout}` (no credential needed: the body
-//! carries it) and user management under `/ojs/v1/admin/users`.
+//! carries it) and user management under `/ojs/v1/admin/users`. The session and user services
+//! ([`crate::services::sessions`], [`crate::services::users`]) hold the rules and the records;
+//! these handlers read the body and render the tokens.
 //!
 //! Every login, throttle, refresh, reuse, logout, user creation and password change is audited;
 //! records name the user and a truncated session id, never a password, code or token. A login
 //! failure gets the same 401 body whatever the cause; the cause goes to the audit record.
-
-use std::net::{IpAddr, Ipv4Addr};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,15 +13,12 @@ use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 
 use super::{created, ok};
-use crate::audit::Outcome;
-use crate::auth::accounts::{AccountError, Accounts, Issued};
-use crate::auth::session::display_family;
-use crate::auth::users::valid_username;
-use crate::auth::Principal;
-use crate::http::audit;
+use crate::auth::accounts::Issued;
+use crate::http::auth::origin;
 use crate::http::auth::Authenticated;
 use crate::http::body::OjsJson;
 use crate::http::error::ApiError;
+use crate::services::sessions::LoginRefused;
 use crate::services::users::Totp;
 use crate::services::Services;
 
@@ -58,11 +55,6 @@ fn secret(map: &mut Map<String, Value>, field: &str) -> Result<SecretString, Api
     string(map, field).map(SecretString::from)
 }
 
-fn source_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
-}
-
 /// A response carrying a credential: never cached.
 fn no_store(mut res: HttpResponse) -> HttpResponse {
     res.headers_mut().insert(
@@ -85,84 +77,40 @@ fn tokens(issued: &Issued) -> HttpResponse {
     })))
 }
 
-/// Adds the claimed username to a record when it has the shape of one (a password typed into
-/// the username field does not, as a rule, and is then left out).
-fn with_claimed(event: crate::audit::AuditEvent, username: &str) -> crate::audit::AuditEvent {
-    if valid_username(username) {
-        event.detail("username", username)
-    } else {
-        event.detail("username", "(malformed)")
-    }
-}
-
 /// `POST /ojs/v1/auth/login` `{username, password, totp}`: a session token and a refresh token.
 pub async fn login(
     req: HttpRequest,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = object(body, &["username", "password", "totp"])?;
     let username = string(&mut body, "username")?;
     let password = secret(&mut body, "password")?;
     let code = secret(&mut body, "totp")?;
-    let result = accounts
-        .login(source_ip(&req), &username, password, code)
-        .await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(AccountError::Throttled(_)) => "throttled",
-        Err(_) => "failure",
-    };
-    metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
-    match result {
-        Ok(issued) => {
-            let user = Principal::admin_user(&issued.username);
-            let event = audit::event(&req, "auth.login", Outcome::Success, Some(&user))
-                .detail("session", display_family(&issued.family))
-                .detail("totp_confirmed", issued.confirmed_totp);
-            // No record, no session.
-            audit::record_or_refuse(&req, event).await?;
-            Ok(tokens(&issued))
-        }
-        Err(AccountError::Throttled(t)) => {
-            if let Some(config) = req.app_data::<web::Data<crate::config::Config>>() {
-                let limit = match t.scope {
-                    crate::auth::login_throttle::Scope::SourceIp => {
-                        config.sessions.login_per_minute_per_ip
-                    }
-                    crate::auth::login_throttle::Scope::Username => {
-                        config.sessions.login_per_minute_per_user
-                    }
-                };
-                crate::http::limits::record_refusal(
-                    &req,
-                    crate::limiter::rates::RateInfo {
-                        scope: crate::limiter::rates::Scope::Login,
-                        limit,
-                        remaining: 0,
-                        reset_in_secs: t.retry_after_secs,
-                    },
-                );
-            }
-            // Aggregated per source and limit; every refusal is counted in the metrics too.
-            let event = audit::event(&req, "auth.login_throttled", Outcome::Failure, None)
-                .detail("limit", t.scope.as_str())
-                .detail("retry_after_secs", t.retry_after_secs);
-            let key = format!(
-                "{}|{}",
-                event.source_ip.as_deref().unwrap_or_default(),
-                t.scope.as_str()
+    match services
+        .sessions
+        .login(&origin(&req), &username, password, code)
+        .await
+    {
+        Ok(issued) => Ok(tokens(&issued)),
+        Err(LoginRefused::Throttled {
+            limit,
+            retry_after_secs,
+            error,
+        }) => {
+            crate::http::limits::record_refusal(
+                &req,
+                crate::limiter::rates::RateInfo {
+                    scope: crate::limiter::rates::Scope::Login,
+                    limit,
+                    remaining: 0,
+                    reset_in_secs: retry_after_secs,
+                },
             );
-            audit::aggregate(&req, key, with_claimed(event, &username)).await;
-            crate::http::limits::delay_refusal(&req, t.retry_after_secs).await;
-            Err(AccountError::Throttled(t).into())
+            crate::http::limits::delay_refusal(&req, retry_after_secs).await;
+            Err(error)
         }
-        Err(e) => {
-            let event = audit::event(&req, "auth.login", Outcome::Failure, None)
-                .detail("reason", e.to_string());
-            audit::emit(&req, with_claimed(event, &username)).await;
-            Err(e.into())
-        }
+        Err(LoginRefused::Refused(error)) => Err(error),
     }
 }
 
@@ -170,67 +118,26 @@ pub async fn login(
 /// token; the presented one is spent.
 pub async fn refresh(
     req: HttpRequest,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = object(body, &["refresh_token"])?;
     let token = secret(&mut body, "refresh_token")?;
-    let result = accounts.refresh(token).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(AccountError::RefreshReuse { .. }) => "reuse",
-        Err(_) => "failure",
-    };
-    metrics::counter!(crate::metrics::TOKEN_REFRESHES, "outcome" => outcome).increment(1);
-    match result {
-        Ok(issued) => {
-            let user = Principal::admin_user(&issued.username);
-            let event = audit::event(&req, "auth.refresh", Outcome::Success, Some(&user))
-                .detail("session", display_family(&issued.family));
-            audit::record_or_refuse(&req, event).await?;
-            Ok(tokens(&issued))
-        }
-        Err(AccountError::RefreshReuse { username, family }) => {
-            let user = Principal::admin_user(&username);
-            let event = audit::event(&req, "auth.refresh_reuse", Outcome::Failure, Some(&user))
-                .detail("session", display_family(&family))
-                .detail("action", "session revoked");
-            audit::emit(&req, event).await;
-            Err(AccountError::RefreshReuse { username, family }.into())
-        }
-        Err(e) => {
-            let event = audit::event(&req, "auth.refresh", Outcome::Failure, None)
-                .detail("reason", e.to_string());
-            audit::emit(&req, event).await;
-            Err(e.into())
-        }
-    }
+    let issued = services.sessions.refresh(&origin(&req), token).await?;
+    Ok(tokens(&issued))
 }
 
 /// `POST /ojs/v1/auth/logout` `{refresh_token}`: revokes the session (its refresh family and
 /// session tokens). 204.
 pub async fn logout(
     req: HttpRequest,
-    accounts: web::Data<Accounts>,
+    services: web::Data<Services>,
     body: OjsJson,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = object(body, &["refresh_token"])?;
     let token = secret(&mut body, "refresh_token")?;
-    match accounts.logout(token).await {
-        Ok((username, family)) => {
-            let user = Principal::admin_user(&username);
-            let event = audit::event(&req, "auth.logout", Outcome::Success, Some(&user))
-                .detail("session", display_family(&family));
-            audit::emit(&req, event).await;
-            Ok(HttpResponse::NoContent().finish())
-        }
-        Err(e) => {
-            let event = audit::event(&req, "auth.logout", Outcome::Failure, None)
-                .detail("reason", e.to_string());
-            audit::emit(&req, event).await;
-            Err(e.into())
-        }
-    }
+    services.sessions.logout(&origin(&req), token).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// `POST /ojs/v1/admin/users` `{username, password}` (admin): creates a user and returns its
