@@ -222,7 +222,7 @@ pub async fn logout(
             let event = audit::event(&req, "auth.logout", Outcome::Success, Some(&user))
                 .detail("session", display_family(&family));
             audit::emit(&req, event).await;
-            Ok(HttpResponse::NoContent().finish())
+            Ok(super::no_content())
         }
         Err(e) => {
             let event = audit::event(&req, "auth.logout", Outcome::Failure, None)
