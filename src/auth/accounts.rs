@@ -7,12 +7,14 @@
 //! step, a refresh rotation) happens inside one write transaction on the control file, and redb
 //! runs one writer at a time, so two requests cannot both spend the same code or token.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -22,7 +24,7 @@ use super::session::{self, Claims, Decision, Gate, Gates, RefreshRecord, Session
 use super::users::{self, PasswordPolicy, PolicyViolation, UserError, UserRecord, UserSummary};
 use crate::clock::Clock;
 use crate::config::SessionsConfig;
-use crate::error::ErrorKind;
+use crate::error::{Code, ErrorCode, ErrorKind};
 use crate::store::{Store, StoreError};
 
 /// `bulwark_password_verifications_total{result}`: argon2 password checks (logins and password
@@ -67,6 +69,56 @@ impl From<StoreError> for AccountError {
 impl From<PolicyViolation> for AccountError {
     fn from(e: PolicyViolation) -> Self {
         Self::User(UserError::Policy(e))
+    }
+}
+
+/// Every authentication failure is the one 401; a user error says its own answer.
+impl ErrorCode for AccountError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Throttled(_) => Code::RateLimited,
+            Self::Refused(_) | Self::RefreshReuse { .. } => Code::Unauthenticated,
+            Self::User(u) => u.code(),
+            Self::Unavailable => Code::BackendUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::Throttled(_) => "too many login attempts; try again later".into(),
+            Self::User(u) => u.message(),
+            _ => self.code().row().message.into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            Self::User(u) => u.details(),
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::User(u) => u.hint(),
+            _ => self.code().row().hint,
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Throttled(t) => Some(t.retry_after_secs),
+            Self::User(u) => u.retry_after_secs(),
+            _ => self.code().row().retry_after_secs,
+        }
+    }
+
+    fn log_cause(&self) {
+        match self {
+            Self::User(u) => u.log_cause(),
+            Self::Unavailable => warn!(error = %self, "accounts service unavailable"),
+            _ => {}
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! Authentication and authorization errors.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
+use serde_json::Value;
+use tracing::warn;
+
 use super::Permission;
-use crate::error::{Code, ErrorCode, ErrorKind};
+use crate::error::{permission_denied_parts, Code, ErrorCode, ErrorKind};
 use crate::store::StoreError;
 
 /// What the auth store can answer besides a principal. The client sees one 401 body for every
@@ -78,6 +82,8 @@ impl AuthError {
     }
 }
 
+/// The client sees one answer per class: the 401, the 403 naming what was refused, the 429,
+/// or the 503; which credential check failed is for logs and audit.
 impl ErrorCode for AuthError {
     fn code(&self) -> Code {
         match (self, self.kind()) {
@@ -85,6 +91,55 @@ impl ErrorCode for AuthError {
             (Self::Throttled { .. }, _) => Code::RateLimited,
             (_, ErrorKind::Unauthenticated) => Code::Unauthenticated,
             _ => Code::BackendUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        if let Some((message, _)) = self.forbidden() {
+            return message.into();
+        }
+        match self {
+            Self::Throttled { .. } => "too many authentication attempts from this address".into(),
+            _ => self.code().row().message.into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        self.forbidden().map(|(_, d)| d)
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            // Rounded up: a client that waits this long is not refused again.
+            Self::Throttled { retry_after } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => self.code().row().retry_after_secs,
+        }
+    }
+
+    fn log_cause(&self) {
+        if self.kind() == ErrorKind::Unavailable {
+            warn!(error = %self, "auth store unavailable");
+        }
+    }
+}
+
+impl AuthError {
+    /// The 403's message and details, for [`Self::Forbidden`].
+    fn forbidden(&self) -> Option<(String, Value)> {
+        match self {
+            Self::Forbidden {
+                principal,
+                permission,
+                queue,
+                ..
+            } => Some(permission_denied_parts(
+                principal,
+                Some(*permission),
+                queue.as_deref(),
+            )),
+            _ => None,
         }
     }
 }

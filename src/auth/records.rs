@@ -2,13 +2,18 @@
 //! when a key is made): call it off the async threads. The server's key-management routes and
 //! the offline `bulwark keys` commands share these functions.
 
+use std::borrow::Cow;
+
 use redb::{ReadableTable, ReadableTableMetadata};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::error;
 
 use super::key;
 use super::policy::{Permission, Policy, PolicyError, QueuePattern};
 use crate::clock::Millis;
+use crate::error::{field_details, not_found_details, not_found_message, Code, ErrorCode};
 use crate::store::{codec, tables, Store, StoreError};
 
 /// A stored API key: everything but the key itself, of which only the hash is kept.
@@ -90,6 +95,47 @@ pub enum KeyError {
     #[error("the key is revoked or expired")]
     NotLive,
 }
+
+/// What the client sees of a key operation's failure; storage and crypto causes are not shown.
+impl ErrorCode for KeyError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid { .. } => Code::InvalidRequest,
+            Self::Policy(_) => Code::Unprocessable,
+            Self::NotFound => Code::NotFound,
+            Self::NotLive => Code::Conflict,
+            Self::Store(_) | Self::Crypto => Code::BackendUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::Invalid { message, .. } => (*message).into(),
+            Self::Policy(p) => p.to_string().into(),
+            Self::NotFound => not_found_message(API_KEY).into(),
+            Self::NotLive => "the key is revoked or expired and cannot be rotated".into(),
+            Self::Store(_) | Self::Crypto => self.code().row().message.into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            Self::Invalid { field, .. } => Some(field_details(field)),
+            Self::Policy(_) => Some(field_details("roles")),
+            Self::NotFound => Some(not_found_details(API_KEY)),
+            Self::NotLive | Self::Store(_) | Self::Crypto => None,
+        }
+    }
+
+    fn log_cause(&self) {
+        if let Self::Store(inner) = self {
+            error!(error = %inner, "key store failure");
+        }
+    }
+}
+
+/// The resource a key error's 404 names.
+const API_KEY: &str = "api key";
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$`: principal names appear in errors and logs, so they are
 /// plain. The audit trail's markers (`anonymous`, `system`, `local-operator`, any case) are

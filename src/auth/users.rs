@@ -6,16 +6,21 @@
 //! and start-up. The accounts service ([`super::accounts`]) is the only writer while the
 //! server runs.
 
+use std::borrow::Cow;
+
 use redb::{ReadableTable, ReadableTableMetadata};
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
+use tracing::warn;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::session;
 use crate::clock::Millis;
 use crate::config::SessionsConfig;
+use crate::error::{field_details, not_found_details, not_found_message, Code, ErrorCode};
 use crate::store::{codec, tables, Store, StoreError};
 
 /// Longest password accepted, in characters.
@@ -103,6 +108,46 @@ pub enum UserError {
     #[error("could not generate or hash a secret")]
     Crypto,
 }
+
+/// What the client sees of a user operation's failure; storage and crypto causes go to the log.
+impl ErrorCode for UserError {
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidUsername => Code::InvalidRequest,
+            Self::Policy(_) => Code::Unprocessable,
+            Self::Exists => Code::Conflict,
+            Self::NotFound => Code::NotFound,
+            Self::Store(_) | Self::Crypto => Code::BackendUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::InvalidUsername | Self::Exists => self.to_string().into(),
+            Self::Policy(_) => "the password does not meet the password policy".into(),
+            Self::NotFound => not_found_message(USER).into(),
+            Self::Store(_) | Self::Crypto => self.code().row().message.into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            Self::InvalidUsername => Some(field_details("username")),
+            Self::Policy(v) => Some(json!({ "field": "password", "missing": v.missing })),
+            Self::NotFound => Some(not_found_details(USER)),
+            Self::Exists | Self::Store(_) | Self::Crypto => None,
+        }
+    }
+
+    fn log_cause(&self) {
+        if matches!(self, Self::Store(_) | Self::Crypto) {
+            warn!(error = %self, "accounts service unavailable");
+        }
+    }
+}
+
+/// The resource a user error's 404 names.
+const USER: &str = "user";
 
 impl From<redb::Error> for UserError {
     fn from(e: redb::Error) -> Self {

@@ -1,11 +1,18 @@
-//! What every layer's errors map into: the OJS error [`Code`] each one says it is
-//! ([`ErrorCode`]), and the coarse class ([`ErrorKind`]). The HTTP layer turns a code into a
-//! status once, in `http::error`. [`ApiError`] is what a service answers when it refuses: the
-//! OJS error (code, message, details, hint), which the edge renders.
+//! What every layer's errors map into. Each domain error says which OJS error [`Code`] it is and
+//! what the client sees of it ([`ErrorCode`]); the one table ([`Code::row`], in `table.rs`)
+//! gives each code its wire name, status, `type`, `retryable` and default message, hint and
+//! `Retry-After`; one blanket conversion turns any [`ErrorCode`] into an [`ApiError`], which the
+//! HTTP layer renders as the OJS envelope (`http::error`). [`ErrorKind`] is the coarse class.
 
-mod domains;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
 
 use serde_json::{json, Value};
+
+pub use table::{markdown_table, Row};
 
 use crate::auth::Permission;
 
@@ -23,7 +30,7 @@ pub enum ErrorKind {
 }
 
 /// Every error the API answers with. Each layer's error says which one it is ([`ErrorCode`]);
-/// `http::error` holds the one table from a code to its wire name and HTTP status, so nothing
+/// [`Code::row`] is the one table from a code to its wire name and HTTP status, so nothing
 /// else writes an error status. Two rows may share a wire code when the spec's
 /// code covers two statuses (`invalid_request` for a malformed request, 400, and for one the
 /// server understood but refuses, 422).
@@ -83,75 +90,112 @@ pub enum Code {
     BackendUnavailable,
 }
 
-impl Code {
-    /// The OJS error code on the wire.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::Unprocessable => "invalid_request",
-            Self::InvalidRetryPolicy => "invalid_retry_policy",
-            Self::InvalidJobType => "invalid_job_type",
-            Self::SchemaValidationFailed => "schema_validation_failed",
-            Self::JobLimitExceeded => "quota_exceeded",
-            Self::InvalidPayload => "invalid_payload",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RequestTimeout => "request_timeout",
-            Self::UriTooLong => "invalid_request",
-            Self::HeadersTooLarge => "invalid_request",
-            Self::Unauthenticated => "unauthenticated",
-            Self::PermissionDenied => "permission_denied",
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Conflict => "conflict",
-            Self::Duplicate => "duplicate",
-            Self::QueueFull => "queue_full",
-            Self::QuotaExceeded => "quota_exceeded",
-            Self::TenantLimitExceeded => "tenant_limit_exceeded",
-            Self::RateLimited => "rate_limited",
-            Self::TooManyLongPolls => "too_many_long_polls",
-            Self::JobUnreadable => "job_unreadable",
-            Self::InternalError => "internal_error",
-            Self::BackendUnavailable => "backend_unavailable",
-        }
-    }
-
-    /// Every code, in table order.
-    pub const ALL: [Code; 26] = [
-        Self::InvalidRequest,
-        Self::Unprocessable,
-        Self::InvalidRetryPolicy,
-        Self::InvalidJobType,
-        Self::SchemaValidationFailed,
-        Self::JobLimitExceeded,
-        Self::InvalidPayload,
-        Self::PayloadTooLarge,
-        Self::UnsupportedMediaType,
-        Self::RequestTimeout,
-        Self::UriTooLong,
-        Self::HeadersTooLarge,
-        Self::Unauthenticated,
-        Self::PermissionDenied,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::Conflict,
-        Self::Duplicate,
-        Self::QueueFull,
-        Self::QuotaExceeded,
-        Self::TenantLimitExceeded,
-        Self::RateLimited,
-        Self::TooManyLongPolls,
-        Self::JobUnreadable,
-        Self::InternalError,
-        Self::BackendUnavailable,
-    ];
-}
-
-/// An error that knows which OJS error it is.
+/// An error that knows which OJS error it is, and says everything the client sees of it. Only
+/// [`ErrorCode::code`] is required: the rest defaults to the [`Code`]'s row of the table, and
+/// [`ApiError`]'s one conversion (`From<E: ErrorCode>`) builds the envelope from the answers.
+/// Nothing here may carry an internal cause (a storage error, a path, a key id): those go to
+/// the log, in [`ErrorCode::log_cause`].
 pub trait ErrorCode {
     /// The code the API answers this error with.
     fn code(&self) -> Code;
+
+    /// What the client is told; by default the table's message for the code.
+    fn message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.code().row().message)
+    }
+
+    /// The envelope's `details`; none by default.
+    fn details(&self) -> Option<Value> {
+        None
+    }
+
+    /// The envelope's `hint`; by default the table's hint for the code.
+    fn hint(&self) -> Option<&'static str> {
+        self.code().row().hint
+    }
+
+    /// The `Retry-After` seconds (at least 1); by default the table's for the code.
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.code().row().retry_after_secs
+    }
+
+    /// Response headers beyond the standard ones; none by default. Values are ours: numbers and
+    /// validated names.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Logs what the client is not told (the internal cause), once, as the error is answered.
+    /// Nothing by default.
+    fn log_cause(&self) {}
+}
+
+/// A bare code is the error with every default of its row.
+impl ErrorCode for Code {
+    fn code(&self) -> Code {
+        *self
+    }
+}
+
+/// The one conversion from a domain error to what the client sees. ([`ApiError`] itself is not
+/// an [`ErrorCode`], which keeps this apart from `From<ApiError> for ApiError`.)
+impl<E: ErrorCode> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        e.log_cause();
+        let headers = e.headers();
+        Self {
+            code: e.code(),
+            message: e.message().into_owned(),
+            details: e.details(),
+            hint: e.hint(),
+            retry_after_secs: e.retry_after_secs().map(|s| s.max(1)),
+            headers: (!headers.is_empty()).then(|| Box::new(ExtraHeaders(headers))),
+        }
+    }
+}
+
+/// `{"field": field}`: the details of an error about one field.
+#[must_use]
+pub fn field_details(field: &str) -> Value {
+    json!({ "field": field })
+}
+
+/// `{resource} not found`: the message of a 404 for a resource.
+#[must_use]
+pub fn not_found_message(resource: &str) -> String {
+    format!("{resource} not found")
+}
+
+/// `{"resource_type": resource}`: the details of a 404 for a resource.
+#[must_use]
+pub fn not_found_details(resource: &str) -> Value {
+    json!({ "resource_type": resource })
+}
+
+/// The message and details of a 403 `permission_denied`, naming the principal, the operation
+/// and the queue (OJS security §15.2). Names and queues come from our records or passed
+/// validation.
+#[must_use]
+pub fn permission_denied_parts(
+    principal: &str,
+    permission: Option<Permission>,
+    queue: Option<&str>,
+) -> (String, Value) {
+    let operation = permission.map_or("this operation", Permission::as_str);
+    let message = match queue {
+        Some(q) => {
+            format!(
+                "Principal '{principal}' does not have '{operation}' permission on queue '{q}'."
+            )
+        }
+        None => format!("Principal '{principal}' may not perform '{operation}' here."),
+    };
+    let details = json!({
+        "principal": principal,
+        "operation": operation,
+        "queue": queue,
+    });
+    (message, details)
 }
 
 /// An error on its way to the client.
@@ -250,7 +294,7 @@ impl ApiError {
     /// 400 `invalid_request` about one field.
     #[must_use]
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::new(Code::InvalidRequest, message).with_details(json!({ "field": field }))
+        Self::new(Code::InvalidRequest, message).with_details(field_details(field))
     }
 
     /// 400 `invalid_payload`: the body is not what a JSON request needs.
@@ -262,8 +306,7 @@ impl ApiError {
     /// 401, the same whatever went wrong.
     #[must_use]
     pub fn unauthenticated() -> Self {
-        Self::new(Code::Unauthenticated, "missing or invalid credentials")
-            .with_hint("send Authorization: Bearer <api key>")
+        Self::from(Code::Unauthenticated)
     }
 
     /// 403 `permission_denied`, naming the principal, the operation and the queue (OJS
@@ -274,18 +317,8 @@ impl ApiError {
         permission: Option<Permission>,
         queue: Option<&str>,
     ) -> Self {
-        let operation = permission.map_or("this operation", Permission::as_str);
-        let message = match queue {
-            Some(q) => format!(
-                "Principal '{principal}' does not have '{operation}' permission on queue '{q}'."
-            ),
-            None => format!("Principal '{principal}' may not perform '{operation}' here."),
-        };
-        Self::new(Code::PermissionDenied, message).with_details(json!({
-            "principal": principal,
-            "operation": operation,
-            "queue": queue,
-        }))
+        let (message, details) = permission_denied_parts(principal, permission, queue);
+        Self::new(Code::PermissionDenied, message).with_details(details)
     }
 
     /// 429 `rate_limited` with `Retry-After`.
@@ -328,19 +361,15 @@ impl ApiError {
     /// 404 for a job (or any resource) the caller cannot see.
     #[must_use]
     pub fn not_found(resource: &'static str) -> Self {
-        Self::new(Code::NotFound, format!("{resource} not found"))
-            .with_details(json!({ "resource_type": resource }))
-            .with_hint("check the identifier; it may have been deleted or never existed")
+        let mut e = Self::new(Code::NotFound, not_found_message(resource))
+            .with_details(not_found_details(resource));
+        e.hint = Code::NotFound.row().hint;
+        e
     }
 
     /// 503: try again shortly.
     #[must_use]
     pub fn unavailable() -> Self {
-        let mut e = Self::new(
-            Code::BackendUnavailable,
-            "the server cannot complete this request right now",
-        );
-        e.retry_after_secs = Some(1);
-        e
+        Self::from(Code::BackendUnavailable)
     }
 }

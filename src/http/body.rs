@@ -8,10 +8,10 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
-use super::strict_json::{self, StrictError};
+use super::strict_json;
 use crate::http::error::Code;
 use crate::rules::{Rules, RulesHandle};
 
@@ -75,17 +75,6 @@ pub fn may_continue(rules: &Rules, path: &str, declared: Option<u64>) -> Result<
         return Err(too_large(limit));
     }
     Ok(())
-}
-
-impl From<StrictError> for ApiError {
-    fn from(e: StrictError) -> Self {
-        let path = e.path().map(str::to_string);
-        let err = ApiError::invalid_payload(e.to_string());
-        match path {
-            Some(p) => err.with_details(json!({ "field": p })),
-            None => err,
-        }
-    }
 }
 
 /// Reads the body up to `limit` bytes. Slow bodies are the caller's to time out.

@@ -6,11 +6,14 @@
 //! Errors name where in the document they happened (a JSON pointer whose keys are shown only
 //! when they are plain names) and never quote the input.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+use crate::error::{field_details, Code, ErrorCode};
 
 /// The deepest nesting any configuration may allow: serde_json stops at 128 on its own.
 pub const DEPTH_CEILING: usize = 100;
@@ -36,6 +39,21 @@ impl StrictError {
             Self::TooDeep { path, .. } | Self::DuplicateKey { path } => Some(path),
             _ => None,
         }
+    }
+}
+
+/// A refused body is `invalid_payload`, naming the place when there is one.
+impl ErrorCode for StrictError {
+    fn code(&self) -> Code {
+        Code::InvalidPayload
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.to_string().into()
+    }
+
+    fn details(&self) -> Option<Value> {
+        self.path().map(field_details)
     }
 }
 

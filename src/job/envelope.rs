@@ -2,10 +2,13 @@
 //! client can get wrong is caught here, before the queue sees the job, so a rejected request
 //! changes nothing. Error messages name the field, never echo the client's value.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use serde_json::{json, Map, Value};
 
 use super::{JobId, JobSecurity, Payload, RetryPolicy, Visibility};
 use crate::clock::{parse_time_spec, Millis};
+use crate::error::{field_details, Code, ErrorCode};
 
 /// Why an envelope was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +63,39 @@ impl Invalid {
     pub(crate) fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_string());
         self
+    }
+}
+
+/// The refused envelope's answer: the code of its kind, its message and the field it concerns.
+impl ErrorCode for Invalid {
+    fn code(&self) -> Code {
+        match self.kind {
+            InvalidKind::Request => Code::InvalidRequest,
+            InvalidKind::Policy => Code::InvalidRetryPolicy,
+            InvalidKind::UnknownFields => Code::Unprocessable,
+            InvalidKind::TooLarge => Code::PayloadTooLarge,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.message.clone().into()
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self.kind {
+            InvalidKind::Request => self.field.as_deref().map(field_details),
+            InvalidKind::Policy | InvalidKind::TooLarge => Some(json!({ "field": self.field })),
+            InvalidKind::UnknownFields => Some(json!({ "unknown_fields": self.unknown })),
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self.kind {
+            InvalidKind::UnknownFields => Some(
+                "remove the attributes, or set [api] unknown_fields = \"preserve\" on the server",
+            ),
+            _ => self.code().row().hint,
+        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! Queue errors.
 
-use crate::error::{Code, ErrorCode, ErrorKind};
+use std::borrow::Cow;
+
+use serde_json::{json, Value};
+use tracing::{error, warn};
+
+use crate::error::{not_found_details, not_found_message, Code, ErrorCode, ErrorKind};
 use crate::job::JobState;
 use crate::store::StoreError;
 
@@ -73,7 +78,81 @@ impl ErrorCode for QueueError {
             Self::Storage(_) | Self::Unavailable => Code::BackendUnavailable,
         }
     }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            // The same answer whoever's job it is.
+            Self::NotFound | Self::OtherTenant => not_found_message(JOB).into(),
+            Self::NotInDeadLetter => not_found_message(DEAD_LETTER_JOB).into(),
+            Self::InvalidState { .. } | Self::LeaseNotHeld => self.to_string().into(),
+            Self::QueueFull { bound, .. } => {
+                format!("the queue has reached its depth bound ({bound})").into()
+            }
+            Self::QuotaExceeded { quota, limit } => {
+                format!("quota {} ({limit}) is used up", quota.as_str()).into()
+            }
+            Self::TooManyWaits { limit, scope } => {
+                format!("too many long-poll fetches wait at once ({scope} limit {limit})").into()
+            }
+            _ => self.code().row().message.into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            Self::NotFound | Self::OtherTenant => Some(not_found_details(JOB)),
+            Self::NotInDeadLetter => Some(not_found_details(DEAD_LETTER_JOB)),
+            Self::InvalidState { current, .. } => {
+                Some(json!({ "current_state": current.as_str() }))
+            }
+            Self::QueueFull {
+                depth,
+                bound,
+                strategy,
+            } => Some(json!({ "depth": depth, "bound": bound, "strategy": strategy.as_str() })),
+            Self::QuotaExceeded { quota, limit } => {
+                Some(json!({ "quota": quota.as_str(), "limit": limit }))
+            }
+            Self::TooManyWaits { limit, scope } => Some(json!({ "limit": limit, "scope": scope })),
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::LeaseNotHeld => Some(
+                "only the worker that fetched the job, with the same credential, may ack, nack \
+                 or heartbeat it",
+            ),
+            _ => self.code().row().hint,
+        }
+    }
+
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::QueueFull { depth, bound, .. } => vec![
+                ("X-OJS-Queue-Depth", depth.to_string()),
+                ("X-OJS-Queue-Bound", bound.to_string()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    fn log_cause(&self) {
+        match self {
+            Self::Unreadable(id) => {
+                error!(job_id = %id, "job record cannot be decrypted with the loaded keys");
+            }
+            Self::Storage(inner) => error!(error = %inner, "storage failure"),
+            Self::Unavailable => warn!(error = %self, "queue unavailable"),
+            _ => {}
+        }
+    }
 }
+
+/// The resources a queue error's 404 names.
+const JOB: &str = "job";
+const DEAD_LETTER_JOB: &str = "dead letter job";
 
 impl QueueError {
     /// The coarse class the HTTP layer maps to a status.

@@ -1,5 +1,9 @@
 //! Vault errors. Messages name keys by (shortened) id and files by path, never key material.
 
+use std::borrow::Cow;
+
+use tracing::error;
+
 use crate::error::{Code, ErrorCode, ErrorKind};
 use crate::secrets::SecretFileError;
 use crate::store::StoreError;
@@ -62,11 +66,23 @@ impl VaultError {
     }
 }
 
+/// The client learns only that the vault failed: which key, file or record is for the log.
 impl ErrorCode for VaultError {
     fn code(&self) -> Code {
         match self.kind() {
             ErrorKind::Unavailable => Code::BackendUnavailable,
             _ => Code::InternalError,
         }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self.code() {
+            Code::InternalError => "the key vault could not complete the operation".into(),
+            code => code.row().message.into(),
+        }
+    }
+
+    fn log_cause(&self) {
+        error!(error = %self, "key vault failure");
     }
 }

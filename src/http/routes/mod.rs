@@ -12,7 +12,7 @@ pub mod vault;
 pub mod workers;
 
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use super::auth::Authenticated;
@@ -38,16 +38,28 @@ pub fn degraded<T: Serialize>(body: &T) -> HttpResponse {
     json(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
+/// 204: done, nothing to say.
+#[must_use]
+pub fn no_content() -> HttpResponse {
+    HttpResponse::build(StatusCode::NO_CONTENT).finish()
+}
+
+/// 200 with a body that is not JSON (the Prometheus text format).
+pub fn ok_text(content_type: &'static str, body: String) -> HttpResponse {
+    HttpResponse::build(StatusCode::OK)
+        .content_type(content_type)
+        .body(body)
+}
+
 /// A JSON response in the OJS media type. Only the helpers above name a status: success
-/// statuses are theirs, error statuses come from [`Code`].
+/// statuses are theirs, error statuses come from [`Code`]'s table (a body that cannot be
+/// serialized is a 500 `internal_error` envelope).
 fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
     match serde_json::to_vec(body) {
         Ok(bytes) => HttpResponse::build(status)
             .content_type(OJS_JSON)
             .body(bytes),
-        Err(_) => HttpResponse::InternalServerError()
-            .content_type(OJS_JSON)
-            .finish(),
+        Err(_) => ApiError::from(Code::InternalError).error_response(),
     }
 }
 

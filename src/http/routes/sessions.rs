@@ -137,7 +137,7 @@ pub async fn logout(
     let mut body = object(body, &["refresh_token"])?;
     let token = secret(&mut body, "refresh_token")?;
     services.sessions.logout(&origin(&req), token).await?;
-    Ok(HttpResponse::NoContent().finish())
+    Ok(super::no_content())
 }
 
 /// `POST /ojs/v1/admin/users` `{username, password}` (admin): creates a user and returns its

@@ -175,9 +175,7 @@ pub async fn metrics(
         metrics::gauge!(crate::metrics::JOBS, "state" => state).set(n as f64);
     }
     handle.run_upkeep();
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(handle.render()))
+    Ok(super::ok_text("text/plain; version=0.0.4", handle.render()))
 }
 
 /// Query of `GET /ojs/v1/events`.
