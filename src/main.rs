@@ -533,6 +533,23 @@ fn read_password() -> anyhow::Result<secrecy::SecretString> {
     Ok(secrecy::SecretString::from(password.to_string()))
 }
 
+/// `bulwark users disable|enable NAME`.
+fn set_disabled(offline: Offline, name: &str, disabled: bool) -> anyhow::Result<()> {
+    let (command, done) = if disabled {
+        ("users disable", "disabled")
+    } else {
+        ("users enable", "enabled")
+    };
+    let users = offline.users()?;
+    let caller = offline.caller(command);
+    let result = offline.run(users.set_disabled(&caller, name, disabled));
+    drop(caller);
+    offline.close();
+    result?;
+    println!("{name} {done}");
+    Ok(())
+}
+
 fn users_command(command: UsersCommand) -> anyhow::Result<()> {
     let open = |config: Option<std::path::PathBuf>| -> anyhow::Result<Offline> {
         Offline::open(Config::load(config.as_deref())?)
@@ -598,23 +615,7 @@ fn users_command(command: UsersCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        UsersCommand::Disable { config, name } => {
-            let offline = open(config)?;
-            let users = offline.users()?;
-            let caller = offline.caller("users disable");
-            let result = offline.run(users.set_disabled(&caller, &name, true));
-            finish(offline, caller, result)?;
-            println!("{name} disabled");
-            Ok(())
-        }
-        UsersCommand::Enable { config, name } => {
-            let offline = open(config)?;
-            let users = offline.users()?;
-            let caller = offline.caller("users enable");
-            let result = offline.run(users.set_disabled(&caller, &name, false));
-            finish(offline, caller, result)?;
-            println!("{name} enabled");
-            Ok(())
-        }
+        UsersCommand::Disable { config, name } => set_disabled(open(config)?, &name, true),
+        UsersCommand::Enable { config, name } => set_disabled(open(config)?, &name, false),
     }
 }
