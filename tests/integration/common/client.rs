@@ -418,15 +418,16 @@ impl TestServer {
         Client::new(self, key)
     }
 
-    /// The audit log file as it is (empty when there is none yet).
+    /// The audit log file as it is, which must exist.
     pub fn audit_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("data").join("audit.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("data").join("audit.log")).expect("the audit log")
     }
 
-    /// Every complete record of the audit log file; each must be JSON. A last line still being
-    /// written (no newline yet) is left for the next read.
+    /// Every complete record of the audit log file (none while there is no file); each must be
+    /// JSON. A last line still being written (no newline yet) is left for the next read.
     pub fn audit_records(&self) -> Vec<Value> {
-        let text = self.audit_text();
+        let text =
+            std::fs::read_to_string(self.dir.join("data").join("audit.log")).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
@@ -508,7 +509,7 @@ impl TestServer {
     fn audit_timeout(&self, what: &str) -> ! {
         panic!(
             "no {what} in the audit log after {PATIENCE:?}; audit log:\n{}\nserver log:\n{}",
-            self.audit_text(),
+            std::fs::read_to_string(self.dir.join("data").join("audit.log")).unwrap_or_default(),
             self.log()
         )
     }
