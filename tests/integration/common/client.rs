@@ -495,6 +495,20 @@ impl TestServer {
         .await
     }
 
+    /// [`TestServer::wait_audit_event`] for tests without a runtime.
+    pub fn wait_audit_event_blocking(
+        &self,
+        event_type: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_audit_blocking(&format!("a {event_type} record"), |records| {
+            records
+                .iter()
+                .find(|r| r["event_type"] == event_type && matches(r))
+                .cloned()
+        })
+    }
+
     /// Waits until the audit log holds at least `at_least` records of `event_type` and returns
     /// them all; after [`PATIENCE`] returns those there are (the caller asserts on them).
     pub async fn wait_audit_count(&self, event_type: &str, at_least: usize) -> Vec<Value> {
