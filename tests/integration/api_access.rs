@@ -13,6 +13,7 @@ use bulwark::http::access::{Need, Route, ROUTES};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use common::client::{Client, Reply};
 use common::{ServerOptions, TestServer};
 
 const ROLES: [&str; 6] = [
@@ -114,38 +115,17 @@ fn expected(route: &Route, cred: &Cred, other: bool) -> Expect {
 
 struct Harness {
     server: TestServer,
-    client: reqwest::Client,
+    /// The bootstrap administrator.
+    api: Client,
 }
 
 impl Harness {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        tenant: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, self.server.url(path));
-        if let Some(b) = bearer {
-            req = req.header("Authorization", b);
-        }
-        if let Some(t) = tenant {
-            req = req.header("X-OJS-Tenant", t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
     /// The bootstrap administrator, acting for `scope`.
     async fn admin(&self, method: Method, path: &str, scope: Option<&str>, body: Value) -> Value {
-        let (status, body) = self
-            .call(method, path, Some(&self.server.auth()), scope, Some(body))
+        let Reply { status, body, .. } = self
+            .api
+            .for_tenant(scope)
+            .call(method, path, Some(body), &[])
             .await;
         assert!(status.is_success(), "fixture {path}: {status} {body}");
         body
@@ -164,14 +144,10 @@ impl Harness {
     }
 
     async fn state(&self, scope: Option<&str>, id: &str) -> String {
-        let (_, body) = self
-            .call(
-                Method::GET,
-                &format!("/ojs/v1/jobs/{id}"),
-                Some(&self.server.auth()),
-                scope,
-                None,
-            )
+        let Reply { body, .. } = self
+            .api
+            .for_tenant(scope)
+            .call(Method::GET, &format!("/ojs/v1/jobs/{id}"), None, &[])
             .await;
         body["job"]["state"].as_str().unwrap_or("gone").to_string()
     }
@@ -180,13 +156,15 @@ impl Harness {
     async fn held_job(&self, scope: Option<&str>, bearer: &str) -> String {
         let queue = unique("held-");
         let id = self.job(scope, json!({"queue": queue})).await;
-        let (status, body) = self
+        let Reply { status, body, .. } = self
+            .api
+            .with_authorization(Some(bearer))
+            .for_tenant(scope)
             .call(
                 Method::POST,
                 "/ojs/v1/workers/fetch",
-                Some(bearer),
-                scope,
                 Some(json!({"queues": [queue], "worker_id": "w"})),
+                &[],
             )
             .await;
         assert_eq!(status, StatusCode::OK, "fixture fetch: {body}");
@@ -215,13 +193,15 @@ impl Harness {
     }
 
     async fn held(&self, scope: Option<&str>, bearer: &str, queue: &str) {
-        let (status, _) = self
+        let Reply { status, .. } = self
+            .api
+            .with_authorization(Some(bearer))
+            .for_tenant(scope)
             .call(
                 Method::POST,
                 "/ojs/v1/workers/fetch",
-                Some(bearer),
-                scope,
                 Some(json!({"queues": [queue], "worker_id": "w"})),
+                &[],
             )
             .await;
         assert_eq!(status, StatusCode::OK);
@@ -381,7 +361,7 @@ async fn setup() -> (Harness, Vec<Cred>) {
         ..ServerOptions::default()
     });
     let h = Harness {
-        client: server.client(),
+        api: server.admin_client(),
         server,
     };
     let mut creds = Vec::new();
@@ -423,8 +403,11 @@ async fn every_route_role_and_tenant_matches_the_table() {
                     None => None,
                 };
                 let bearer = (want != Expect::Public).then_some(cred.bearer.as_str());
-                let (status, body) = h
-                    .call(method.clone(), &c.path, bearer, c.header, c.body.clone())
+                let Reply { status, body, .. } = h
+                    .api
+                    .with_authorization(bearer)
+                    .for_tenant(c.header)
+                    .call(method.clone(), &c.path, c.body.clone(), &[])
                     .await;
                 cases += 1;
                 let label = format!(
@@ -511,8 +494,11 @@ async fn random_id_answer(h: &Harness, route: &Route, cred: &Cred, c: &Case) -> 
         _ => (route.path.replace("{id}", random), None),
     };
     let method = Method::from_bytes(route.method.as_bytes()).unwrap();
-    let (status, body) = h
-        .call(method, &path, Some(&cred.bearer), c.header, body)
+    let Reply { status, body, .. } = h
+        .api
+        .with_authorization(Some(&cred.bearer))
+        .for_tenant(c.header)
+        .call(method, &path, body, &[])
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     body

@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark::auth::policy_token::{sign, Claims, PolicySecret};
+use common::client::Client;
 use common::{ServerOptions, TestServer};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// The secret in the policy-token file (41 bytes).
@@ -84,17 +85,11 @@ fn token(c: &Claims) -> String {
 
 /// Creates a producer key for `name` in `tenant` through the admin API.
 async fn producer_key(server: &TestServer, name: &str, tenant: &str) -> String {
-    let res = server
-        .client()
-        .post(server.url("/ojs/v1/admin/keys"))
-        .header("Authorization", server.auth())
-        .json(&json!({"name": name, "roles": ["producer"], "tenant": tenant}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let body: Value = res.json().await.unwrap();
-    format!("Bearer {}", body["secret"].as_str().unwrap())
+    let (secret, _) = server
+        .admin_client()
+        .new_key(json!({"name": name, "roles": ["producer"], "tenant": tenant}))
+        .await;
+    format!("Bearer {secret}")
 }
 
 /// Enqueues `job_type` on `queue` with an optional token and a request id; status and body.
@@ -111,56 +106,32 @@ async fn enqueue(
     if dry_run {
         options["dry_run"] = true.into();
     }
-    let mut req = server
-        .client()
-        .post(server.url("/ojs/v1/jobs"))
-        .header("Authorization", auth)
-        .header("X-Request-Id", request_id)
-        .json(&json!({"type": job_type, "args": [], "options": options}));
+    let mut headers = vec![("X-Request-Id", request_id)];
     if let Some(t) = token {
-        req = req.header(HEADER, t);
+        headers.push((HEADER, t));
     }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-fn audit_text(server: &TestServer) -> String {
-    std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap()
+    let job = json!({"type": job_type, "args": [], "options": options});
+    let res = Client::authorized(server, auth)
+        .call(Method::POST, "/ojs/v1/jobs", Some(job), &headers)
+        .await;
+    (res.status, res.body)
 }
 
 /// The audit record of `event_type` made for the request `request_id`.
 async fn record_for(server: &TestServer, event_type: &str, request_id: &str) -> Value {
-    for _ in 0..200 {
-        let found = audit_text(server)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|r| r["event_type"] == event_type && r["correlation_id"] == request_id);
-        if let Some(r) = found {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "no {event_type} record for {request_id}; log:\n{}",
-        server.log()
-    );
+    server
+        .wait_audit_event(event_type, |r| r["correlation_id"] == request_id)
+        .await
 }
 
 /// The queues of `tenant` with their job counts, as the system admin sees them.
 async fn queue_counts(server: &TestServer, tenant: &str) -> Vec<(String, u64)> {
-    let body: Value = server
-        .client()
-        .get(server.url("/ojs/v1/queues"))
-        .header("Authorization", server.auth())
-        .header("X-OJS-Tenant", tenant)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["queues"]
+    let res = server
+        .admin_client()
+        .for_tenant(Some(tenant))
+        .queues()
+        .await;
+    res.json()["queues"]
         .as_array()
         .unwrap()
         .iter()
@@ -341,18 +312,19 @@ async fn action_jobs_need_a_valid_token_and_every_refusal_is_audited() {
     }
 
     // Two token headers are ambiguous: refused at the edge, before the token is looked at.
-    let res = server
-        .client()
-        .post(server.url("/ojs/v1/jobs"))
-        .header("Authorization", &svc)
-        .header("X-Request-Id", "neg-twice")
-        .header(HEADER, &genuine)
-        .header(HEADER, &genuine)
-        .json(&json!({"type": "ops.apply", "args": [], "options": {"queue": "neg-twice"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = Client::authorized(&server, &svc)
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            Some(json!({"type": "ops.apply", "args": [], "options": {"queue": "neg-twice"}})),
+            &[
+                ("X-Request-Id", "neg-twice"),
+                (HEADER, &genuine),
+                (HEADER, &genuine),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
     let refused = record_for(&server, "request.refused", "neg-twice").await;
     assert_eq!(refused["detail"]["reason"], "duplicate_header");
     assert_eq!(refused["detail"]["header"], "x-ojs-policy-token");
@@ -397,7 +369,7 @@ async fn action_jobs_need_a_valid_token_and_every_refusal_is_audited() {
     assert_eq!(stored(&counts, "neg-twice"), 0);
 
     // No token, nor its signature, reached the audit trail or the (trace-level) log.
-    let audit = audit_text(&server);
+    let audit = server.audit_text();
     let log = server.log();
     for (_, presented, _, _) in &cases {
         if let Some(t) = presented {
@@ -495,17 +467,16 @@ async fn a_system_admin_needs_a_token_for_the_tenant_it_acts_for() {
         (&system, StatusCode::FORBIDDEN),
         (&for_acme, StatusCode::CREATED),
     ] {
-        let res = server
-            .client()
-            .post(server.url("/ojs/v1/jobs"))
-            .header("Authorization", &admin)
-            .header("X-OJS-Tenant", "acme")
-            .header(HEADER.to_ascii_lowercase(), token(claims))
-            .json(&json!({"type": "ops.apply", "args": [], "options": {"queue": "adm-q"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), expected);
+        let res = Client::authorized(&server, &admin)
+            .for_tenant(Some("acme"))
+            .call(
+                Method::POST,
+                "/ojs/v1/jobs",
+                Some(json!({"type": "ops.apply", "args": [], "options": {"queue": "adm-q"}})),
+                &[(&HEADER.to_ascii_lowercase(), &token(claims))],
+            )
+            .await;
+        assert_eq!(res.status, expected);
     }
     // On the system scope, the token's tenant is null.
     let (status, body) = enqueue(

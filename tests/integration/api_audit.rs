@@ -4,29 +4,22 @@
 
 use crate::common;
 
+use common::client::Client;
 use common::{ServerOptions, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn records(server: &TestServer) -> Vec<Value> {
-    let text = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
+/// Waits for the latest audit record of `event_type`.
 async fn wait_for(server: &TestServer, event_type: &str) -> Value {
-    for _ in 0..100 {
-        if let Some(r) = records(server)
-            .into_iter()
-            .rev()
-            .find(|r| r["event_type"] == event_type)
-        {
-            return r;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("no {event_type} record; log:\n{}", server.log());
+    server
+        .wait_audit(&format!("a {event_type} record"), |records| {
+            records
+                .iter()
+                .rev()
+                .find(|r| r["event_type"] == event_type)
+                .cloned()
+        })
+        .await
 }
 
 #[tokio::test]
@@ -109,7 +102,7 @@ async fn requests_produce_complete_verifiable_records() {
             assert!(record.get(field).is_some(), "{field} missing in {record}");
         }
     }
-    let all = records(&server);
+    let all = server.audit_records();
     assert_eq!(all[0]["event_type"], "server.started");
     let text = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
     assert!(
@@ -331,7 +324,7 @@ async fn records_past_retention_are_pruned_behind_a_checkpoint_that_still_verifi
     // (as if the server had written them then).
     let key = audit_key(&server);
     let log_path = server.dir.join("data").join("audit.log");
-    let old: Vec<Value> = records(&server);
+    let old: Vec<Value> = server.audit_records();
     let aged = 4usize;
     let mut previous = GENESIS.to_string();
     let mut text = String::new();
@@ -590,7 +583,7 @@ async fn admin_operations_and_shutdown_are_recorded_with_who_and_what() {
 
     // An orderly stop is the last record.
     assert_eq!(server.terminate(), Some(0));
-    let all = records(&server);
+    let all = server.audit_records();
     assert_eq!(all.last().unwrap()["event_type"], "server.stopped");
     for r in &all {
         for field in [
@@ -618,19 +611,6 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics_text(server: &TestServer) -> String {
-    server
-        .client()
-        .get(server.url("/metrics"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// An auditor's reconciliation: every throttled credential the metrics counted is in the audit
 /// trail, in records that carry their count, and the tail of a burst is written when its window
 /// closes even though no later refusal comes. Every record says `success` or `failure` and names
@@ -644,7 +624,7 @@ async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_m
         ..ServerOptions::default()
     });
     // The admin key is verified (and cached) before the flood spends the address's budget.
-    let before = metrics_text(&server).await;
+    let before = server.admin_client().metrics_text().await;
     assert_eq!(
         metric(
             &before,
@@ -677,7 +657,7 @@ async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_m
             res.status()
         );
     }
-    let after = metrics_text(&server).await;
+    let after = server.admin_client().metrics_text().await;
     let throttled = metric(
         &after,
         "bulwark_auth_attempts_total{outcome=\"failure\",reason=\"throttled\"}",
@@ -689,7 +669,8 @@ async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_m
     // No more refusals: the window's remainder is written by the timer.
     let mut audited = 0.0;
     for _ in 0..100 {
-        audited = records(&server)
+        audited = server
+            .audit_records()
             .iter()
             .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
             .map(|r| {
@@ -709,7 +690,8 @@ async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_m
         "audit and metrics disagree; log:\n{}",
         server.log()
     );
-    let throttled_records: Vec<Value> = records(&server)
+    let throttled_records: Vec<Value> = server
+        .audit_records()
         .into_iter()
         .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
         .collect();
@@ -723,14 +705,14 @@ async fn throttled_refusals_are_aggregated_with_counts_that_reconcile_with_the_m
     assert_eq!(tail["principal"], "anonymous");
     assert_eq!(tail["outcome"], "failure");
     // The OJS fields: outcome is success or failure, the principal is never null.
-    for r in records(&server) {
+    for r in server.audit_records() {
         assert!(
             r["outcome"] == "success" || r["outcome"] == "failure",
             "{r}"
         );
         assert!(r["principal"].is_string(), "{r}");
     }
-    assert_eq!(records(&server)[0]["principal"], "system");
+    assert_eq!(server.audit_records()[0]["principal"], "system");
 }
 
 /// `audit verify` prints the head (sequence number and chain value) so an operator can keep it
@@ -747,7 +729,7 @@ async fn audit_verify_prints_the_head_and_checks_an_anchor() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let all = records(&server);
+    let all = server.audit_records();
     let last = all.last().unwrap();
     let head_line = format!(
         "head: seq {} chain {}",
@@ -769,14 +751,8 @@ async fn audit_verify_prints_the_head_and_checks_an_anchor() {
 }
 
 async fn health(server: &TestServer) -> (StatusCode, Value) {
-    let res = server
-        .client()
-        .get(server.url("/ojs/v1/health"))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap())
+    let res = Client::anonymous(server).health().await;
+    (res.status, res.json().clone())
 }
 
 /// An audit disk that refuses writes: the fail-closed operations are refused, and health says
@@ -792,7 +768,7 @@ async fn an_unwritable_audit_log_fails_readiness() {
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["audit"]["status"], "failing");
     assert!(body["audit"]["failing_since"].is_string());
-    let m = metrics_text(&server).await;
+    let m = server.admin_client().metrics_text().await;
     assert!(m.contains("bulwark_audit_failing 1"), "{m}");
 }
 

@@ -10,133 +10,9 @@ use common::{ServerOptions, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-struct Api<'a> {
-    server: &'a TestServer,
-    client: reqwest::Client,
-}
-
-struct Res {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Api<'_> {
-    fn new(server: &TestServer) -> Api<'_> {
-        Api {
-            server,
-            client: server.client(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Res {
-        let mut req = self
-            .client
-            .request(method, self.server.url(path))
-            .header("Authorization", self.server.auth());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        Res {
-            status: res.status(),
-            headers: res.headers().clone(),
-            body: res.json().await.unwrap_or(Value::Null),
-        }
-    }
-
-    async fn configure(&self, queue: &str, backpressure: Value) -> Res {
-        self.call(
-            Method::PUT,
-            &format!("/ojs/v1/admin/queues/{queue}/config"),
-            Some(json!({ "backpressure": backpressure })),
-            &[],
-        )
-        .await
-    }
-
-    async fn enqueue(&self, queue: &str, n: u32) -> Res {
-        self.enqueue_with(queue, n, &[]).await
-    }
-
-    async fn enqueue_with(&self, queue: &str, n: u32, headers: &[(&str, &str)]) -> Res {
-        self.call(
-            Method::POST,
-            "/ojs/v1/jobs",
-            Some(json!({"type": "bp.job", "args": [n], "options": {"queue": queue}})),
-            headers,
-        )
-        .await
-    }
-
-    async fn fetch(&self, queue: &str, count: u32) -> Res {
-        self.call(
-            Method::POST,
-            "/ojs/v1/workers/fetch",
-            Some(json!({"queues": [queue], "count": count, "worker_id": "w"})),
-            &[],
-        )
-        .await
-    }
-
-    async fn ack(&self, id: &str) -> Res {
-        self.call(
-            Method::POST,
-            "/ojs/v1/workers/ack",
-            Some(json!({"job_id": id, "worker_id": "w"})),
-            &[],
-        )
-        .await
-    }
-
-    async fn depth(&self, queue: &str) -> u64 {
-        let res = self
-            .call(
-                Method::GET,
-                &format!("/ojs/v1/queues/{queue}/stats"),
-                None,
-                &[],
-            )
-            .await;
-        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-        res.body["stats"]["depth"].as_u64().unwrap()
-    }
-
-    async fn audit(&self, event_type: &str, want: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let res = self
-                .call(
-                    Method::GET,
-                    &format!("/ojs/v1/admin/audit?event_type={event_type}"),
-                    None,
-                    &[],
-                )
-                .await;
-            let records = res.body["records"].as_array().cloned().unwrap_or_default();
-            if records.len() >= want || Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn header<'a>(res: &'a Res, name: &str) -> Option<&'a str> {
-    res.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn job_id(res: &Res) -> String {
-    res.body["job"]["id"].as_str().unwrap().to_string()
+/// A job of the tests' type on `queue`.
+fn job(queue: &str, n: u32) -> Value {
+    json!({"type": "bp.job", "args": [n], "options": {"queue": queue}})
 }
 
 #[tokio::test]
@@ -146,43 +22,51 @@ async fn reject_refuses_at_the_bound_until_room_is_made_and_survives_a_restart()
         ..ServerOptions::default()
     });
     {
-        let api = Api::new(&server);
+        let api = server.admin_client();
         let res = api
-            .configure("bp", json!({"max_depth": 2, "strategy": "reject"}))
+            .set_queue_config(
+                "bp",
+                json!({"backpressure": {"max_depth": 2, "strategy": "reject"}}),
+            )
             .await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.body);
         assert_eq!(res.body["backpressure"]["max_depth"], 2);
         assert_eq!(res.body["backpressure"]["configured"], true);
-        assert_eq!(api.enqueue("bp", 1).await.status, StatusCode::CREATED);
-        assert_eq!(api.enqueue("bp", 2).await.status, StatusCode::CREATED);
-        let full = api.enqueue("bp", 3).await;
+        assert_eq!(api.enqueue(job("bp", 1)).await.status, StatusCode::CREATED);
+        assert_eq!(api.enqueue(job("bp", 2)).await.status, StatusCode::CREATED);
+        let full = api.enqueue(job("bp", 3)).await;
         assert_eq!(full.status, StatusCode::TOO_MANY_REQUESTS, "{}", full.body);
         assert_eq!(full.body["error"]["code"], "queue_full");
         assert_eq!(full.body["error"]["retryable"], true);
-        assert_eq!(header(&full, "retry-after"), Some("7"));
-        assert_eq!(header(&full, "x-ojs-queue-depth"), Some("2"));
-        assert_eq!(header(&full, "x-ojs-queue-bound"), Some("2"));
-        assert_eq!(api.depth("bp").await, 2);
+        assert_eq!(full.header("retry-after"), Some("7"));
+        assert_eq!(full.header("x-ojs-queue-depth"), Some("2"));
+        assert_eq!(full.header("x-ojs-queue-bound"), Some("2"));
+        assert_eq!(api.queue_depth("bp").await, 2);
         // Another queue is not affected.
-        assert_eq!(api.enqueue("other", 1).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.enqueue(job("other", 1)).await.status,
+            StatusCode::CREATED
+        );
         // An active job still counts; a completed one does not.
-        let fetched = api.fetch("bp", 1).await;
+        let fetched = api.fetch(&["bp"], 1, None).await;
         let id = fetched.body["jobs"][0]["id"].as_str().unwrap().to_string();
         assert_eq!(
-            api.enqueue("bp", 4).await.status,
+            api.enqueue(job("bp", 4)).await.status,
             StatusCode::TOO_MANY_REQUESTS
         );
-        assert_eq!(api.ack(&id).await.status, StatusCode::OK);
-        assert_eq!(api.enqueue("bp", 5).await.status, StatusCode::CREATED);
+        assert_eq!(api.ack(&id, "w").await.status, StatusCode::OK);
+        assert_eq!(api.enqueue(job("bp", 5)).await.status, StatusCode::CREATED);
         assert_eq!(
-            api.enqueue("bp", 6).await.status,
+            api.enqueue(job("bp", 6)).await.status,
             StatusCode::TOO_MANY_REQUESTS
         );
         // The change was audited.
-        let records = api.audit("queue.config_changed", 1).await;
+        let records = api
+            .wait_audit_records("event_type=queue.config_changed", 1)
+            .await;
         assert_eq!(records.len(), 1);
         // The three refusals are one record (once per principal and code a minute).
-        let refused = api.audit("limit.refused", 1).await;
+        let refused = api.wait_audit_records("event_type=limit.refused", 1).await;
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0]["detail"]["code"], "queue_full");
         assert_eq!(refused[0]["outcome"], "failure");
@@ -190,14 +74,14 @@ async fn reject_refuses_at_the_bound_until_room_is_made_and_survives_a_restart()
         assert_eq!(records[0]["detail"]["max_depth"], 2);
     }
     server.restart();
-    let api = Api::new(&server);
+    let api = server.admin_client();
     let res = api
         .call(Method::GET, "/ojs/v1/admin/queues/bp/config", None, &[])
         .await;
     assert_eq!(res.body["backpressure"]["max_depth"], 2, "{}", res.body);
     assert_eq!(res.body["depth"], 2);
     assert_eq!(
-        api.enqueue("bp", 7).await.status,
+        api.enqueue(job("bp", 7)).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     // Removing the bound falls back to the configured default (1,000,000).
@@ -212,7 +96,7 @@ async fn reject_refuses_at_the_bound_until_room_is_made_and_survives_a_restart()
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.body["backpressure"]["configured"], false);
     assert_eq!(res.body["backpressure"]["max_depth"], 1_000_000);
-    assert_eq!(api.enqueue("bp", 8).await.status, StatusCode::CREATED);
+    assert_eq!(api.enqueue(job("bp", 8)).await.status, StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -221,48 +105,59 @@ async fn the_default_bound_applies_to_unconfigured_queues_and_pressure_headers_w
         extra_toml: "[backpressure]\ndefault_max_depth = 3\n".into(),
         ..ServerOptions::default()
     });
-    let api = Api::new(&server);
+    let api = server.admin_client();
     for n in 0..3 {
-        assert_eq!(api.enqueue("plain", n).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.enqueue(job("plain", n)).await.status,
+            StatusCode::CREATED
+        );
     }
-    let res = api.enqueue("plain", 3).await;
+    let res = api.enqueue(job("plain", 3)).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(header(&res, "x-ojs-queue-bound"), Some("3"));
+    assert_eq!(res.header("x-ojs-queue-bound"), Some("3"));
 
     let res = api
-        .configure(
+        .set_queue_config(
             "warn",
-            json!({"max_depth": 10, "strategy": "reject", "warning_threshold": 0.5}),
+            json!({"backpressure": {"max_depth": 10, "strategy": "reject", "warning_threshold": 0.5}}),
         )
         .await;
     assert_eq!(res.status, StatusCode::OK);
     for n in 1..=4 {
-        let res = api.enqueue("warn", n).await;
+        let res = api.enqueue(job("warn", n)).await;
         assert_eq!(res.status, StatusCode::CREATED);
-        assert_eq!(header(&res, "x-ojs-queue-pressure"), None, "depth {n}");
+        assert_eq!(res.header("x-ojs-queue-pressure"), None, "depth {n}");
     }
-    let res = api.enqueue("warn", 5).await;
-    assert_eq!(header(&res, "x-ojs-queue-pressure"), Some("0.50"));
-    assert_eq!(header(&res, "x-ojs-queue-depth"), Some("5"));
-    assert_eq!(header(&res, "x-ojs-queue-bound"), Some("10"));
-    let res = api.enqueue("warn", 6).await;
-    assert_eq!(header(&res, "x-ojs-queue-pressure"), Some("0.60"));
+    let res = api.enqueue(job("warn", 5)).await;
+    assert_eq!(res.header("x-ojs-queue-pressure"), Some("0.50"));
+    assert_eq!(res.header("x-ojs-queue-depth"), Some("5"));
+    assert_eq!(res.header("x-ojs-queue-bound"), Some("10"));
+    let res = api.enqueue(job("warn", 6)).await;
+    assert_eq!(res.header("x-ojs-queue-pressure"), Some("0.60"));
 }
 
 #[tokio::test]
 async fn block_waits_for_room_and_then_gives_up() {
     let server = TestServer::start(ServerOptions::default());
-    let api = Api::new(&server);
+    let api = server.admin_client();
     let res = api
-        .configure("blk", json!({"max_depth": 1, "strategy": "block"}))
+        .set_queue_config(
+            "blk",
+            json!({"backpressure": {"max_depth": 1, "strategy": "block"}}),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK);
-    assert_eq!(api.enqueue("blk", 1).await.status, StatusCode::CREATED);
+    assert_eq!(api.enqueue(job("blk", 1)).await.status, StatusCode::CREATED);
 
     // Nothing frees room: refused once the client's block timeout (1 s) has passed.
     let started = Instant::now();
     let res = api
-        .enqueue_with("blk", 2, &[("OJS-Block-Timeout", "1")])
+        .call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            Some(job("blk", 2)),
+            &[("OJS-Block-Timeout", "1")],
+        )
         .await;
     let waited = started.elapsed();
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
@@ -275,13 +170,18 @@ async fn block_waits_for_room_and_then_gives_up() {
     // A worker completes the job while the producer waits: the blocked enqueue goes through.
     let worker = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let fetched = api.fetch("blk", 1).await;
+        let fetched = api.fetch(&["blk"], 1, None).await;
         let id = fetched.body["jobs"][0]["id"].as_str().unwrap().to_string();
-        assert_eq!(api.ack(&id).await.status, StatusCode::OK);
+        assert_eq!(api.ack(&id, "w").await.status, StatusCode::OK);
     };
     let started = Instant::now();
     let (res, ()) = tokio::join!(
-        api.enqueue_with("blk", 3, &[("OJS-Block-Timeout", "10")]),
+        api.call(
+            Method::POST,
+            "/ojs/v1/jobs",
+            Some(job("blk", 3)),
+            &[("OJS-Block-Timeout", "10")]
+        ),
         worker
     );
     let waited = started.elapsed();
@@ -290,28 +190,29 @@ async fn block_waits_for_room_and_then_gives_up() {
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
-    assert_eq!(api.depth("blk").await, 1);
+    assert_eq!(api.queue_depth("blk").await, 1);
 }
 
 #[tokio::test]
 async fn drop_oldest_discards_the_oldest_available_job_and_audits_it() {
     let server = TestServer::start(ServerOptions::default());
-    let api = Api::new(&server);
+    let api = server.admin_client();
     let res = api
-        .configure("drop", json!({"max_depth": 2, "strategy": "drop_oldest"}))
+        .set_queue_config(
+            "drop",
+            json!({"backpressure": {"max_depth": 2, "strategy": "drop_oldest"}}),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK);
-    let first = job_id(&api.enqueue("drop", 1).await);
-    let second = job_id(&api.enqueue("drop", 2).await);
-    let third = api.enqueue("drop", 3).await;
+    let first = api.enqueue(job("drop", 1)).await.job_id();
+    let second = api.enqueue(job("drop", 2)).await.job_id();
+    let third = api.enqueue(job("drop", 3)).await;
     assert_eq!(third.status, StatusCode::CREATED);
-    let third = job_id(&third);
+    let third = third.job_id();
     let state = |id: String| {
         let api = &api;
         async move {
-            api.call(Method::GET, &format!("/ojs/v1/jobs/{id}"), None, &[])
-                .await
-                .body["job"]["state"]
+            api.job(&id).await.body["job"]["state"]
                 .as_str()
                 .unwrap()
                 .to_string()
@@ -320,16 +221,18 @@ async fn drop_oldest_discards_the_oldest_available_job_and_audits_it() {
     assert_eq!(state(first.clone()).await, "discarded");
     assert_eq!(state(second.clone()).await, "available");
     assert_eq!(state(third.clone()).await, "available");
-    assert_eq!(api.depth("drop").await, 2);
-    let records = api.audit("backpressure.dropped", 1).await;
+    assert_eq!(api.queue_depth("drop").await, 2);
+    let records = api
+        .wait_audit_records("event_type=backpressure.dropped", 1)
+        .await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["detail"]["job_id"], first.as_str());
     assert_eq!(records[0]["detail"]["for_job_id"], third.as_str());
 
     // With every job active there is nothing to drop: refused like reject.
-    let fetched = api.fetch("drop", 2).await;
+    let fetched = api.fetch(&["drop"], 2, None).await;
     assert_eq!(fetched.body["jobs"].as_array().unwrap().len(), 2);
-    let res = api.enqueue("drop", 4).await;
+    let res = api.enqueue(job("drop", 4)).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.body["error"]["details"]["strategy"], "drop_oldest");
 }
@@ -337,7 +240,7 @@ async fn drop_oldest_discards_the_oldest_available_job_and_audits_it() {
 #[tokio::test]
 async fn queue_config_bodies_are_validated_and_change_nothing_when_wrong() {
     let server = TestServer::start(ServerOptions::default());
-    let api = Api::new(&server);
+    let api = server.admin_client();
     for (body, status) in [
         (json!({"backpressure": {"max_depth": -1}}), 400),
         (json!({"backpressure": {"max_depth": "ten"}}), 400),
@@ -372,7 +275,10 @@ async fn queue_config_bodies_are_validated_and_change_nothing_when_wrong() {
         .call(Method::GET, "/ojs/v1/admin/queues/cfg/config", None, &[])
         .await;
     assert_eq!(res.body["backpressure"]["configured"], false);
-    assert!(api.audit("queue.config_changed", 0).await.is_empty());
+    assert!(api
+        .wait_audit_records("event_type=queue.config_changed", 0)
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -383,25 +289,25 @@ async fn per_principal_pending_and_running_quotas() {
             .into(),
         ..ServerOptions::default()
     });
-    let api = Api::new(&server);
+    let api = server.admin_client();
     for n in 0..3 {
-        assert_eq!(api.enqueue("qq", n).await.status, StatusCode::CREATED);
+        assert_eq!(api.enqueue(job("qq", n)).await.status, StatusCode::CREATED);
     }
-    let res = api.enqueue("qq", 3).await;
+    let res = api.enqueue(job("qq", 3)).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
     assert_eq!(res.body["error"]["code"], "quota_exceeded");
     assert_eq!(
         res.body["error"]["details"]["quota"],
         "max_pending_jobs_per_principal"
     );
-    assert!(header(&res, "retry-after").is_some());
-    assert_eq!(api.depth("qq").await, 3);
+    assert!(res.header("retry-after").is_some());
+    assert_eq!(api.queue_depth("qq").await, 3);
 
     // Fetch claims no more than the running quota allows, then refuses.
-    let fetched = api.fetch("qq", 10).await;
+    let fetched = api.fetch(&["qq"], 10, None).await;
     let jobs = fetched.body["jobs"].as_array().unwrap().clone();
     assert_eq!(jobs.len(), 2, "{}", fetched.body);
-    let res = api.fetch("qq", 1).await;
+    let res = api.fetch(&["qq"], 1, None).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         res.body["error"]["details"]["quota"],
@@ -409,17 +315,17 @@ async fn per_principal_pending_and_running_quotas() {
     );
     // Completing a job frees both quotas.
     assert_eq!(
-        api.ack(jobs[0]["id"].as_str().unwrap()).await.status,
+        api.ack(jobs[0]["id"].as_str().unwrap(), "w").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        api.fetch("qq", 10).await.body["jobs"]
+        api.fetch(&["qq"], 10, None).await.body["jobs"]
             .as_array()
             .unwrap()
             .len(),
         1
     );
-    assert_eq!(api.enqueue("qq", 4).await.status, StatusCode::CREATED);
+    assert_eq!(api.enqueue(job("qq", 4)).await.status, StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -430,19 +336,25 @@ async fn per_tenant_job_and_queue_limits() {
             .into(),
         ..ServerOptions::default()
     });
-    let api = Api::new(&server);
+    let api = server.admin_client();
     let acme = [("X-OJS-Tenant", "acme")];
     let globex = [("X-OJS-Tenant", "globex")];
     assert_eq!(
-        api.enqueue_with("a", 1, &acme).await.status,
+        api.call(Method::POST, "/ojs/v1/jobs", Some(job("a", 1)), &acme)
+            .await
+            .status,
         StatusCode::CREATED
     );
     assert_eq!(
-        api.enqueue_with("b", 2, &acme).await.status,
+        api.call(Method::POST, "/ojs/v1/jobs", Some(job("b", 2)), &acme)
+            .await
+            .status,
         StatusCode::CREATED
     );
     // A third queue for the tenant is refused; its existing queues still take jobs.
-    let res = api.enqueue_with("c", 3, &acme).await;
+    let res = api
+        .call(Method::POST, "/ojs/v1/jobs", Some(job("c", 3)), &acme)
+        .await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
     assert_eq!(res.body["error"]["code"], "tenant_limit_exceeded");
     assert_eq!(
@@ -450,18 +362,24 @@ async fn per_tenant_job_and_queue_limits() {
         "max_queues_per_tenant"
     );
     assert_eq!(
-        api.enqueue_with("a", 4, &acme).await.status,
+        api.call(Method::POST, "/ojs/v1/jobs", Some(job("a", 4)), &acme)
+            .await
+            .status,
         StatusCode::CREATED
     );
     // The tenant's fourth job is refused; another tenant is unaffected.
-    let res = api.enqueue_with("b", 5, &acme).await;
+    let res = api
+        .call(Method::POST, "/ojs/v1/jobs", Some(job("b", 5)), &acme)
+        .await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         res.body["error"]["details"]["quota"],
         "max_pending_jobs_per_tenant"
     );
     assert_eq!(
-        api.enqueue_with("a", 6, &globex).await.status,
+        api.call(Method::POST, "/ojs/v1/jobs", Some(job("a", 6)), &globex)
+            .await
+            .status,
         StatusCode::CREATED
     );
     // Active jobs per tenant: a fetch for the tenant claims one, then is refused.
@@ -501,7 +419,7 @@ async fn per_tenant_job_and_queue_limits() {
     // The system scope has no tenant limit.
     for n in 0..4 {
         assert_eq!(
-            api.enqueue(&format!("sys{n}"), n).await.status,
+            api.enqueue(job(&format!("sys{n}"), n)).await.status,
             StatusCode::CREATED
         );
     }
@@ -513,38 +431,33 @@ async fn batches_are_all_or_nothing_under_bounds_quotas_and_validation() {
         extra_toml: "[quotas]\nmax_pending_jobs_per_principal = 6\n".into(),
         ..ServerOptions::default()
     });
-    let api = Api::new(&server);
+    let api = server.admin_client();
     let job =
         |n: u32, queue: &str| json!({"type": "bp.batch", "args": [n], "options": {"queue": queue}});
     let api = &api;
-    let batch = |jobs: Vec<Value>| async move {
-        api.call(
-            Method::POST,
-            "/ojs/v1/jobs/batch",
-            Some(json!({ "jobs": jobs })),
-            &[],
-        )
-        .await
-    };
+    let batch = |jobs: Vec<Value>| api.enqueue_batch(jobs);
     let res = batch(vec![job(1, "b1"), job(2, "b2")]).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     assert_eq!(res.body["count"], 2);
     assert_eq!(res.body["jobs"][1]["state"], "available");
-    let records = api.audit("job.batch_enqueued", 1).await;
+    let records = api
+        .wait_audit_records("event_type=job.batch_enqueued", 1)
+        .await;
     assert_eq!(records[0]["detail"]["count"], 2);
 
     // One invalid envelope refuses the batch and names its index.
     let res = batch(vec![job(3, "b1"), json!({"args": []}), job(4, "b1")]).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.body);
     assert_eq!(res.body["error"]["details"]["index"], 1);
-    assert_eq!(api.depth("b1").await, 1);
+    assert_eq!(api.queue_depth("b1").await, 1);
 
     // A bound that the batch would cross refuses all of it.
-    api.configure("b3", json!({"max_depth": 2})).await;
+    api.set_queue_config("b3", json!({"backpressure": {"max_depth": 2}}))
+        .await;
     let res = batch(vec![job(5, "b3"), job(6, "b3"), job(7, "b3")]).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
     assert_eq!(res.body["error"]["code"], "queue_full");
-    assert_eq!(api.depth("b3").await, 0);
+    assert_eq!(api.queue_depth("b3").await, 0);
     assert_eq!(
         batch(vec![job(5, "b3"), job(6, "b3")]).await.status,
         StatusCode::CREATED
@@ -554,14 +467,14 @@ async fn batches_are_all_or_nothing_under_bounds_quotas_and_validation() {
     let res = batch(vec![job(8, "b1"), job(9, "b1"), job(10, "b1")]).await;
     assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.body["error"]["code"], "quota_exceeded");
-    assert_eq!(api.depth("b1").await, 1);
+    assert_eq!(api.queue_depth("b1").await, 1);
 
     // Repeated ids in one batch are a conflict, and nothing is stored.
     let id = "019a0b6e-1c2d-7e3f-8a4b-5c6d7e8f9a0b";
     let with_id = json!({"id": id, "type": "bp.batch", "args": [], "options": {"queue": "b1"}});
     let res = batch(vec![with_id.clone(), with_id]).await;
     assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.body);
-    assert_eq!(api.depth("b1").await, 1);
+    assert_eq!(api.queue_depth("b1").await, 1);
 
     // Shape of the batch itself.
     for body in [json!({}), json!({"jobs": []}), json!({"jobs": {}})] {

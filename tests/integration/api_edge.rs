@@ -96,32 +96,6 @@ fn assert_envelope(status: u16, head: &str, body: &Value, want_status: u16, want
     );
 }
 
-fn audit_lines(server: &TestServer, event_type: &str) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event_type"] == event_type)
-        .collect()
-}
-
-fn wait_refusal_audited(server: &TestServer, reason: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = audit_lines(server, "request.refused")
-            .into_iter()
-            .find(|v| v["detail"]["reason"] == reason)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no request.refused ({reason}) audited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn job_request(server: &TestServer, headers: &str, body: &str) -> Vec<u8> {
     format!(
         "POST /ojs/v1/jobs HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
@@ -133,17 +107,8 @@ fn job_request(server: &TestServer, headers: &str, body: &str) -> Vec<u8> {
 
 /// How many queues hold a job (none means nothing was stored).
 async fn queue_count(server: &TestServer) -> u64 {
-    let v: Value = server
-        .client()
-        .get(server.url("/ojs/v1/queues"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v.to_string().matches("\"name\"").count() as u64
+    let res = server.admin_client().queues().await;
+    res.json().to_string().matches("\"name\"").count() as u64
 }
 
 #[tokio::test]
@@ -180,7 +145,9 @@ async fn a_duplicated_credential_or_tenant_header_is_refused_whatever_the_order_
         let (status, head, body) = raw(&server, &req);
         assert_envelope(status, &head, &body, 400, "invalid_request");
     }
-    let record = wait_refusal_audited(&server, "duplicate_header");
+    let record = server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "duplicate_header"
+    });
     assert_eq!(record["detail"]["header"], "authorization");
     assert!(record["source_ip"].as_str().is_some());
     // Nothing was stored; one credential still works.
@@ -211,7 +178,9 @@ fn a_duplicated_content_length_is_refused_before_any_body_is_read() {
                Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     let (status, head, body) = raw(&server, req.as_bytes());
     assert_envelope(status, &head, &body, 400, "invalid_request");
-    wait_refusal_audited(&server, "ambiguous_length");
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "ambiguous_length"
+    });
 }
 
 #[test]
@@ -344,7 +313,9 @@ async fn encoded_bodies_and_json_in_other_charsets_are_refused_415() {
         );
     }
     assert_eq!(queue_count(&server).await, 0, "nothing was stored");
-    wait_refusal_audited(&server, "content_encoding");
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "content_encoding"
+    });
     let res = post(
         vec![
             ("Content-Type", "application/json; charset=utf-8"),
@@ -390,9 +361,15 @@ fn oversized_and_malformed_heads_leave_as_the_ojs_envelope() {
         let (status, head, body) = raw(&server, bad);
         assert_envelope(status, &head, &body, 400, "invalid_request");
     }
-    wait_refusal_audited(&server, "header_too_large");
-    wait_refusal_audited(&server, "uri_too_long");
-    wait_refusal_audited(&server, "malformed_head");
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "header_too_large"
+    });
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "uri_too_long"
+    });
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "malformed_head"
+    });
     // A forged stand-in request is refused, not honoured.
     let (status, head, body) = raw(
         &server,
@@ -436,7 +413,9 @@ fn a_head_that_never_completes_is_answered_408_with_the_envelope() {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     assert_envelope(status, &head, &body, 408, "request_timeout");
     assert!(started.elapsed() < Duration::from_secs(4));
-    wait_refusal_audited(&server, "head_timeout");
+    server.wait_audit_event_blocking("request.refused", |v| {
+        v["detail"]["reason"] == "head_timeout"
+    });
 }
 
 #[tokio::test]

@@ -16,123 +16,45 @@ use reqwest::{Method, StatusCode};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 
+use common::client::{Client, Reply};
 use common::{ServerOptions, TestServer};
 
 const HS_SECRET: &[u8] = b"an-hs256-secret-of-more-than-32-bytes!!";
 
-struct Api {
-    server: TestServer,
-    client: reqwest::Client,
+/// A new key; returns `Bearer <key>` and its id.
+async fn key(api: &Client, spec: Value) -> (String, String) {
+    let (secret, id) = api.new_key(spec).await;
+    (format!("Bearer {secret}"), id)
 }
 
-impl Api {
-    fn new(server: TestServer) -> Self {
-        Self {
-            client: server.client(),
-            server,
-        }
-    }
+/// Enqueues a job of the tests' type on `queue` with the `Authorization` header `bearer`.
+async fn enqueue(api: &Client, bearer: &str, queue: &str) -> Reply {
+    api.by(bearer).enqueue_to(queue, "id.test", json!([])).await
+}
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method, self.server.url(path))
-            .header("Authorization", bearer);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
+/// Jobs of `tenant` in every state (the system administrator acting for it).
+async fn job_count(api: &Client, tenant: &str) -> u64 {
+    let body = api.for_tenant(Some(tenant)).queues().await.body;
+    body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            q["counts"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
+}
 
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let auth = self.server.auth();
-        self.call(method, path, &auth, &[], body).await
-    }
-
-    /// A new key; returns `Bearer <key>` and its id.
-    async fn key(&self, spec: Value) -> (String, String) {
-        let (status, body) = self
-            .admin(Method::POST, "/ojs/v1/admin/keys", Some(spec))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        (
-            format!("Bearer {}", body["secret"].as_str().unwrap()),
-            body["key"]["id"].as_str().unwrap().to_string(),
-        )
-    }
-
-    async fn enqueue(&self, bearer: &str, queue: &str) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            "/ojs/v1/jobs",
-            bearer,
-            &[],
-            Some(json!({"type": "id.test", "args": [], "options": {"queue": queue}})),
-        )
-        .await
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.server.dir.join("data").join("audit.log")).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Waits until the audit log holds a record of `event_type` whose detail has `reason`.
-    async fn audited(&self, event_type: &str, reason: &str) {
-        for _ in 0..50 {
-            if self
-                .audit()
-                .iter()
-                .any(|r| r["event_type"] == event_type && r["detail"]["reason"] == reason)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no {event_type} record with reason {reason}");
-    }
-
-    /// Jobs of `tenant` in every state (the system administrator acting for it).
-    async fn job_count(&self, tenant: &str) -> u64 {
-        let auth = self.server.auth();
-        let (_, body) = self
-            .call(
-                Method::GET,
-                "/ojs/v1/queues",
-                &auth,
-                &[("X-OJS-Tenant", tenant)],
-                None,
-            )
-            .await;
-        body["queues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|q| {
-                q["counts"]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .map(|v| v.as_u64().unwrap())
-                    .sum::<u64>()
-            })
-            .sum()
-    }
+/// Waits until the audit log holds a record of `event_type` whose detail has `reason`.
+async fn audited(server: &TestServer, event_type: &str, reason: &str) {
+    server
+        .wait_audit_event(event_type, |r| r["detail"]["reason"] == reason)
+        .await;
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) {
@@ -204,10 +126,11 @@ async fn jwt_attacks_are_refused_and_audited() {
         hs_file.display().to_string(),
         ed_file.display().to_string()
     );
-    let api = Api::new(TestServer::start(ServerOptions {
+    let server = TestServer::start(ServerOptions {
         extra_toml: toml,
         ..ServerOptions::default()
-    }));
+    });
+    let api = server.admin_client();
 
     let hs = json!({"alg": "HS256", "typ": "JWT", "kid": "hs"});
     let ed_header = json!({"alg": "EdDSA", "kid": "ed"});
@@ -217,15 +140,15 @@ async fn jwt_attacks_are_refused_and_audited() {
         hs256(&hs, &producer, HS_SECRET),
         eddsa(&ed_header, &producer, &ed),
     ] {
-        let (status, body) = api.enqueue(&format!("Bearer {token}"), "jwt").await;
+        let Reply { status, body, .. } = enqueue(&api, &format!("Bearer {token}"), "jwt").await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        let (status, _) = api
+        let Reply { status, .. } = api
+            .by(&format!("Bearer {token}"))
             .call(
                 Method::POST,
                 "/ojs/v1/workers/fetch",
-                &format!("Bearer {token}"),
-                &[],
                 Some(json!({"queues": ["jwt"]})),
+                &[],
             )
             .await;
         assert_eq!(
@@ -234,7 +157,7 @@ async fn jwt_attacks_are_refused_and_audited() {
             "a producer token on a worker route"
         );
     }
-    let stored = api.job_count("acme").await;
+    let stored = job_count(&api, "acme").await;
     assert_eq!(stored, 2);
 
     let t = now();
@@ -353,7 +276,7 @@ async fn jwt_attacks_are_refused_and_audited() {
     ];
     let mut reference: Option<Value> = None;
     for (name, token) in &attacks {
-        let (status, body) = api.enqueue(&format!("Bearer {token}"), "jwt").await;
+        let Reply { status, body, .. } = enqueue(&api, &format!("Bearer {token}"), "jwt").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
         // Every refusal has the same body.
         match &reference {
@@ -361,11 +284,15 @@ async fn jwt_attacks_are_refused_and_audited() {
             Some(r) => assert_eq!(&body, r, "{name}"),
         }
     }
-    assert_eq!(api.job_count("acme").await, stored, "nothing was enqueued");
+    assert_eq!(
+        job_count(&api, "acme").await,
+        stored,
+        "nothing was enqueued"
+    );
     // Each refusal is in the audit trail, with a reason but never the token.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let failures: Vec<Value> = api
-        .audit()
+    let failures: Vec<Value> = server
+        .audit_records()
         .into_iter()
         .filter(|r| r["event_type"] == "auth.failure")
         .collect();
@@ -375,7 +302,7 @@ async fn jwt_attacks_are_refused_and_audited() {
         attacks.len(),
         failures.len()
     );
-    let log = std::fs::read_to_string(api.server.dir.join("data").join("audit.log")).unwrap();
+    let log = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
     for (name, token) in &attacks {
         if let Some(sig) = token.rsplit('.').next().filter(|s| s.len() > 16) {
             assert!(!log.contains(sig), "{name}: a token reached the audit log");
@@ -385,43 +312,49 @@ async fn jwt_attacks_are_refused_and_audited() {
 
 #[tokio::test]
 async fn api_keys_are_scoped_expire_rotate_and_revoke_at_once() {
-    let api = Api::new(TestServer::start(ServerOptions {
+    let server = TestServer::start(ServerOptions {
         extra_toml: common::UNTHROTTLED.into(),
         ..ServerOptions::default()
-    }));
+    });
+    let api = server.admin_client();
 
     // Producer and worker roles on one key are refused.
-    let (status, body) = api
-        .admin(
+    let Reply { status, body, .. } = api
+        .call(
             Method::POST,
             "/ojs/v1/admin/keys",
             Some(json!({"name": "both", "roles": ["producer", "worker"], "tenant": "acme"})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     // Queue patterns and scopes narrow a key.
-    let (billing, _) = api
-        .key(json!({"name": "billing", "roles": ["producer"], "tenant": "acme", "queues": ["billing.*"]}))
+    let (billing, _) = key(&api, json!({"name": "billing", "roles": ["producer"], "tenant": "acme", "queues": ["billing.*"]}))
         .await;
     assert_eq!(
-        api.enqueue(&billing, "billing.invoices").await.0,
+        enqueue(&api, &billing, "billing.invoices").await.status,
         StatusCode::CREATED
     );
-    let (status, body) = api.enqueue(&billing, "emails").await;
+    let Reply { status, body, .. } = enqueue(&api, &billing, "emails").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"]["details"]["queue"], "emails");
     assert_eq!(body["error"]["details"]["principal"], "billing");
-    let (read_only, _) = api
-        .key(json!({"name": "ro", "roles": ["admin"], "tenant": "acme", "scopes": ["inspect"]}))
-        .await;
-    assert_eq!(api.enqueue(&read_only, "q").await.0, StatusCode::FORBIDDEN);
-    api.audited("authz.denied", "out_of_scope").await;
+    let (read_only, _) = key(
+        &api,
+        json!({"name": "ro", "roles": ["admin"], "tenant": "acme", "scopes": ["inspect"]}),
+    )
+    .await;
+    assert_eq!(
+        enqueue(&api, &read_only, "q").await.status,
+        StatusCode::FORBIDDEN
+    );
+    audited(&server, "authz.denied", "out_of_scope").await;
     // Authentication success is recorded once per key per process, not per request.
     let mut successes = 0;
     for _ in 0..50 {
-        successes = api
-            .audit()
+        successes = server
+            .audit_records()
             .iter()
             .filter(|r| r["event_type"] == "auth.success" && r["principal"] == "billing")
             .count();
@@ -433,70 +366,94 @@ async fn api_keys_are_scoped_expire_rotate_and_revoke_at_once() {
     assert_eq!(successes, 1, "billing made three requests");
 
     // Revocation takes effect on the very next request, on the same kept-alive connection.
-    let (doomed, doomed_id) = api
-        .key(json!({"name": "doomed", "roles": ["producer"], "tenant": "acme"}))
-        .await;
-    assert_eq!(api.enqueue(&doomed, "q").await.0, StatusCode::CREATED);
-    let (status, _) = api
-        .admin(
+    let (doomed, doomed_id) = key(
+        &api,
+        json!({"name": "doomed", "roles": ["producer"], "tenant": "acme"}),
+    )
+    .await;
+    assert_eq!(
+        enqueue(&api, &doomed, "q").await.status,
+        StatusCode::CREATED
+    );
+    let Reply { status, .. } = api
+        .call(
             Method::DELETE,
             &format!("/ojs/v1/admin/keys/{doomed_id}"),
             None,
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, revoked_body) = api.enqueue(&doomed, "q").await;
+    let Reply {
+        status,
+        body: revoked_body,
+        ..
+    } = enqueue(&api, &doomed, "q").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Unknown id, wrong secret, revoked and expired all answer the same body.
-    let (short, _) = api
-        .key(
-            json!({"name": "short", "roles": ["producer"], "tenant": "acme", "expires_in": "PT1S"}),
-        )
-        .await;
-    assert_eq!(api.enqueue(&short, "q").await.0, StatusCode::CREATED);
+    let (short, _) = key(
+        &api,
+        json!({"name": "short", "roles": ["producer"], "tenant": "acme", "expires_in": "PT1S"}),
+    )
+    .await;
+    assert_eq!(enqueue(&api, &short, "q").await.status, StatusCode::CREATED);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (status, expired_body) = api.enqueue(&short, "q").await;
+    let Reply {
+        status,
+        body: expired_body,
+        ..
+    } = enqueue(&api, &short, "q").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired cached key");
     let unknown = "Bearer bwk_live_00000000000000ff_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let (_, unknown_body) = api.enqueue(unknown, "q").await;
+    let Reply {
+        body: unknown_body, ..
+    } = enqueue(&api, unknown, "q").await;
     let mut wrong = billing.clone();
     let last = wrong.pop().unwrap();
     wrong.push(if last == 'A' { 'B' } else { 'A' });
-    let (_, wrong_body) = api.enqueue(&wrong, "q").await;
+    let Reply {
+        body: wrong_body, ..
+    } = enqueue(&api, &wrong, "q").await;
     assert_eq!(revoked_body, expired_body);
     assert_eq!(revoked_body, unknown_body);
     assert_eq!(revoked_body, wrong_body);
-    api.audited("auth.failure", "revoked").await;
-    api.audited("auth.failure", "expired").await;
+    audited(&server, "auth.failure", "revoked").await;
+    audited(&server, "auth.failure", "expired").await;
 
     // Rotation: both keys work during the grace period, then only the new one.
-    let (old, old_id) = api
-        .key(json!({"name": "rotating", "roles": ["producer"], "tenant": "acme"}))
-        .await;
-    assert_eq!(api.enqueue(&old, "q").await.0, StatusCode::CREATED);
-    let (status, body) = api
-        .admin(
+    let (old, old_id) = key(
+        &api,
+        json!({"name": "rotating", "roles": ["producer"], "tenant": "acme"}),
+    )
+    .await;
+    assert_eq!(enqueue(&api, &old, "q").await.status, StatusCode::CREATED);
+    let Reply { status, body, .. } = api
+        .call(
             Method::POST,
             &format!("/ojs/v1/admin/keys/{old_id}/rotate?grace_secs=1"),
             None,
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let new = format!("Bearer {}", body["secret"].as_str().unwrap());
     assert_eq!(body["key"]["name"], "rotating");
     assert_eq!(
-        api.enqueue(&old, "q").await.0,
+        enqueue(&api, &old, "q").await.status,
         StatusCode::CREATED,
         "grace period"
     );
-    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::CREATED);
+    assert_eq!(enqueue(&api, &new, "q").await.status, StatusCode::CREATED);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(api.enqueue(&old, "q").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::CREATED);
+    assert_eq!(
+        enqueue(&api, &old, "q").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(enqueue(&api, &new, "q").await.status, StatusCode::CREATED);
 
     // Listing shows no secret, and the last use.
-    let (_, listing) = api.admin(Method::GET, "/ojs/v1/admin/keys", None).await;
+    let Reply { body: listing, .. } = api.call(Method::GET, "/ojs/v1/admin/keys", None, &[]).await;
     let text = listing.to_string();
     assert!(!text.contains(common::key_secret(new.trim_start_matches("Bearer "))));
     let rotated = listing["keys"]
@@ -509,38 +466,44 @@ async fn api_keys_are_scoped_expire_rotate_and_revoke_at_once() {
     assert!(rotated["last_used_at"].is_string());
 
     // Bulk revocation by principal.
-    let (status, body) = api
-        .admin(
+    let Reply { status, body, .. } = api
+        .call(
             Method::POST,
             "/ojs/v1/admin/keys/revoke",
             Some(json!({"name": "rotating"})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["revoked"].as_array().unwrap().len(), 2);
-    assert_eq!(api.enqueue(&new, "q").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        enqueue(&api, &new, "q").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A tenant administrator cannot make keys for another tenant or the system.
-    let (tenant_admin, _) = api
-        .key(json!({"name": "acme-admin", "roles": ["admin"], "tenant": "acme"}))
-        .await;
-    let (status, _) = api
+    let (tenant_admin, _) = key(
+        &api,
+        json!({"name": "acme-admin", "roles": ["admin"], "tenant": "acme"}),
+    )
+    .await;
+    let Reply { status, .. } = api
+        .by(&tenant_admin)
         .call(
             Method::POST,
             "/ojs/v1/admin/keys",
-            &tenant_admin,
-            &[],
             Some(json!({"name": "escalate", "roles": ["admin"], "tenant": "globex"})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = api
+    let Reply { status, body, .. } = api
+        .by(&tenant_admin)
         .call(
             Method::POST,
             "/ojs/v1/admin/keys",
-            &tenant_admin,
-            &[],
             Some(json!({"name": "mine", "roles": ["worker"]})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -555,26 +518,27 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
     // The default budget: 20 verifications at once, then 30 a minute. Throttled answers are
     // not held back here, so the 40 attempts fit in a second or two and the budget cannot
     // refill in between.
-    let api = Api::new(TestServer::start(ServerOptions {
+    let server = TestServer::start(ServerOptions {
         process: true,
         extra_toml: "[limits]\nrefusal_delay_ms = 0\n".into(),
         ..ServerOptions::default()
-    }));
-    let good = api.server.auth();
-    assert_eq!(api.enqueue(&good, "q").await.0, StatusCode::CREATED);
+    });
+    let api = server.admin_client();
+    let good = server.auth();
+    assert_eq!(enqueue(&api, &good, "q").await.status, StatusCode::CREATED);
     let mut statuses = Vec::new();
     for i in 0..40u32 {
         let key = format!("Bearer bwk_live_{i:016x}_{}", "A".repeat(43));
-        statuses.push(api.enqueue(&key, "q").await);
+        statuses.push(enqueue(&api, &key, "q").await);
     }
     let unauthorized = statuses
         .iter()
-        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
         .count();
     let throttled: Vec<&Value> = statuses
         .iter()
-        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
-        .map(|(_, b)| b)
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .map(|r| &r.body)
         .collect();
     assert!((19..=21).contains(&unauthorized), "{unauthorized} verified");
     assert_eq!(unauthorized + throttled.len(), 40);
@@ -582,19 +546,10 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
     assert_eq!(throttled[0]["error"]["retryable"], true);
     // The key this process already verified still works: the budget is spent only by keys
     // that need argon2.
-    assert_eq!(api.enqueue(&good, "q").await.0, StatusCode::CREATED);
+    assert_eq!(enqueue(&api, &good, "q").await.status, StatusCode::CREATED);
     // argon2 ran once for the good key and once per verified wrong key, never for a throttled
     // one.
-    let metrics = api
-        .client
-        .get(api.server.url("/metrics"))
-        .header("Authorization", &good)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.by(&good).metrics_text().await;
     let verifications: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("bulwark_api_key_verifications_total{"))
@@ -608,24 +563,17 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
     );
     // A 429 carries Retry-After.
     let res = api
-        .client
-        .post(api.server.url("/ojs/v1/jobs"))
-        .header(
-            "Authorization",
-            format!("Bearer bwk_live_{:016x}_{}", 99, "B".repeat(43)),
-        )
-        .json(&json!({"type": "a.b", "args": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(res.headers().get("retry-after").is_some());
+        .by(&format!("Bearer bwk_live_{:016x}_{}", 99, "B".repeat(43)))
+        .enqueue(json!({"type": "a.b", "args": []}))
+        .await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.header("retry-after").is_some());
     // The flood is audited once for the address, not once per refused request (each refused
     // request is still counted in the metrics).
-    api.audited("auth.failure", "throttled").await;
+    audited(&server, "auth.failure", "throttled").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let recorded = api
-        .audit()
+    let recorded = server
+        .audit_records()
         .iter()
         .filter(|r| r["event_type"] == "auth.failure" && r["detail"]["reason"] == "throttled")
         .count();
@@ -634,85 +582,97 @@ async fn wrong_keys_from_one_address_are_throttled_before_argon2() {
 
 #[tokio::test]
 async fn tenant_headers_job_rules_and_dry_runs() {
-    let api = Api::new(TestServer::start(ServerOptions {
+    let server = TestServer::start(ServerOptions {
         extra_toml: common::UNTHROTTLED.into(),
         ..ServerOptions::default()
-    }));
-    let (producer, _) = api
-        .key(json!({"name": "p", "roles": ["producer"], "tenant": "acme"}))
-        .await;
-    let (operator, _) = api
-        .key(json!({"name": "op", "roles": ["operator"], "tenant": "acme"}))
-        .await;
-    let (submitter, _) = api
-        .key(json!({"name": "sub", "roles": ["submitter"], "tenant": "acme"}))
-        .await;
-    let (other_submitter, _) = api
-        .key(json!({"name": "sub2", "roles": ["submitter"], "tenant": "acme"}))
-        .await;
+    });
+    let api = server.admin_client();
+    let (producer, _) = key(
+        &api,
+        json!({"name": "p", "roles": ["producer"], "tenant": "acme"}),
+    )
+    .await;
+    let (operator, _) = key(
+        &api,
+        json!({"name": "op", "roles": ["operator"], "tenant": "acme"}),
+    )
+    .await;
+    let (submitter, _) = key(
+        &api,
+        json!({"name": "sub", "roles": ["submitter"], "tenant": "acme"}),
+    )
+    .await;
+    let (other_submitter, _) = key(
+        &api,
+        json!({"name": "sub2", "roles": ["submitter"], "tenant": "acme"}),
+    )
+    .await;
     let body = json!({"type": "t.x", "args": []});
 
     // The tenant header and meta.tenant_id may only repeat the credential's tenant.
     for (name, header) in [("X-OJS-Tenant", "globex"), ("X-OJS-Tenant-ID", "globex")] {
-        let (status, _) = api
+        let Reply { status, .. } = api
+            .by(&producer)
             .call(
                 Method::POST,
                 "/ojs/v1/jobs",
-                &producer,
-                &[(name, header)],
                 Some(body.clone()),
+                &[(name, header)],
             )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{name}");
     }
-    api.audited("authz.denied", "tenant_mismatch").await;
-    let (status, _) = api
+    audited(&server, "authz.denied", "tenant_mismatch").await;
+    let Reply { status, .. } = api
+        .by(&producer)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &producer,
-            &[("X-OJS-Tenant", "acme")],
             Some(json!({"type": "t.x", "args": [], "meta": {"tenant_id": "globex"}})),
+            &[("X-OJS-Tenant", "acme")],
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    api.audited("authz.denied", "meta_tenant_mismatch").await;
+    audited(&server, "authz.denied", "meta_tenant_mismatch").await;
     // Tenant credentials cannot pick job ids.
-    let (status, _) = api
+    let Reply { status, .. } = api
+        .by(&producer)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &producer,
-            &[],
             Some(json!({"type": "t.x", "args": [], "id": "019b0000-0000-7000-8000-000000000001"})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(api.job_count("acme").await, 0, "nothing stored");
+    assert_eq!(job_count(&api, "acme").await, 0, "nothing stored");
 
     // A dry run checks everything and stores nothing, and is audited as one.
-    let (status, body) = api
+    let Reply { status, body, .. } = api
+        .by(&producer)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &producer,
-            &[],
             Some(json!({"type": "t.x", "args": [1], "dry_run": true})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["dry_run"], true);
-    assert_eq!(api.job_count("acme").await, 0);
-    assert!(api.audit().iter().any(|r| r["event_type"] == "job.dry_run"));
-    let (status, _) = api
+    assert_eq!(job_count(&api, "acme").await, 0);
+    assert!(server
+        .audit_records()
+        .iter()
+        .any(|r| r["event_type"] == "job.dry_run"));
+    let Reply { status, .. } = api
+        .by(&producer)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &producer,
-            &[],
             Some(
                 json!({"type": "t.x", "args": [], "dry_run": true, "options": {"queue": "_ojs_x"}}),
             ),
+            &[],
         )
         .await;
     assert_eq!(
@@ -722,74 +682,79 @@ async fn tenant_headers_job_rules_and_dry_runs() {
     );
 
     // A job only its owner may see, and only its owner may cancel.
-    let (_, job) = api
+    let Reply { body: job, .. } = api
+        .by(&submitter)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &submitter,
-            &[],
             Some(json!({"type": "t.x", "args": [], "options": {"security": {
                 "visibility": "owner", "cancellable_by": ["owner"]}}})),
+            &[],
         )
         .await;
     let id = job["job"]["id"].as_str().unwrap();
     let path = format!("/ojs/v1/jobs/{id}");
     assert_eq!(
-        api.call(Method::GET, &path, &submitter, &[], None).await.0,
+        api.by(&submitter)
+            .call(Method::GET, &path, None, &[])
+            .await
+            .status,
         StatusCode::OK
     );
-    let (status, hidden) = api.call(Method::GET, &path, &operator, &[], None).await;
+    let Reply {
+        status,
+        body: hidden,
+        ..
+    } = api.by(&operator).call(Method::GET, &path, None, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "restricted to its owner");
-    let (_, random) = api
+    let Reply { body: random, .. } = api
+        .by(&operator)
         .call(
             Method::GET,
             "/ojs/v1/jobs/019b0000-0000-7000-8000-000000000002",
-            &operator,
-            &[],
             None,
+            &[],
         )
         .await;
     assert_eq!(hidden, random);
     assert_eq!(
-        api.call(Method::GET, &path, &other_submitter, &[], None)
+        api.by(&other_submitter)
+            .call(Method::GET, &path, None, &[])
             .await
-            .0,
+            .status,
         StatusCode::NOT_FOUND,
         "another submitter"
     );
-    api.audited("authz.denied", "restricted_job").await;
+    audited(&server, "authz.denied", "restricted_job").await;
     // An unrestricted job of the producer: the operator may see it but, with
     // cancellable_by ["owner"], not cancel it.
-    let (_, job) = api
-        .call(
-            Method::POST,
-            "/ojs/v1/jobs",
-            &producer,
-            &[],
-            Some(json!({"type": "t.x", "args": [], "options": {"security": {"cancellable_by": ["owner"]}}})),
-        )
+    let Reply { body: job, .. } = api.by(&producer).call(Method::POST, "/ojs/v1/jobs", Some(json!({"type": "t.x", "args": [], "options": {"security": {"cancellable_by": ["owner"]}}})), &[])
         .await;
     let path = format!("/ojs/v1/jobs/{}", job["job"]["id"].as_str().unwrap());
     assert_eq!(
-        api.call(Method::GET, &path, &operator, &[], None).await.0,
+        api.by(&operator)
+            .call(Method::GET, &path, None, &[])
+            .await
+            .status,
         StatusCode::OK
     );
     assert_eq!(
-        api.call(Method::DELETE, &path, &operator, &[], None)
+        api.by(&operator)
+            .call(Method::DELETE, &path, None, &[])
             .await
-            .0,
+            .status,
         StatusCode::FORBIDDEN
     );
-    let (_, after) = api.call(Method::GET, &path, &operator, &[], None).await;
+    let Reply { body: after, .. } = api.by(&operator).call(Method::GET, &path, None, &[]).await;
     assert_eq!(after["job"]["state"], "available", "nothing changed");
     // Only an administrator may name another owner.
-    let (status, _) = api
+    let Reply { status, .. } = api
+        .by(&producer)
         .call(
             Method::POST,
             "/ojs/v1/jobs",
-            &producer,
-            &[],
             Some(json!({"type": "t.x", "args": [], "options": {"security": {"owner": "op"}}})),
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -845,16 +810,21 @@ async fn offline_key_commands_scope_rotate_revoke_and_audit() {
     let rotated = String::from_utf8(out.stdout).unwrap().trim().to_string();
     server.restart();
 
-    let api = Api::new(server);
+    let api = server.admin_client();
     let old = format!("Bearer {key}");
     let new = format!("Bearer {rotated}");
     assert_eq!(
-        api.enqueue(&old, "billing.a").await.0,
+        enqueue(&api, &old, "billing.a").await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(api.enqueue(&new, "billing.a").await.0, StatusCode::CREATED);
-    assert_eq!(api.enqueue(&new, "emails").await.0, StatusCode::FORBIDDEN);
-    let mut server = api.server;
+    assert_eq!(
+        enqueue(&api, &new, "billing.a").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        enqueue(&api, &new, "emails").await.status,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(server.terminate(), Some(0));
     let out = server.cli(&["keys", "revoke", "--tenant", "acme"]);
     assert!(
@@ -863,15 +833,15 @@ async fn offline_key_commands_scope_rotate_revoke_and_audit() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.restart();
-    let api = Api::new(server);
+    let api = server.admin_client();
     assert_eq!(
-        api.enqueue(&new, "billing.a").await.0,
+        enqueue(&api, &new, "billing.a").await.status,
         StatusCode::UNAUTHORIZED
     );
     // Each offline change is in the audit trail, made by the operator at the machine and marked
     // as made from the command line; a revocation by filter is the HTTP API's bulk revocation,
     // with the same record.
-    let audit = api.audit();
+    let audit = server.audit_records();
     for event in ["key.created", "key.rotated", "key.bulk_revoked"] {
         assert!(
             audit.iter().any(|r| r["event_type"] == event
@@ -893,20 +863,20 @@ async fn offline_key_commands_scope_rotate_revoke_and_audit() {
 /// them apart.
 #[tokio::test]
 async fn an_offline_revocation_writes_the_record_the_http_one_writes() {
-    let server = TestServer::start(ServerOptions::default());
-    let api = Api::new(server);
+    let mut server = TestServer::start(ServerOptions::default());
+    let api = server.admin_client();
     let spec = |name: &str| json!({"name": name, "roles": ["producer"], "tenant": "acme"});
-    let (_, online) = api.key(spec("revoked-online")).await;
-    let (bearer, offline) = api.key(spec("revoked-offline")).await;
-    let (status, _) = api
-        .admin(
+    let (_, online) = key(&api, spec("revoked-online")).await;
+    let (bearer, offline) = key(&api, spec("revoked-offline")).await;
+    let Reply { status, .. } = api
+        .call(
             Method::DELETE,
             &format!("/ojs/v1/admin/keys/{online}"),
             None,
+            &[],
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let mut server = api.server;
     assert_eq!(server.terminate(), Some(0));
     let out = server.cli(&["keys", "revoke", &offline]);
     assert!(
@@ -915,12 +885,12 @@ async fn an_offline_revocation_writes_the_record_the_http_one_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.restart();
-    let api = Api::new(server);
+    let api = server.admin_client();
     assert_eq!(
-        api.enqueue(&bearer, "billing").await.0,
+        enqueue(&api, &bearer, "billing").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let audit = api.audit();
+    let audit = server.audit_records();
     let record = |name: &str| {
         audit
             .iter()

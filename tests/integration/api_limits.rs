@@ -9,6 +9,7 @@ use crate::common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::client::{eventually, Client, PATIENCE};
 use common::{ServerOptions, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -50,16 +51,6 @@ fn addr(server: &TestServer) -> SocketAddr {
         .unwrap()
 }
 
-fn header_u64(res: &reqwest::Response, name: &str) -> u64 {
-    res.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -67,75 +58,29 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-async fn enqueue(server: &TestServer, body: Value) -> reqwest::Response {
-    server
-        .client()
-        .post(server.url("/ojs/v1/jobs"))
-        .header("Authorization", server.auth())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn job(queue: &str) -> Value {
     json!({"type": "limits.test", "args": [1], "options": {"queue": queue}})
-}
-
-fn audit_lines(server: &TestServer) -> Vec<Value> {
-    std::fs::read_to_string(server.dir.join("data").join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Waits (audit records are written asynchronously) for a record of `event_type`.
-async fn audited(server: &TestServer, event_type: &str) -> Value {
-    for _ in 0..100 {
-        if let Some(r) = audit_lines(server)
-            .into_iter()
-            .find(|r| r["event_type"] == event_type)
-        {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no {event_type} audit record; log:\n{}", server.log());
-}
-
-async fn metrics_text(server: &TestServer) -> String {
-    server
-        .client()
-        .get(server.url("/metrics"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
 async fn a_principal_gets_its_burst_with_headers_and_the_next_request_gets_429() {
     let server = start_process("[limits.rate]\nenqueue = { per_second = 0.01, burst = 3 }\n");
     for left in (0..3).rev() {
-        let res = enqueue(&server, job("rl")).await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        assert_eq!(header_u64(&res, "x-ratelimit-limit"), 3);
-        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), left);
-        let reset = header_u64(&res, "x-ratelimit-reset");
+        let res = server.admin_client().enqueue(job("rl")).await;
+        assert_eq!(res.status, StatusCode::CREATED);
+        assert_eq!(res.header_u64("x-ratelimit-limit"), 3);
+        assert_eq!(res.header_u64("x-ratelimit-remaining"), left);
+        let reset = res.header_u64("x-ratelimit-reset");
         assert!(reset >= unix_now().saturating_sub(1), "reset {reset}");
     }
-    let res = enqueue(&server, job("rl")).await;
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after = header_u64(&res, "retry-after");
+    let res = server.admin_client().enqueue(job("rl")).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = res.header_u64("retry-after");
     assert!((1..=101).contains(&retry_after), "{retry_after}");
-    assert_eq!(header_u64(&res, "x-ratelimit-limit"), 3);
-    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 0);
-    assert!(header_u64(&res, "x-ratelimit-reset") >= unix_now() + retry_after - 2);
-    let body: Value = res.json().await.unwrap();
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 3);
+    assert_eq!(res.header_u64("x-ratelimit-remaining"), 0);
+    assert!(res.header_u64("x-ratelimit-reset") >= unix_now() + retry_after - 2);
+    let body = res.json().clone();
     assert_eq!(body["error"]["code"], "rate_limited");
     assert_eq!(body["error"]["retryable"], true);
     assert_eq!(body["error"]["details"]["scope"], "principal_enqueue");
@@ -159,9 +104,13 @@ async fn a_principal_gets_its_burst_with_headers_and_the_next_request_gets_429()
         .unwrap_or_default();
     assert_eq!(rl["counts"]["available"], 3, "{queues}");
     // Other operation classes keep their own budget (the listing above passed).
-    let record = audited(&server, "rate_limit.exceeded").await;
+    let record = server
+        .wait_audit_event("rate_limit.exceeded", |_| true)
+        .await;
     assert_eq!(record["detail"]["scope"], "principal_enqueue");
-    assert!(metrics_text(&server)
+    assert!(server
+        .admin_client()
+        .metrics_text()
         .await
         .contains("bulwark_rate_limited_total{scope=\"principal_enqueue\"} 1"));
 }
@@ -169,31 +118,22 @@ async fn a_principal_gets_its_burst_with_headers_and_the_next_request_gets_429()
 #[tokio::test]
 async fn the_per_address_budget_runs_before_authentication() {
     let server = start("[limits.rate]\nip = { per_second = 0.01, burst = 4 }\n");
-    let client = server.client();
+    let client = Client::anonymous(&server);
     for left in (0..4).rev() {
         // No credential: the answer is 401, after the address budget was spent.
-        let res = client
-            .get(server.url("/ojs/v1/queues"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(header_u64(&res, "x-ratelimit-limit"), 4);
-        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), left);
+        let res = client.queues().await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(res.header_u64("x-ratelimit-limit"), 4);
+        assert_eq!(res.header_u64("x-ratelimit-remaining"), left);
     }
-    let res = client
-        .get(server.url("/ojs/v1/queues"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap();
+    let res = client.with_key(&server.admin_key).queues().await;
     assert_eq!(
-        res.status(),
+        res.status,
         StatusCode::TOO_MANY_REQUESTS,
         "even a valid key waits"
     );
-    assert!(res.headers().contains_key("retry-after"));
-    let body: Value = res.json().await.unwrap();
+    assert!(res.headers.contains_key("retry-after"));
+    let body = res.json().clone();
     assert_eq!(body["error"]["details"]["scope"], "ip");
 }
 
@@ -204,50 +144,41 @@ async fn failed_authentication_429s_carry_the_rate_limit_headers() {
     let mut wrong = server.admin_key.clone();
     let last = wrong.pop().unwrap();
     wrong.push(if last == 'A' { 'B' } else { 'A' });
-    let client = server.client();
+    let client = Client::new(&server, &wrong);
     for _ in 0..2 {
-        let res = client
-            .get(server.url("/ojs/v1/queues"))
-            .header("Authorization", format!("Bearer {wrong}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = client.queues().await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     }
     let started = Instant::now();
-    let res = client
-        .get(server.url("/ojs/v1/queues"))
-        .header("Authorization", format!("Bearer {wrong}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let res = client.queues().await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "a refusal before authentication is held back for refusal_delay_ms"
     );
-    assert_eq!(header_u64(&res, "x-ratelimit-limit"), 2);
-    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 0);
-    let retry_after = header_u64(&res, "retry-after");
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 2);
+    assert_eq!(res.header_u64("x-ratelimit-remaining"), 0);
+    let retry_after = res.header_u64("retry-after");
     assert!(retry_after >= 1);
-    assert!(header_u64(&res, "x-ratelimit-reset") >= unix_now() + retry_after - 2);
+    assert!(res.header_u64("x-ratelimit-reset") >= unix_now() + retry_after - 2);
 
     // Logins have their own budget ([sessions] login_per_minute_per_ip, 5 by default).
     let mut last = None;
     for _ in 0..6 {
         let res = client
-            .post(server.url("/ojs/v1/auth/login"))
-            .json(&json!({"username": "nobody", "password": "not-the-password-1A!", "totp": "000000"}))
-            .send()
-            .await
-            .unwrap();
+            .with_authorization(None)
+            .post(
+                "/ojs/v1/auth/login",
+                json!({"username": "nobody", "password": "not-the-password-1A!", "totp": "000000"}),
+            )
+            .await;
         last = Some(res);
     }
     let res = last.unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(header_u64(&res, "x-ratelimit-limit"), 5);
-    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 0);
-    assert!(header_u64(&res, "retry-after") >= 1);
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 5);
+    assert_eq!(res.header_u64("x-ratelimit-remaining"), 0);
+    assert!(res.header_u64("retry-after") >= 1);
 }
 
 /// Sends one GET on `stream` and reads its answer: (status, the whole head in lowercase).
@@ -336,7 +267,9 @@ async fn connections_at_the_limit_pass_and_the_next_one_gets_429_and_is_closed()
         }
     }
     assert_eq!(status, 200);
-    assert!(metrics_text(&server)
+    assert!(server
+        .admin_client()
+        .metrics_text()
         .await
         .contains("bulwark_connections_rejected_total{limit=\"per_ip\"}"));
 }
@@ -394,25 +327,22 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(after < Duration::from_secs(4), "closed after {after:?}");
 }
 
-async fn fetch(server: &TestServer, body: Value) -> (StatusCode, Value, Duration) {
+/// A fetch, and how long it took to be answered.
+async fn fetch(api: &Client, body: Value) -> (StatusCode, Value, Duration) {
     let started = Instant::now();
-    let res = server
-        .client()
-        .post(server.url("/ojs/v1/workers/fetch"))
-        .header("Authorization", server.auth())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap(), started.elapsed())
+    let res = api.fetch_with(body).await;
+    (res.status, res.json().clone(), started.elapsed())
 }
 
 #[tokio::test]
 async fn a_long_poll_fetch_is_capped_and_answers_as_soon_as_a_job_arrives() {
     let server = start("[limits]\nmax_fetch_wait_ms = 1500\n");
     // Asked to wait a minute on an empty queue: answered empty at the cap.
-    let (status, body, took) = fetch(&server, json!({"queues": ["lp"], "wait_ms": 60000})).await;
+    let (status, body, took) = fetch(
+        &server.admin_client(),
+        json!({"queues": ["lp"], "wait_ms": 60000}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"jobs": []}));
     assert!(
@@ -420,31 +350,30 @@ async fn a_long_poll_fetch_is_capped_and_answers_as_soon_as_a_job_arrives() {
         "{took:?}"
     );
     // Without wait_ms, no wait at all.
-    let (_, body, took) = fetch(&server, json!({"queues": ["lp"]})).await;
+    let (_, body, took) = fetch(&server.admin_client(), json!({"queues": ["lp"]})).await;
     assert_eq!(body, json!({"jobs": []}));
     assert!(took < Duration::from_millis(1400), "{took:?}");
     // A job enqueued during the wait is handed out.
     let producer = {
-        let url = server.url("/ojs/v1/jobs");
-        let auth = server.auth();
-        let client = server.client();
+        let client = server.admin_client();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            client
-                .post(url)
-                .header("Authorization", auth)
-                .json(&job("lp"))
-                .send()
-                .await
-                .unwrap()
-                .status()
+            client.enqueue(job("lp")).await.status
         })
     };
-    let (status, body, _) = fetch(&server, json!({"queues": ["lp"], "wait_ms": 1500})).await;
+    let (status, body, _) = fetch(
+        &server.admin_client(),
+        json!({"queues": ["lp"], "wait_ms": 1500}),
+    )
+    .await;
     assert_eq!(producer.await.unwrap(), StatusCode::CREATED);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "{body}");
-    let (status, body, _) = fetch(&server, json!({"queues": ["lp"], "wait_ms": "soon"})).await;
+    let (status, body, _) = fetch(
+        &server.admin_client(),
+        json!({"queues": ["lp"], "wait_ms": "soon"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"]["field"], "wait_ms");
 }
@@ -455,11 +384,11 @@ async fn a_submission_spike_is_throttled_audited_and_counted() {
     let mut statuses = Vec::new();
     let mut refusal = None;
     for _ in 0..40 {
-        let res = enqueue(&server, job("spike")).await;
-        statuses.push(res.status());
-        if res.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert!(header_u64(&res, "retry-after") >= 50);
-            refusal = Some(res.json::<Value>().await.unwrap());
+        let res = server.admin_client().enqueue(job("spike")).await;
+        statuses.push(res.status);
+        if res.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.header_u64("retry-after") >= 50);
+            refusal = Some(res.json().clone());
             break;
         }
     }
@@ -473,13 +402,15 @@ async fn a_submission_spike_is_throttled_audited_and_counted() {
     // Throttled for the cool-down, even at a slow pace.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        enqueue(&server, job("spike")).await.status(),
+        server.admin_client().enqueue(job("spike")).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    let record = audited(&server, "abuse.spike").await;
+    let record = server.wait_audit_event("abuse.spike", |_| true).await;
     assert_eq!(record["detail"]["action"], "throttled");
     assert_eq!(record["outcome"], "failure");
-    assert!(metrics_text(&server)
+    assert!(server
+        .admin_client()
+        .metrics_text()
         .await
         .contains("bulwark_abuse_events_total{pattern=\"spike\"} 1"));
 }
@@ -495,23 +426,25 @@ async fn payload_floods_priority_abuse_and_retry_storms_are_detected() {
     let large =
         json!({"type": "limits.big", "args": ["x".repeat(2000)], "options": {"queue": "big"}});
     assert_eq!(
-        enqueue(&server, large.clone()).await.status(),
+        server.admin_client().enqueue(large.clone()).await.status,
         StatusCode::CREATED
     );
     assert_eq!(
-        enqueue(&server, large.clone()).await.status(),
+        server.admin_client().enqueue(large.clone()).await.status,
         StatusCode::CREATED
     );
-    let res = enqueue(&server, large).await;
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let body: Value = res.json().await.unwrap();
+    let res = server.admin_client().enqueue(large).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    let body = res.json().clone();
     assert_eq!(body["error"]["details"]["pattern"], "large_payloads");
     assert_eq!(
-        enqueue(&server, job("big")).await.status(),
+        server.admin_client().enqueue(job("big")).await.status,
         StatusCode::CREATED
     );
     assert_eq!(
-        audited(&server, "abuse.large_payloads").await["detail"]["action"],
+        server
+            .wait_audit_event("abuse.large_payloads", |_| true)
+            .await["detail"]["action"],
         "large_payloads_refused"
     );
 
@@ -519,42 +452,44 @@ async fn payload_floods_priority_abuse_and_retry_storms_are_detected() {
     // below the top keeps its priority.
     let mut priorities = Vec::new();
     for p in [100, 100, 100, 100, 50] {
-        let res = enqueue(
-            &server,
-            json!({"type": "limits.prio", "args": [], "options": {"queue": "prio", "priority": p}}),
-        )
+        let res = server.admin_client().enqueue(json!({"type": "limits.prio", "args": [], "options": {"queue": "prio", "priority": p}}))
         .await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let body: Value = res.json().await.unwrap();
+        assert_eq!(res.status, StatusCode::CREATED);
+        let body = res.json().clone();
         priorities.push(body["job"]["priority"].as_i64().unwrap());
     }
     assert_eq!(priorities, [100, 100, 0, 0, 50]);
-    let record = audited(&server, "abuse.priority_flood").await;
+    let record = server
+        .wait_audit_event("abuse.priority_flood", |_| true)
+        .await;
     assert_eq!(record["detail"]["action"], "demoted");
     assert_eq!(record["detail"]["observed"], 3);
 
     // Retry storm: three nacks.
     for _ in 0..3 {
         assert_eq!(
-            enqueue(&server, job("storm")).await.status(),
+            server.admin_client().enqueue(job("storm")).await.status,
             StatusCode::CREATED
         );
     }
-    let (_, fetched, _) = fetch(&server, json!({"queues": ["storm"], "count": 3})).await;
+    let (_, fetched, _) = fetch(
+        &server.admin_client(),
+        json!({"queues": ["storm"], "count": 3}),
+    )
+    .await;
     for j in fetched["jobs"].as_array().unwrap() {
         let res = server
-            .client()
-            .post(server.url("/ojs/v1/workers/nack"))
-            .header("Authorization", server.auth())
-            .json(&json!({"job_id": j["id"], "error": {"code": "boom", "message": "failed"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+            .admin_client()
+            .post(
+                "/ojs/v1/workers/nack",
+                json!({"job_id": j["id"], "error": {"code": "boom", "message": "failed"}}),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::OK);
     }
-    let record = audited(&server, "abuse.retry_storm").await;
+    let record = server.wait_audit_event("abuse.retry_storm", |_| true).await;
     assert_eq!(record["detail"]["observed"], 3);
-    let metrics = metrics_text(&server).await;
+    let metrics = server.admin_client().metrics_text().await;
     for pattern in ["large_payloads", "priority_flood", "retry_storm"] {
         assert!(
             metrics.contains(&format!(
@@ -579,12 +514,12 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     let server = start_process("[limits.rate]\nenqueue = { per_second = 0.01, burst = 2 }\n");
     for _ in 0..2 {
         assert_eq!(
-            enqueue(&server, job("re")).await.status(),
+            server.admin_client().enqueue(job("re")).await.status,
             StatusCode::CREATED
         );
     }
     assert_eq!(
-        enqueue(&server, job("re")).await.status(),
+        server.admin_client().enqueue(job("re")).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     let good = std::fs::read_to_string(server.config_path())
@@ -592,14 +527,14 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
         .replace("burst = 2", "burst = 50");
     std::fs::write(server.config_path(), &good).unwrap();
     sighup(&server);
-    let record = audited(&server, "config.reloaded").await;
+    let record = server.wait_audit_event("config.reloaded", |_| true).await;
     assert!(record["detail"]["sections"]
         .as_str()
         .unwrap()
         .starts_with("limits"));
-    let res = enqueue(&server, job("re")).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    assert_eq!(header_u64(&res, "x-ratelimit-limit"), 50);
+    let res = server.admin_client().enqueue(job("re")).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 50);
 
     // An invalid file: audited, and the limits in force stay.
     std::fs::write(
@@ -608,29 +543,25 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     )
     .unwrap();
     sighup(&server);
-    let record = audited(&server, "config.reload_failed").await;
+    let record = server
+        .wait_audit_event("config.reload_failed", |_| true)
+        .await;
     assert_eq!(record["outcome"], "failure");
-    let res = enqueue(&server, job("re")).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    assert_eq!(header_u64(&res, "x-ratelimit-limit"), 50);
+    let res = server.admin_client().enqueue(job("re")).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 50);
     assert!(server.log().contains("the old settings stay"));
 
     // The request rules reload with the limits: a job-type allowlist takes effect at once.
     let listed = format!("{good}\n[validation]\njob_types = [\"listed.*\"]\n");
     std::fs::write(server.config_path(), &listed).unwrap();
     sighup(&server);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let res = enqueue(&server, job("re")).await;
-        if res.status() == StatusCode::UNPROCESSABLE_ENTITY {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "allowlist not applied"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let applied = eventually(PATIENCE, || async {
+        let res = server.admin_client().enqueue(job("re")).await;
+        (res.status == StatusCode::UNPROCESSABLE_ENTITY).then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "allowlist not applied");
     // A schema that does not compile keeps the old rules (and limits) whole.
     std::fs::write(
         server.config_path(),
@@ -638,21 +569,10 @@ async fn limits_are_reloaded_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     )
     .unwrap();
     sighup(&server);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while records_of(&server, "config.reload_failed") < 2 {
-        assert!(std::time::Instant::now() < deadline, "no second failure");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let failures = server.wait_audit_count("config.reload_failed", 2).await;
+    assert!(failures.len() >= 2, "no second failure");
     assert_eq!(
-        enqueue(&server, job("re")).await.status(),
+        server.admin_client().enqueue(job("re")).await.status,
         StatusCode::UNPROCESSABLE_ENTITY
     );
-}
-
-fn records_of(server: &TestServer, event_type: &str) -> usize {
-    std::fs::read_to_string(server.dir.join("data").join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&format!("\"event_type\":\"{event_type}\"")))
-        .count()
 }

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::client::{Client, Reply};
 use common::{ServerOptions, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -79,58 +80,13 @@ fn code(uri: &str, steps: i64) -> String {
 }
 
 async fn login(server: &TestServer, user: &str, password: &str, totp: &str) -> (StatusCode, Value) {
-    let res = server
-        .client()
-        .post(server.url("/ojs/v1/auth/login"))
-        .json(&json!({"username": user, "password": password, "totp": totp}))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    let res = server
-        .client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn get_with(server: &TestServer, path: &str, token: &str) -> StatusCode {
-    server
-        .client()
-        .get(server.url(path))
-        .header("Authorization", format!("Bearer {token}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-fn audit_log(server: &TestServer) -> String {
-    std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap()
-}
-
-/// The audit records of one type, waiting briefly for non-durable ones to land.
-fn audit_events(server: &TestServer, event_type: &str, at_least: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let events: Vec<Value> = audit_log(server)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|r| r["event_type"] == event_type)
-            .collect();
-        if events.len() >= at_least || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let res = Client::anonymous(server)
+        .post(
+            "/ojs/v1/auth/login",
+            json!({"username": user, "password": password, "totp": totp}),
+        )
+        .await;
+    (res.status, res.body)
 }
 
 fn str_of(v: &Value, key: &str) -> String {
@@ -201,12 +157,12 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
         assert_eq!(body, reference, "{user} {totp:?}");
     }
     // A body without the code is malformed, not a login attempt.
-    let (status, _) = post(
-        &server,
-        "/ojs/v1/auth/login",
-        json!({"username": "alice", "password": PASSWORD}),
-    )
-    .await;
+    let Reply { status, .. } = Client::anonymous(&server)
+        .post(
+            "/ojs/v1/auth/login",
+            json!({"username": "alice", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let totp = code(&uri, 0);
@@ -229,7 +185,10 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
 
     // The session works on an admin route.
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &access).await,
+        Client::new(&server, &access)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::OK
     );
     // The same code again is a replay, refused like any other failure.
@@ -262,7 +221,7 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
     );
 
     // The audit trail has each cause, and no password, code, token or secret.
-    let failures = audit_events(&server, "auth.login", 10);
+    let failures = server.wait_audit_count("auth.login", 10).await;
     let reasons: Vec<String> = failures
         .iter()
         .map(|r| r["detail"]["reason"].as_str().unwrap_or("").to_string())
@@ -283,10 +242,10 @@ async fn login_needs_password_and_totp_and_every_failure_looks_the_same() {
     let success = failures.iter().find(|r| r["outcome"] == "success").unwrap();
     assert_eq!(success["principal"], "user:alice");
     assert_eq!(
-        audit_events(&server, "audit.queried", 1)[0]["principal"],
+        server.wait_audit_count("audit.queried", 1).await[0]["principal"],
         "user:alice"
     );
-    let log = audit_log(&server);
+    let log = server.audit_text();
     for secret_text in [
         PASSWORD,
         "Wrong-Password-123",
@@ -318,7 +277,10 @@ async fn tampered_foreign_and_expired_session_tokens_are_refused() {
     assert_eq!(tokens["expires_in"], 2);
     let access = str_of(&tokens, "access_token");
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &access).await,
+        Client::new(&server, &access)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::OK
     );
     let (claims, tag) = access.rsplit_once('.').unwrap();
@@ -336,7 +298,10 @@ async fn tampered_foreign_and_expired_session_tokens_are_refused() {
     ];
     for t in &tampered {
         assert_eq!(
-            get_with(&server, "/ojs/v1/admin/audit", t).await,
+            Client::new(&server, t)
+                .get("/ojs/v1/admin/audit")
+                .await
+                .status,
             StatusCode::UNAUTHORIZED,
             "{t}"
         );
@@ -350,20 +315,28 @@ async fn tampered_foreign_and_expired_session_tokens_are_refused() {
     let (_, foreign) = login(&other, "alice", PASSWORD, &code(&other_uri, 0)).await;
     let foreign = str_of(&foreign, "access_token");
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &foreign).await,
+        Client::new(&server, &foreign)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     drop(other);
     // Expiry.
     tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &access).await,
+        Client::new(&server, &access)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     // The refusals are recorded without waiting for the disk: wait for the last one.
     let deadline = Instant::now() + Duration::from_secs(5);
     let reasons = loop {
-        let reasons: Vec<Value> = audit_events(&server, "auth.failure", 6)
+        let reasons: Vec<Value> = server
+            .wait_audit_count("auth.failure", 6)
+            .await
             .iter()
             .map(|r| r["detail"]["reason"].clone())
             .collect();
@@ -386,12 +359,13 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
     let (_, first) = login(&server, "alice", PASSWORD, &code(&uri, 0)).await;
     let r1 = str_of(&first, "refresh_token");
 
-    let (status, second) = post(
-        &server,
-        "/ojs/v1/auth/refresh",
-        json!({"refresh_token": r1}),
-    )
-    .await;
+    let Reply {
+        status,
+        body: second,
+        ..
+    } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/refresh", json!({"refresh_token": r1}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{second}");
     let (a2, r2) = (
         str_of(&second, "access_token"),
@@ -400,41 +374,38 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
     assert_ne!(r1, r2);
     assert_eq!(second["expires_in"], 900);
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &a2).await,
+        Client::new(&server, &a2)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::OK
     );
 
     // r1 is spent: presenting it again is reuse, and the whole family dies with it.
-    let (status, body) = post(
-        &server,
-        "/ojs/v1/auth/refresh",
-        json!({"refresh_token": r1}),
-    )
-    .await;
+    let Reply { status, body, .. } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/refresh", json!({"refresh_token": r1}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthenticated");
-    let (status, _) = post(
-        &server,
-        "/ojs/v1/auth/refresh",
-        json!({"refresh_token": r2}),
-    )
-    .await;
+    let Reply { status, .. } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/refresh", json!({"refresh_token": r2}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &a2).await,
+        Client::new(&server, &a2)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
-    let reuse = audit_events(&server, "auth.refresh_reuse", 1);
+    let reuse = server.wait_audit_count("auth.refresh_reuse", 1).await;
     assert_eq!(reuse.len(), 1);
     assert_eq!(reuse[0]["principal"], "user:alice");
     // Garbage and unknown tokens get the same answer.
     for bad in ["", "bwr_x", &format!("bwr_{}", "A".repeat(43))] {
-        let (status, _) = post(
-            &server,
-            "/ojs/v1/auth/refresh",
-            json!({"refresh_token": bad}),
-        )
-        .await;
+        let Reply { status, .. } = Client::anonymous(&server)
+            .post("/ojs/v1/auth/refresh", json!({"refresh_token": bad}))
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
     }
     // The metrics count refreshes by outcome, and session-authenticated requests.
@@ -469,21 +440,25 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
         str_of(&third, "access_token"),
         str_of(&third, "refresh_token"),
     );
-    let (status, _) = post(&server, "/ojs/v1/auth/logout", json!({"refresh_token": r3})).await;
+    let Reply { status, .. } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/logout", json!({"refresh_token": r3}))
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = post(
-        &server,
-        "/ojs/v1/auth/refresh",
-        json!({"refresh_token": r3}),
-    )
-    .await;
+    let Reply { status, .. } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/refresh", json!({"refresh_token": r3}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &a3).await,
+        Client::new(&server, &a3)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(audit_events(&server, "auth.logout", 1).len(), 1);
-    assert!(audit_events(&server, "auth.refresh", 1)
+    assert_eq!(server.wait_audit_count("auth.logout", 1).await.len(), 1);
+    assert!(server
+        .wait_audit_count("auth.refresh", 1)
+        .await
         .iter()
         .any(|r| r["outcome"] == "success"));
 
@@ -497,7 +472,7 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
             );
         }
     }
-    let log = audit_log(&server);
+    let log = server.audit_text();
     for token in [&r1, &r2, &r3, &a2, &a3] {
         assert!(!log.contains(token.as_str()));
     }
@@ -557,15 +532,15 @@ async fn a_password_change_ends_every_session_of_the_user() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        get_with(&server, "/ojs/v1/admin/audit", &access).await,
+        Client::new(&server, &access)
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
-    let (status, _) = post(
-        &server,
-        "/ojs/v1/auth/refresh",
-        json!({"refresh_token": refresh}),
-    )
-    .await;
+    let Reply { status, .. } = Client::anonymous(&server)
+        .post("/ojs/v1/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = login(&server, "alice", PASSWORD, &code(&uri, 1)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -576,19 +551,17 @@ async fn a_password_change_ends_every_session_of_the_user() {
     let (status, body) = change(json!({"new_password": PASSWORD}), server.admin_key.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        get_with(
-            &server,
-            "/ojs/v1/admin/audit",
-            &str_of(&tokens, "access_token")
-        )
-        .await,
+        Client::new(&server, &str_of(&tokens, "access_token"))
+            .get("/ojs/v1/admin/audit")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
-    let changes = audit_events(&server, "user.password_changed", 3);
+    let changes = server.wait_audit_count("user.password_changed", 3).await;
     assert!(changes
         .iter()
         .any(|r| r["outcome"] == "success" && r["detail"]["by"] == "admin"));
-    let log = audit_log(&server);
+    let log = server.audit_text();
     assert!(!log.contains(NEW_PASSWORD) && !log.contains(PASSWORD));
 }
 
@@ -648,11 +621,11 @@ async fn login_is_throttled_before_any_password_work() {
         5.0,
         "{metrics}"
     );
-    let throttled = audit_events(&server, "auth.login_throttled", 1);
+    let throttled = server.wait_audit_count("auth.login_throttled", 1).await;
     assert_eq!(throttled.len(), 1);
     assert_eq!(throttled[0]["outcome"], "failure");
     assert_eq!(throttled[0]["detail"]["limit"], "source_ip");
-    assert_eq!(audit_events(&server, "auth.login", 5).len(), 5);
+    assert_eq!(server.wait_audit_count("auth.login", 5).await.len(), 5);
 }
 
 #[tokio::test]
@@ -715,11 +688,11 @@ async fn admins_create_users_over_http() {
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, tokens) = login(&server, "dave", PASSWORD, &code(&uri, 0)).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    let created = audit_events(&server, "user.created", 2);
+    let created = server.wait_audit_count("user.created", 2).await;
     assert!(created
         .iter()
         .any(|r| r["outcome"] == "success" && r["detail"]["username"] == "dave"));
-    assert!(!audit_log(&server).contains(&uri));
+    assert!(!server.audit_text().contains(&uri));
 }
 
 /// Starts `bulwark serve` on `server`'s config with `OJS_SECRET_ADMIN_PASSWORD` set; returns
@@ -809,5 +782,5 @@ async fn the_first_admin_comes_from_the_environment_and_never_has_a_default_pass
         !stderr.contains(PASSWORD) && !stderr.contains(&uri),
         "{stderr}"
     );
-    assert!(!audit_log(&server).contains(PASSWORD));
+    assert!(!server.audit_text().contains(PASSWORD));
 }

@@ -36,47 +36,6 @@ fn s_client(server: &TestServer, args: &[&str]) -> (bool, String) {
     (ok, text)
 }
 
-fn audit_lines(server: &TestServer, event_type: &str) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event_type"] == event_type)
-        .collect()
-}
-
-/// Waits until an audit record of `event_type` whose detail `reason` is `reason` appears.
-fn wait_audited(server: &TestServer, event_type: &str, reason: Option<&str>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = audit_lines(server, event_type)
-            .into_iter()
-            .find(|v| reason.is_none_or(|r| v["detail"]["reason"] == r))
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {event_type} ({reason:?}) audited; log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-async fn metrics(server: &TestServer) -> String {
-    server
-        .client()
-        .get(server.url("/metrics"))
-        .header("Authorization", server.auth())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
     let ca = Ca::new("versions CA");
@@ -128,14 +87,16 @@ async fn only_tls_1_2_and_1_3_with_aead_suites_are_accepted() {
     }
 
     // Refused handshakes are audited (aggregated per address and reason) and all counted.
-    let record = wait_audited(&server, "tls.handshake_failure", Some("peer_incompatible"));
+    let record = server.wait_audit_event_blocking("tls.handshake_failure", |v| {
+        v["detail"]["reason"] == "peer_incompatible"
+    });
     assert_eq!(record["source_ip"], "127.0.0.1");
     assert_eq!(
-        audit_lines(&server, "tls.handshake_failure").len(),
+        server.audit_events("tls.handshake_failure").len(),
         1,
         "repeated failures from one address within a window share one record (and its count)"
     );
-    let m = metrics(&server).await;
+    let m = server.admin_client().metrics_text().await;
     let line = m
         .lines()
         .find(|l| {
@@ -183,7 +144,8 @@ async fn client_certificates_are_verified_and_mapped_to_principals() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let denied = wait_audited(&server, "authz.denied", Some("not_granted"));
+    let denied = server
+        .wait_audit_event_blocking("authz.denied", |v| v["detail"]["reason"] == "not_granted");
     assert_eq!(denied["principal"], "worker-1");
     assert_eq!(denied["tenant"], "acme");
     assert!(denied["detail"]["credential"]
@@ -199,7 +161,9 @@ async fn client_certificates_are_verified_and_mapped_to_principals() {
     ] {
         let err = fetch(tls_client(&ca.cert, Some(pair), None)).await;
         assert!(err.is_err(), "the {name} certificate was accepted");
-        wait_audited(&server, "tls.certificate_rejected", Some(reason));
+        server.wait_audit_event_blocking("tls.certificate_rejected", |v| {
+            v["detail"]["reason"] == reason
+        });
     }
 
     // A valid certificate that maps to no identity authenticates nobody.
@@ -228,7 +192,9 @@ async fn client_certificates_are_verified_and_mapped_to_principals() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    wait_audited(&server, "authz.denied", Some("certificate_required"));
+    server.wait_audit_event_blocking("authz.denied", |v| {
+        v["detail"]["reason"] == "certificate_required"
+    });
     // The same key over the connection of its principal's certificate is accepted.
     let res = worker
         .post(server.url("/ojs/v1/workers/fetch"))
@@ -248,7 +214,7 @@ async fn client_certificates_are_verified_and_mapped_to_principals() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
-    let m = metrics(&server).await;
+    let m = server.admin_client().metrics_text().await;
     for reason in ["expired", "revoked", "unknown_issuer"] {
         assert!(
             m.contains(&format!(
@@ -269,7 +235,9 @@ async fn required_client_auth_refuses_connections_without_a_certificate() {
         .send()
         .await
         .is_err());
-    wait_audited(&server, "tls.certificate_rejected", Some("no_certificate"));
+    server.wait_audit_event_blocking("tls.certificate_rejected", |v| {
+        v["detail"]["reason"] == "no_certificate"
+    });
     let good = ca.client("worker-1", 21, -1, 30);
     let res = tls_client(&ca.cert, Some(&good), None)
         .get(server.url("/ojs/v1/health"))
@@ -327,7 +295,7 @@ async fn certificates_are_swapped_without_restart_and_bad_pairs_never_go_live() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_audited(&server, "tls.certificate_reloaded", None);
+    server.wait_audit_event_blocking("tls.certificate_reloaded", |_| true);
     assert!(
         !health_ok(&tls_client(&old_ca.cert, None, None), &server).await,
         "a new handshake still got the old certificate"
@@ -340,7 +308,7 @@ async fn certificates_are_swapped_without_restart_and_bad_pairs_never_go_live() 
     // A certificate whose key is not in the key file: refused, the current pair stays.
     let other = new_ca.server(90);
     write_secret(&server, "tls/server.crt", &other.cert);
-    let failed = wait_audited(&server, "tls.reload_failed", None);
+    let failed = server.wait_audit_event_blocking("tls.reload_failed", |_| true);
     assert!(
         failed["detail"]["reason"]
             .as_str()
@@ -517,7 +485,9 @@ async fn health_reports_a_certificate_close_to_expiry() {
         .unwrap();
     assert_eq!(body["tls"]["status"], "expiring", "{body}");
     assert!(body["tls"]["certificate_expires_in_days"].as_i64().unwrap() <= 5);
-    assert!(metrics(&server)
+    assert!(server
+        .admin_client()
+        .metrics_text()
         .await
         .contains("bulwark_tls_certificate_expiring 1"));
 }
@@ -603,7 +573,7 @@ async fn the_secret_watcher_swaps_certificates_within_two_seconds_without_pollin
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let reloaded = wait_audited(&server, "tls.certificate_reloaded", None);
+    let reloaded = server.wait_audit_event_blocking("tls.certificate_reloaded", |_| true);
     assert_eq!(reloaded["detail"]["secret"], "tls", "{reloaded}");
 }
 
@@ -691,7 +661,7 @@ async fn sighup_reloads_a_certificate_whose_change_sends_no_folder_event() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let reloaded = wait_audited(&server, "tls.certificate_reloaded", None);
+    let reloaded = server.wait_audit_event_blocking("tls.certificate_reloaded", |_| true);
     assert_eq!(reloaded["detail"]["trigger"], "sighup", "{reloaded}");
 }
 

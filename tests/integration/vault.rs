@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::client::Reply;
 use common::{ServerOptions, TestServer};
 use redb::ReadableTable;
 use reqwest::StatusCode;
@@ -96,44 +97,9 @@ fn encodings(canary: &str) -> Vec<Vec<u8>> {
     forms
 }
 
-async fn call(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = server
-        .client()
-        .request(method, server.url(path))
-        .header("Authorization", server.auth());
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn enqueue(server: &TestServer, body: Value) -> String {
-    let (status, job) = call(server, reqwest::Method::POST, "/ojs/v1/jobs", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    job["job"]["id"].as_str().unwrap().to_string()
-}
-
-async fn get_job(server: &TestServer, id: &str) -> (StatusCode, Value) {
-    call(
-        server,
-        reqwest::Method::GET,
-        &format!("/ojs/v1/jobs/{id}"),
-        None,
-    )
-    .await
-}
-
 async fn vault_status(server: &TestServer) -> Value {
-    let (status, body) = call(server, reqwest::Method::GET, "/ojs/v1/admin/vault", None).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    let res = server.admin_client().get("/ojs/v1/admin/vault").await;
+    res.expect(StatusCode::OK).body
 }
 
 #[tokio::test]
@@ -154,27 +120,24 @@ async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
     ];
     let client = server.client();
     let auth = server.auth();
-    let id = enqueue(
-        &server,
-        json!({
+    let id = server.admin_client().enqueue(json!({
             "type": "canary.job",
             "args": [canaries[0], {"secret": canaries[5]}],
             "meta": {"note": canaries[1]},
             "options": {"queue": "canary", "retry": {"max_attempts": 3, "initial_interval": "PT0.01S", "jitter": false}},
-        }),
-    )
-    .await;
+        })).await.expect(StatusCode::CREATED).job_id();
     // Args already encrypted by the client (OJS codec): passed through, sealed like any other.
-    let codec_id = enqueue(
-        &server,
-        json!({
+    let codec_id = server
+        .admin_client()
+        .enqueue(json!({
             "type": "canary.job",
             "args": [{"ojs_encoded": canaries[6]}],
             "meta": {"ojs.codec.encodings": "encrypt", "ojs.codec.key_id": "client-key-1"},
             "options": {"queue": "canary-codec"},
-        }),
-    )
-    .await;
+        }))
+        .await
+        .expect(StatusCode::CREATED)
+        .job_id();
     let fetch = |queue: &'static str| {
         let (client, auth, url) = (
             client.clone(),
@@ -201,14 +164,16 @@ async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
         "plaintext to the worker"
     );
     assert_eq!(fetched["jobs"][0]["meta"]["note"], canaries[1]);
-    let (status, _) = call(
-        &server,
-        reqwest::Method::POST,
-        "/ojs/v1/workers/nack",
-        Some(json!({"job_id": id, "worker_id": "w", "error": {
+    let Reply { status, .. } = server
+        .admin_client()
+        .call(
+            reqwest::Method::POST,
+            "/ojs/v1/workers/nack",
+            Some(json!({"job_id": id, "worker_id": "w", "error": {
             "code": "boom", "message": canaries[3], "details": {"trace": canaries[4]}}})),
-    )
-    .await;
+            &[],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let mut again = Value::Null;
     for _ in 0..100 {
@@ -219,20 +184,22 @@ async fn no_payload_reaches_the_disk_or_logs_and_no_kek_reaches_the_database() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(again["jobs"][0]["errors"][0]["message"], canaries[3]);
-    let (status, _) = call(
-        &server,
-        reqwest::Method::POST,
-        "/ojs/v1/workers/ack",
-        Some(json!({"job_id": id, "worker_id": "w", "result": {"out": canaries[2]}})),
-    )
-    .await;
+    let Reply { status, .. } = server
+        .admin_client()
+        .call(
+            reqwest::Method::POST,
+            "/ojs/v1/workers/ack",
+            Some(json!({"job_id": id, "worker_id": "w", "result": {"out": canaries[2]}})),
+            &[],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     // Authorized callers read plaintext back.
-    let (_, job) = get_job(&server, &id).await;
+    let Reply { body: job, .. } = server.admin_client().job(&id).await;
     assert_eq!(job["job"]["args"][1]["secret"], canaries[5]);
     assert_eq!(job["job"]["result"]["out"], canaries[2]);
     assert_eq!(job["job"]["errors"][0]["details"]["trace"], canaries[4]);
-    let (_, codec) = get_job(&server, &codec_id).await;
+    let Reply { body: codec, .. } = server.admin_client().job(&codec_id).await;
     assert_eq!(codec["job"]["args"][0]["ojs_encoded"], canaries[6]);
     assert_eq!(codec["job"]["meta"]["ojs.codec.key_id"], "client-key-1");
 
@@ -286,11 +253,7 @@ async fn other_keys_and_moved_records_fail_closed_on_every_read() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            enqueue(
-                &server,
-                json!({"type": "t.x", "args": [format!("payload-{i}")], "options": {"queue": "fc"}}),
-            )
-            .await,
+            server.admin_client().enqueue(json!({"type": "t.x", "args": [format!("payload-{i}")], "options": {"queue": "fc"}})).await.expect(StatusCode::CREATED).job_id(),
         );
     }
     // Swap one record onto another row while the server is stopped: copy job 1's whole record
@@ -315,12 +278,12 @@ async fn other_keys_and_moved_records_fail_closed_on_every_read() {
     }
     server.restart();
     for bad in [&ids[0], &ids[2]] {
-        let (status, body) = get_job(&server, bad).await;
+        let Reply { status, body, .. } = server.admin_client().job(bad).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert_eq!(body["error"]["code"], "job_unreadable");
     }
     for good in [&ids[1], &ids[3], &ids[4]] {
-        let (status, body) = get_job(&server, good).await;
+        let Reply { status, body, .. } = server.admin_client().job(good).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body["job"]["args"][0]
             .as_str()
@@ -337,30 +300,43 @@ async fn other_keys_and_moved_records_fail_closed_on_every_read() {
     write_key(&dir.join("other"), &[0x42; 32]);
     server.restart();
     for id in &ids {
-        let (status, body) = get_job(&server, id).await;
+        let Reply { status, body, .. } = server.admin_client().job(id).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert_eq!(body["error"]["code"], "job_unreadable");
         assert!(!body.to_string().contains("payload-"));
     }
     // Fetching skips them instead of failing or handing out garbage.
-    let (status, fetched) = call(
-        &server,
-        reqwest::Method::POST,
-        "/ojs/v1/workers/fetch",
-        Some(json!({"queues": ["fc"], "worker_id": "w", "count": 10})),
-    )
-    .await;
+    let Reply {
+        status,
+        body: fetched,
+        ..
+    } = server
+        .admin_client()
+        .call(
+            reqwest::Method::POST,
+            "/ojs/v1/workers/fetch",
+            Some(json!({"queues": ["fc"], "worker_id": "w", "count": 10})),
+            &[],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{fetched}");
     assert_eq!(fetched["jobs"].as_array().unwrap().len(), 0);
     // New work goes on under the new key.
-    let fresh = enqueue(
-        &server,
-        json!({"type": "t.x", "args": ["new"], "options": {"queue": "fc"}}),
-    )
-    .await;
-    assert_eq!(get_job(&server, &fresh).await.1["job"]["args"][0], "new");
+    let fresh = server
+        .admin_client()
+        .enqueue(json!({"type": "t.x", "args": ["new"], "options": {"queue": "fc"}}))
+        .await
+        .expect(StatusCode::CREATED)
+        .job_id();
+    assert_eq!(
+        server.admin_client().job(&fresh).await.body["job"]["args"][0],
+        "new"
+    );
     // Counted in health, metrics and the vault status.
-    let (_, health) = call(&server, reqwest::Method::GET, "/ojs/v1/health", None).await;
+    let Reply { body: health, .. } = server
+        .admin_client()
+        .call(reqwest::Method::GET, "/ojs/v1/health", None, &[])
+        .await;
     // All five old records name the old KEK (the two tampered ones too).
     assert_eq!(health["encryption"]["unreadable_jobs"], 5, "{health}");
     assert_eq!(health["encryption"]["status"], "degraded");
@@ -387,7 +363,7 @@ async fn other_keys_and_moved_records_fail_closed_on_every_read() {
     assert_eq!(server.terminate(), Some(0));
     write_key(&dir.join("other"), &[0x43; 32]);
     server.restart();
-    let (status, body) = get_job(&server, &fresh).await;
+    let Reply { status, body, .. } = server.admin_client().job(&fresh).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "job_unreadable");
 }
@@ -403,11 +379,12 @@ async fn rotation_and_rewrap_under_concurrent_traffic_lose_nothing() {
     let mut old_ids = Vec::new();
     for i in 0..200 {
         old_ids.push(
-            enqueue(
-                &server,
-                json!({"type": "t.x", "args": [i], "options": {"queue": "keep"}}),
-            )
-            .await,
+            server
+                .admin_client()
+                .enqueue(json!({"type": "t.x", "args": [i], "options": {"queue": "keep"}}))
+                .await
+                .expect(StatusCode::CREATED)
+                .job_id(),
         );
     }
     let failures = Arc::new(AtomicU64::new(0));
@@ -476,7 +453,7 @@ async fn rotation_and_rewrap_under_concurrent_traffic_lose_nothing() {
             let mut reads = 0;
             while !done.load(Ordering::Relaxed) {
                 for (i, id) in ids.iter().enumerate().step_by(7) {
-                    let (status, body) = get_job(&server, id).await;
+                    let Reply { status, body, .. } = server.admin_client().job(id).await;
                     if status != StatusCode::OK || body["job"]["args"][0] != i {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -507,13 +484,19 @@ async fn rotation_and_rewrap_under_concurrent_traffic_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // Re-wrap in small batches while traffic goes on.
-    let (status, started) = call(
-        &server,
-        reqwest::Method::POST,
-        "/ojs/v1/admin/vault/rewrap?batch=16",
-        None,
-    )
-    .await;
+    let Reply {
+        status,
+        body: started,
+        ..
+    } = server
+        .admin_client()
+        .call(
+            reqwest::Method::POST,
+            "/ojs/v1/admin/vault/rewrap?batch=16",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let finished = loop {
@@ -575,7 +558,7 @@ async fn rotation_and_rewrap_under_concurrent_traffic_lose_nothing() {
         "failed requests during rotation"
     );
     for (i, id) in old_ids.iter().enumerate() {
-        let (status, body) = get_job(&server, id).await;
+        let Reply { status, body, .. } = server.admin_client().job(id).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["job"]["args"][0], i);
     }
@@ -645,11 +628,12 @@ async fn a_kubernetes_secret_swap_is_picked_up_within_two_seconds_and_bad_keys_a
         ..ServerOptions::default()
     });
     assert_eq!(vault_status(&server).await["vault"]["active"], "k01");
-    let first = enqueue(
-        &server,
-        json!({"type": "t.x", "args": ["under-k01"], "options": {"queue": "k"}}),
-    )
-    .await;
+    let first = server
+        .admin_client()
+        .enqueue(json!({"type": "t.x", "args": ["under-k01"], "options": {"queue": "k"}}))
+        .await
+        .expect(StatusCode::CREATED)
+        .job_id();
     let mut files = vec![key("k01", 1)];
     for trial in 2..=5u8 {
         let id = format!("k{trial:02}");
@@ -666,18 +650,19 @@ async fn a_kubernetes_secret_swap_is_picked_up_within_two_seconds_and_bad_keys_a
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let job = enqueue(
-            &server,
-            json!({"type": "t.x", "args": [id], "options": {"queue": "k"}}),
-        )
-        .await;
+        let job = server
+            .admin_client()
+            .enqueue(json!({"type": "t.x", "args": [id], "options": {"queue": "k"}}))
+            .await
+            .expect(StatusCode::CREATED)
+            .job_id();
         assert_eq!(
-            get_job(&server, &job).await.1["job"]["args"][0],
+            server.admin_client().job(&job).await.body["job"]["args"][0],
             id.as_str()
         );
     }
     assert_eq!(
-        get_job(&server, &first).await.1["job"]["args"][0],
+        server.admin_client().job(&first).await.body["job"]["args"][0],
         "under-k01"
     );
 
@@ -688,13 +673,14 @@ async fn a_kubernetes_secret_swap_is_picked_up_within_two_seconds_and_bad_keys_a
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = vault_status(&server).await;
     assert_eq!(status["vault"]["active"], "k05", "{status}");
-    let job = enqueue(
-        &server,
-        json!({"type": "t.x", "args": ["still-fine"], "options": {"queue": "k"}}),
-    )
-    .await;
+    let job = server
+        .admin_client()
+        .enqueue(json!({"type": "t.x", "args": ["still-fine"], "options": {"queue": "k"}}))
+        .await
+        .expect(StatusCode::CREATED)
+        .job_id();
     assert_eq!(
-        get_job(&server, &job).await.1["job"]["args"][0],
+        server.admin_client().job(&job).await.body["job"]["args"][0],
         "still-fine"
     );
     let audit = std::fs::read_to_string(server.dir.join("data").join("audit.log")).unwrap();
@@ -797,11 +783,12 @@ async fn the_offline_commands_count_rotate_and_rewrap() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            enqueue(
-                &server,
-                json!({"type": "t.x", "args": [i], "options": {"queue": "off"}}),
-            )
-            .await,
+            server
+                .admin_client()
+                .enqueue(json!({"type": "t.x", "args": [i], "options": {"queue": "off"}}))
+                .await
+                .expect(StatusCode::CREATED)
+                .job_id(),
         );
     }
     let old = vault_status(&server).await["vault"]["active"]
@@ -844,7 +831,10 @@ async fn the_offline_commands_count_rotate_and_rewrap() {
     std::fs::remove_file(kek_dir(&server).join(&old)).unwrap();
     server.restart();
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(get_job(&server, id).await.1["job"]["args"][0], i);
+        assert_eq!(
+            server.admin_client().job(id).await.body["job"]["args"][0],
+            i
+        );
     }
     let status = vault_status(&server).await;
     assert_eq!(status["vault"]["unreadable_jobs"], 0);
@@ -877,10 +867,18 @@ async fn data_keys_wrapped_per_kek_are_counted_durably_and_warned_past_the_thres
         extra_toml: "[vault]\nrotate_after_wraps = 3\n".into(),
         ..ServerOptions::default()
     });
-    let (_, health) = call(&server, reqwest::Method::GET, "/ojs/v1/health", None).await;
+    let Reply { body: health, .. } = server
+        .admin_client()
+        .call(reqwest::Method::GET, "/ojs/v1/health", None, &[])
+        .await;
     assert_eq!(health["encryption"]["rotation"]["status"], "ok", "{health}");
     for i in 0..4 {
-        enqueue(&server, json!({"type": "t.x", "args": [i]})).await;
+        server
+            .admin_client()
+            .enqueue(json!({"type": "t.x", "args": [i]}))
+            .await
+            .expect(StatusCode::CREATED)
+            .job_id();
     }
     let status = vault_status(&server).await;
     let active = status["vault"]["active"].as_str().unwrap().to_string();
@@ -895,9 +893,11 @@ async fn data_keys_wrapped_per_kek_are_counted_durably_and_warned_past_the_thres
     assert_eq!(key["rotation_due"], json!(["wraps"]), "{status}");
     let mut health = Value::Null;
     for _ in 0..100 {
-        health = call(&server, reqwest::Method::GET, "/ojs/v1/health", None)
+        health = server
+            .admin_client()
+            .call(reqwest::Method::GET, "/ojs/v1/health", None, &[])
             .await
-            .1;
+            .body;
         if health["encryption"]["rotation"]["status"] == "due" {
             break;
         }
