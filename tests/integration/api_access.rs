@@ -510,102 +510,49 @@ async fn random_id_answer(h: &Harness, route: &Route, cred: &Cred, c: &Case) -> 
 #[tokio::test]
 async fn a_producer_cannot_activate_another_principals_pending_job() {
     let server = TestServer::start(ServerOptions::default());
-    let client = server.client();
-    let send = |method: Method, path: String, bearer: String, body: Option<Value>| {
-        let mut req = client
-            .request(method, server.url(&path))
-            .header("Authorization", bearer);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let res = req.send().await.unwrap();
-            let status = res.status();
-            (status, res.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let key = |role: &'static str| {
-        let send = &send;
-        let admin = server.auth();
-        async move {
-            let (status, body) = send(
-                Method::POST,
-                "/ojs/v1/admin/keys".into(),
-                admin,
-                Some(json!({"name": unique(role), "roles": [role]})),
-            )
+    let admin = server.admin_client();
+    let mut clients = Vec::new();
+    for role in ["producer", "producer", "operator"] {
+        let (secret, _) = admin
+            .new_key(json!({"name": unique(role), "roles": [role]}))
             .await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            format!("Bearer {}", body["secret"].as_str().unwrap())
-        }
-    };
-    let (mallory, owner, operator) = (
-        key("producer").await,
-        key("producer").await,
-        key("operator").await,
-    );
-    let pending = |bearer: String| {
-        let send = &send;
+        clients.push(server.client_for(&secret));
+    }
+    let [mallory, owner, operator] = <[_; 3]>::try_from(clients).ok().unwrap();
+    let pending = |client: &common::client::Client| {
+        let client = client.clone();
         async move {
-            let (status, body) = send(
-                Method::POST,
-                "/ojs/v1/jobs".into(),
-                bearer,
-                Some(json!({"type": "t.pending", "args": [], "options": {"queue": "shared", "pending": true}})),
-            )
-            .await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            body["job"]["id"].as_str().unwrap().to_string()
+            client
+                .enqueue(json!({"type": "t.pending", "args": [],
+                    "options": {"queue": "shared", "pending": true}}))
+                .await
+                .expect(StatusCode::CREATED)
+                .job_id()
         }
     };
     let state = |id: String| {
-        let send = &send;
-        let admin = server.auth();
-        async move {
-            send(Method::GET, format!("/ojs/v1/jobs/{id}"), admin, None)
-                .await
-                .1["job"]["state"]
-                .clone()
-        }
-    };
-    let activate = |id: &str, bearer: &str| {
-        send(
-            Method::POST,
-            format!("/ojs/v1/jobs/{id}/activate"),
-            bearer.to_string(),
-            None,
-        )
+        let admin = &admin;
+        async move { admin.job(&id).await.body["job"]["state"].clone() }
     };
     // The administrator's and another producer's pending jobs: not for mallory.
-    for victim in [server.auth(), owner.clone()] {
+    for victim in [&admin, &owner] {
         let id = pending(victim).await;
-        let (status, body) = activate(&id, &mallory).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let refused = mallory.activate(&id).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.text);
         assert_eq!(state(id).await, "pending");
     }
     // The owner may; an operator may activate anyone's.
-    let id = pending(owner.clone()).await;
-    assert_eq!(activate(&id, &owner).await.0, StatusCode::OK);
+    let id = pending(&owner).await;
+    owner.activate(&id).await.expect(StatusCode::OK);
     assert_eq!(state(id).await, "available");
-    let id = pending(owner).await;
-    assert_eq!(activate(&id, &operator).await.0, StatusCode::OK);
+    let id = pending(&owner).await;
+    operator.activate(&id).await.expect(StatusCode::OK);
     assert_eq!(state(id).await, "available");
-    // Each refusal is in the audit trail (records are written in order; wait for them).
-    let denials = || {
-        std::fs::read_to_string(server.dir.join("data").join("audit.log"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|r| {
-                r["event_type"] == "authz.denied"
-                    && r["detail"]["permission"] == "cancel"
-                    && r["detail"]["job_id"].is_string()
-            })
-            .count()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while denials() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(denials(), 2);
+    // Each refusal is in the audit trail.
+    let denials = server.wait_audit_count("authz.denied", 2).await;
+    let on_jobs = denials
+        .iter()
+        .filter(|r| r["detail"]["permission"] == "cancel" && r["detail"]["job_id"].is_string())
+        .count();
+    assert_eq!(on_jobs, 2);
 }
