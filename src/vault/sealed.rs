@@ -307,7 +307,24 @@ pub fn seal_job_counted(ring: &KeyRing, job: &Job) -> Result<SealedRecord, Vault
             &made
         }
     };
-    let fresh = job.key.is_none();
+    let mut fresh = job.key.is_none();
+    // A data key wrapped by a KEK that is no longer the active one (read before a rotation,
+    // or sealed on an HTTP worker just before it) is wrapped again with the active KEK, so a
+    // write that lands after a re-wrap passed its record does not bring the old KEK back.
+    let (kek, wrapped) = match (ring.active(), ring.get(&key.kek)) {
+        (Some(active), Some(old)) if active.id() != key.kek => {
+            let mut dek = open(old.cipher(), &dek_aad(job.id, &key.kek), &key.wrapped)?;
+            let dek_bytes: &[u8; 32] = dek
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Undecryptable)?;
+            let again = wrap(active, job.id, dek_bytes);
+            dek.zeroize();
+            fresh = true;
+            (active.id().to_string(), again?)
+        }
+        _ => (key.kek.clone(), key.wrapped.clone()),
+    };
     let tenant = job.tenant.as_deref();
     let field = |name: &str, text: &str| -> Result<Bytes, VaultError> {
         seal(
@@ -351,8 +368,8 @@ pub fn seal_job_counted(ring: &KeyRing, job: &Job) -> Result<SealedRecord, Vault
     };
     let sealed = Sealed {
         v: ENVELOPE_VERSION,
-        kek: key.kek.clone(),
-        dek: Bytes(key.wrapped.clone()),
+        kek,
+        dek: Bytes(wrapped),
         args,
         meta,
         result: job
@@ -583,6 +600,29 @@ mod tests {
         let again = seal_job(&r, &back).unwrap();
         assert_ne!(again, bytes);
         assert_eq!(open_job(&r, &again).unwrap().args, j.args);
+    }
+
+    #[test]
+    fn a_write_after_a_rotation_wraps_the_data_key_with_the_active_kek() {
+        // Sealed on a worker while "a" was active; committed after "b" became active and a
+        // re-wrap passed the record: the write must not bring "a" back.
+        let before = ring(&[("a", 1)], "a");
+        let mut j = job(Some("acme"));
+        let key = preseal(&before, j.id, Some("acme"), &j.args, j.meta.as_ref()).unwrap();
+        j.key = Some(Arc::new(key));
+        let after = ring(&[("a", 1), ("b", 2)], "b");
+        let sealed = seal_job_counted(&after, &j).unwrap();
+        assert_eq!((sealed.kek.as_str(), sealed.fresh), ("b", true));
+        // Only "b" is needed to open it, and the presealed args are what comes back.
+        let only_b = ring(&[("b", 2)], "b");
+        let back = open_job(&only_b, &sealed.bytes).unwrap();
+        assert_eq!(
+            (back.args.clone(), back.meta.clone()),
+            (j.args.clone(), j.meta.clone())
+        );
+        // Under the active KEK already, a write keeps the wrapped key as it is.
+        let again = seal_job_counted(&only_b, &back).unwrap();
+        assert_eq!((again.kek.as_str(), again.fresh), ("b", false));
     }
 
     #[test]
