@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::pki::{self, Ca};
-use common::{tls_client, tls_options, ServerOptions, TestServer};
+use common::{tls_client, tls_client_kept_alive, tls_options, ServerOptions, TestServer};
 
 const WORKER_IDENTITY: &str = "[[tls.client_identities]]\nname = \"worker-1\"\ntenant = \"acme\"\nroles = [\"worker\"]\nsubject_cn = \"worker-1\"\n";
 
@@ -588,8 +588,8 @@ async fn connection_and_rate_limits_apply_over_tls_too() {
         "[limits.connections]\nper_ip = 2\n",
     ));
     // Each client holds one connection (kept alive in its pool).
-    let first = tls_client(&ca.cert, None, None);
-    let second = tls_client(&ca.cert, None, None);
+    let first = tls_client_kept_alive(&ca.cert);
+    let second = tls_client_kept_alive(&ca.cert);
     assert!(health_ok(&first, &server).await);
     assert!(health_ok(&second, &server).await);
     let third = tls_client(&ca.cert, None, None)

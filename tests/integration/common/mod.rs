@@ -338,12 +338,15 @@ impl TestServer {
         format!("{}{}", self.base_url, path)
     }
 
-    /// An HTTP client with keep-alive, for this server (trusting its CA on HTTPS).
+    /// An HTTP client for this server (trusting its CA on HTTPS). It keeps no idle
+    /// connection: a graceful stop waits for open connections, checking once a second, so an
+    /// idle keep-alive connection held by a test would add a second to every stop.
     pub fn client(&self) -> reqwest::Client {
         match &self.https_ca {
             Some(ca) => tls_client(ca, None, None),
             None => reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
         }
@@ -467,7 +470,8 @@ pub fn rustls_client_config(
     config
 }
 
-/// A reqwest client over [`rustls_client_config`].
+/// A reqwest client over [`rustls_client_config`], keeping no idle connection (see
+/// [`TestServer::client`]).
 pub fn tls_client(
     ca_pem: &str,
     identity: Option<&pki::Pair>,
@@ -475,7 +479,18 @@ pub fn tls_client(
 ) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
         .tls_backend_preconfigured(rustls_client_config(ca_pem, identity, version))
+        .build()
+        .expect("client")
+}
+
+/// A TLS client that keeps its connection alive between requests, for tests about
+/// connections.
+pub fn tls_client_kept_alive(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(rustls_client_config(ca_pem, None, None))
         .build()
         .expect("client")
 }
