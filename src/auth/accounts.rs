@@ -250,6 +250,11 @@ fn ttl_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// The longest a session token can live, in seconds.
+fn max_access_ttl_secs() -> i64 {
+    i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600)
+}
+
 impl Accounts {
     /// Loads the session key (creating it on first start) and every user's gate. Blocking:
     /// call it from start-up's blocking section.
@@ -264,6 +269,7 @@ impl Accounts {
         for record in users::list(&store)? {
             gates.users.insert(record.username.clone(), gate(&record));
         }
+        gates.revoked = session::revoked_families(&store, clock.now_ms(), max_access_ttl_secs())?;
         let decoy = decoy_hash()?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -568,9 +574,11 @@ impl Accounts {
     }
 
     fn revoke_session(&self, family: &str) {
-        let until = self.inner.clock.now_secs().saturating_add(
-            i64::try_from(crate::config::sessions::MAX_ACCESS_TTL_SECS).unwrap_or(3600),
-        );
+        let until = self
+            .inner
+            .clock
+            .now_secs()
+            .saturating_add(max_access_ttl_secs());
         self.inner.sessions.revoke_session(family, until);
     }
 

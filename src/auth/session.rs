@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use super::AuthError;
 use crate::clock::{Clock, Millis};
-use crate::store::{codec, tables, StoreError};
+use crate::store::{codec, tables, Store, StoreError};
 
 /// Prefix of session tokens (the auth extractor routes on it).
 pub const ACCESS_PREFIX: &str = "bws_";
@@ -495,6 +495,33 @@ pub fn revoke_user_tokens(
     now: Millis,
 ) -> Result<usize, StoreError> {
     revoke_where(txn, now, |r| r.username == username)
+}
+
+/// The sessions revoked by a durable refresh-token revocation that must still be refused, with
+/// the time (seconds) until which: a session token lives at most `max_access_ttl_secs` after
+/// its family's revocation. Read at start, so a logout or a reuse revocation outlives a
+/// restart (the session tokens themselves are never stored).
+pub fn revoked_families(
+    store: &Store,
+    now: Millis,
+    max_access_ttl_secs: i64,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let txn = store.control_read()?;
+    let table = txn.open_table(tables::REFRESH_TOKENS)?;
+    let mut out = HashMap::new();
+    for entry in table.iter()? {
+        let (_, value) = entry?;
+        let record: RefreshRecord = codec::decode(value.value())?;
+        let Some(revoked_at) = record.revoked_at else {
+            continue;
+        };
+        let until = (revoked_at / 1000).saturating_add(max_access_ttl_secs);
+        if until > now / 1000 {
+            let entry = out.entry(record.family).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes records past their expiry (spent and revoked ones included); returns how many.

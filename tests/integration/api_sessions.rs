@@ -356,6 +356,7 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
         ..ServerOptions::default()
     });
     let uri = add_user(&mut server, "alice");
+    let bob = add_user(&mut server, "bob");
     let (_, first) = login(&server, "alice", PASSWORD, &code(&uri, 0)).await;
     let r1 = str_of(&first, "refresh_token");
 
@@ -456,6 +457,25 @@ async fn refresh_rotates_reuse_revokes_the_family_and_logout_ends_the_session() 
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(server.wait_audit_count("auth.logout", 1).await.len(), 1);
+
+    // Revocations outlive a restart; a session nobody revoked does too.
+    let (status, fourth) = login(&server, "bob", PASSWORD, &code(&bob, 0)).await;
+    assert_eq!(status, StatusCode::OK, "{fourth}");
+    let a4 = str_of(&fourth, "access_token");
+    server.restart();
+    for (token, expected) in [
+        (&a2, StatusCode::UNAUTHORIZED),
+        (&a3, StatusCode::UNAUTHORIZED),
+        (&a4, StatusCode::OK),
+    ] {
+        assert_eq!(
+            Client::new(&server, token)
+                .get("/ojs/v1/admin/audit")
+                .await
+                .status,
+            expected
+        );
+    }
     assert!(server
         .wait_audit_count("auth.refresh", 1)
         .await
